@@ -1,0 +1,120 @@
+"""The ``alearn`` command line: one command group over library calls.
+
+This module is the composition root: the only place in ``alearn/`` that may import
+``workers`` or ``labelstudio``. Each command builds the settings once, opens the project
+and calls one library function. Results are tables, or JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from alearn.config import Settings, parse_classes
+from alearn.exceptions import AlearnError
+from alearn.project import Project
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Context:
+    """What every command needs: settings and (lazily) the project."""
+
+    def __init__(self, project_dir: Path | None) -> None:
+        self.project_dir = project_dir
+        self.settings = Settings()
+        self._project: Project | None = None
+
+    @property
+    def project(self) -> Project:
+        if self._project is None:
+            self._project = Project.open(self.project_dir, self.settings)
+        return self._project
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    columns = columns or (list(rows[0]) if rows else [])
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console.print(table)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ALEARN_PROJECT",
+    help="Project directory (default: this folder or the nearest parent with alearn.toml).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def cli(click_ctx: click.Context, project_dir: Path | None, verbose: int) -> None:
+    """alearn: active learning with people in the loop, for image classification."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    click_ctx.obj = Context(project_dir)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--classes", required=True, help="Comma-separated class names, e.g. cat,dog.")
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder holding the images (the image root).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing alearn.toml.")
+@pass_ctx
+def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool) -> None:
+    """Create DIRECTORY/alearn.toml for a new project."""
+    class_list = parse_classes(classes)
+    project = Project.init(
+        directory, classes=class_list, images=images, settings=ctx.settings, force=force
+    )
+    project.store.create_all()
+    console.print(
+        f"Initialised [bold]{project.root}[/] with {len(class_list)} classes; "
+        f"images under {project.image_root}.\nNext: cd {directory} && alearn ingest"
+    )
+
+
+# --- commands added by feature modules go below this line (keep this marker) ---
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: turn alearn's own errors into a clear message and exit code 1."""
+    try:
+        cli.main(args=argv, prog_name="alearn", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("Aborted.")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except AlearnError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

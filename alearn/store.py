@@ -1,0 +1,247 @@
+"""The store: the source of truth for items, rounds, annotations and labels.
+
+SQLAlchemy 2. By default a SQLite file in the project directory; any SQLAlchemy URL
+(PostgreSQL in production) through ``ALEARN_DATABASE_URL``. One database holds one
+project.
+
+Tables
+------
+files        every path ingest has seen: accepted, duplicate or rejected (with reason)
+items        one row per distinct image (by sha256), with its metadata
+labels       trusted labels: from the manifest (gold), consensus or adjudication
+rounds       one row per labeling round; ``status`` is the round's state machine
+selections   the items a round chose, with score, rank and predicted class
+annotations  Label Studio annotations mirrored into the store (or set aside, with reason)
+models       trained heads: version, training size, cross-validated accuracy
+meta         small key/value facts (Label Studio project id, config hash...)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from alearn.exceptions import StoreError
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class FileRecord(Base):
+    """A path seen by ingest. ``status`` is 'item', 'duplicate' or 'rejected'."""
+
+    __tablename__ = "files"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(Integer)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Item(Base):
+    """One distinct image."""
+
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str | None] = mapped_column(String(256))
+    captured_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    license: Mapped[str | None] = mapped_column(String(256))
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Label(Base):
+    """A trusted label. ``origin``: 'manifest', 'consensus' or 'adjudicated'."""
+
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), unique=True)
+    label: Mapped[str] = mapped_column(String(256))
+    origin: Mapped[str] = mapped_column(String(16))
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    confidence: Mapped[float] = mapped_column(Float, default=1.0)
+    method: Mapped[str | None] = mapped_column(String(32))
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Round(Base):
+    """A labeling round: planned -> pushed -> collecting -> closed (or failed)."""
+
+    __tablename__ = "rounds"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    strategy: Mapped[str] = mapped_column(String(64))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    overlap: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Selection(Base):
+    """An item chosen by a round."""
+
+    __tablename__ = "selections"
+    __table_args__ = (UniqueConstraint("round_id", "item_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    predicted: Mapped[str | None] = mapped_column(String(256))
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    ls_task_id: Mapped[int | None] = mapped_column(Integer, index=True)
+
+
+class Annotation(Base):
+    """A Label Studio annotation mirrored into the store.
+
+    ``status`` is 'ok', or 'set_aside' with ``reason`` (unknown label, no choice,
+    several choices). Keyed by Label Studio's annotation id; ``updated_at`` makes
+    the mirror idempotent.
+    """
+
+    __tablename__ = "annotations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ls_annotation_id: Mapped[int] = mapped_column(Integer, unique=True)
+    ls_task_id: Mapped[int] = mapped_column(Integer, index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"), index=True)
+    annotator: Mapped[str] = mapped_column(String(256))
+    label: Mapped[str | None] = mapped_column(String(256))
+    lead_time: Mapped[float | None] = mapped_column(Float)
+    was_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class ModelRecord(Base):
+    """A trained head."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"))
+    n_train: Mapped[int] = mapped_column(Integer)
+    cv_accuracy: Mapped[float | None] = mapped_column(Float)
+    path: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+
+
+class Store:
+    """Engine plus session factory for one project's database."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if create:
+            self.create_all()
+
+    def create_all(self) -> None:
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise StoreError(
+                f"cannot open the database at {self.safe_url}: {str(exc.orig).strip()}. "
+                "Check ALEARN_DATABASE_URL and that the server is running."
+            ) from None
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self._sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            return default if row is None else row.value
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.session() as s:
+            s.merge(Meta(key=key, value=value))
+
+    def trusted_labels(self) -> dict[int, str]:
+        """item id -> trusted label."""
+        with self.session() as s:
+            return dict(s.execute(select(Label.item_id, Label.label)).all())
+
+    def item_ids(self) -> list[int]:
+        with self.session() as s:
+            return list(s.scalars(select(Item.id).order_by(Item.id)))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
