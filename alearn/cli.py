@@ -100,6 +100,81 @@ def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool)
 
 # --- commands added by feature modules go below this line (keep this marker) ---
 
+# --- round loop, workers and status (lead) ---
+
+
+def _redis(ctx: Context):  # noqa: ANN202 - redis.Redis, imported lazily
+    from workers.queues import connect
+
+    return connect(ctx.settings)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Pool, trusted labels, rounds, the current round's progress, queues and workers."""
+    from alearn.status import project_status
+    from workers.orchestrate import queue_info
+
+    info = project_status(ctx.project)
+    try:
+        info["queues"] = queue_info(_redis(ctx), ctx.settings)
+    except AlearnError as exc:
+        info["queues"] = {"error": str(exc)}
+    if as_json:
+        print_json(info)
+        return
+    console.print(
+        f"[bold]{info['project']}[/]: pool {info['pool_size']}, trusted labels "
+        f"{info['trusted_labels']} ({info['unlabeled']} unlabeled), rejected files "
+        f"{info['rejected_files']}"
+    )
+    print_table("Trusted labels by class",
+                [{"class": c, "labels": n} for c, n in info["trusted_by_class"].items()])
+    if info["rounds"]:
+        print_table("Rounds", info["rounds"])
+    cur = info["current_round"]
+    if cur:
+        console.print(
+            f"Round {cur['number']} is [bold]{cur['status']}[/]: {cur['tasks_done']}/"
+            f"{cur['tasks']} tasks done, {cur['annotations']} annotations, "
+            f"{cur['set_aside']} set aside"
+        )
+        if cur["by_annotator"]:
+            rows = [{"annotator": a, "annotations": n} for a, n in cur["by_annotator"].items()]
+            print_table("Annotations by annotator", rows)
+    if info["set_aside_annotations"]:
+        print_table("Annotations set aside", info["set_aside_annotations"])
+    q = info["queues"]
+    if "error" in q:
+        console.print(f"[yellow]queues unavailable:[/] {q['error']}")
+    else:
+        print_table("Queues", [{"queue": k, **v} for k, v in q["queues"].items()])
+        console.print(f"Live workers: {len(q['workers'])} "
+                      + (", ".join(w["name"] for w in q["workers"]) if q["workers"] else ""))
+
+
+@cli.command()
+@click.option("--queues", "queue_names", default="embed,train,sync,round", show_default=True,
+              help="Comma-separated queues this worker takes (GPU hosts: embed).")
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option("--name", default=None, help="Worker name (default: host.pid).")
+@pass_ctx
+def worker(ctx: Context, queue_names: str, burst: bool, name: str | None) -> None:
+    """Run an RQ worker (with its scheduler) on alearn's queues."""
+    from workers.queues import QUEUE_NAMES
+    from workers.worker import run_worker
+
+    names = [n.strip() for n in queue_names.split(",") if n.strip()]
+    bad = [n for n in names if n not in QUEUE_NAMES]
+    if bad or not names:
+        raise click.BadParameter(
+            f"unknown queue(s) {bad}; valid: {', '.join(QUEUE_NAMES)}", param_hint="--queues")
+    if ctx.settings.database_url is None and ctx.project_dir is None:
+        console.print("Worker serving any project whose jobs reach these queues.")
+    run_worker(ctx.settings, names, burst=burst, name=name)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: turn alearn's own errors into a clear message and exit code 1."""

@@ -1,0 +1,188 @@
+"""The round state machine, kept in the store.
+
+    planned --push--> pushed --first annotation--> collecting --close--> closed
+       \\________________________\\___________________________--> failed
+
+One active (not closed, not failed) round per project. Every transition is checked
+here, so a worker that retries a step, or two workers racing, cannot move a round
+backwards or skip a step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from alearn.exceptions import RoundError
+from alearn.store import Annotation, Round, Selection, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+PLANNED, PUSHED, COLLECTING, CLOSED, FAILED = "planned", "pushed", "collecting", "closed", "failed"
+ACTIVE = (PLANNED, PUSHED, COLLECTING)
+_NEXT = {
+    PLANNED: {PUSHED, FAILED},
+    PUSHED: {COLLECTING, CLOSED, FAILED},
+    COLLECTING: {CLOSED, FAILED},
+    FAILED: {PLANNED},  # a failed round may be retried from the start
+    CLOSED: set(),
+}
+
+
+def active_round(store: Store) -> Round | None:
+    with store.session() as s:
+        return s.scalars(
+            select(Round).where(Round.status.in_(ACTIVE)).order_by(Round.number.desc())
+        ).first()
+
+
+def get_round(store: Store, round_id: int | None = None) -> Round:
+    """A round by id; with None, the active round, else the latest one."""
+    with store.session() as s:
+        if round_id is not None:
+            rnd = s.get(Round, round_id)
+        else:
+            rnd = s.scalars(
+                select(Round).where(Round.status.in_(ACTIVE)).order_by(Round.number.desc())
+            ).first() or s.scalars(select(Round).order_by(Round.number.desc())).first()
+        if rnd is None:
+            raise RoundError(
+                f"no round {round_id}" if round_id is not None
+                else "no rounds yet. Start one with 'alearn round start'."
+            )
+        return rnd
+
+
+def create_round(store: Store, *, strategy: str, batch_size: int, overlap: int) -> Round:
+    """Open a new round in state 'planned'; refuse if another round is active."""
+    with store.session() as s:
+        current = s.scalars(select(Round).where(Round.status.in_(ACTIVE))).first()
+        if current is not None:
+            raise RoundError(
+                f"round {current.number} is still {current.status}; only one round may be "
+                "active. Wait for it to close, or close it with 'alearn round close'."
+            )
+        number = (s.scalar(select(func.max(Round.number))) or 0) + 1
+        rnd = Round(number=number, status=PLANNED, strategy=strategy,
+                    batch_size=batch_size, overlap=overlap, metrics={})
+        s.add(rnd)
+        s.flush()
+    log.info("round_event=created round=%s number=%s strategy=%s", rnd.id, number, strategy)
+    return rnd
+
+
+def transition(store: Store, round_id: int, to: str, *, error: str | None = None,
+               expect: tuple[str, ...] | None = None) -> bool:
+    """Move a round to ``to``. Returns False (and changes nothing) if it is already there.
+
+    Raises RoundError for a move the state machine does not allow.
+    """
+    with store.session() as s:
+        rnd = s.get(Round, round_id, with_for_update=True)
+        if rnd is None:
+            raise RoundError(f"no round {round_id}")
+        if rnd.status == to:
+            return False
+        if expect is not None and rnd.status not in expect:
+            raise RoundError(f"round {rnd.number} is {rnd.status}, expected one of {expect}")
+        if to not in _NEXT[rnd.status]:
+            raise RoundError(f"round {rnd.number} cannot go from {rnd.status} to {to}")
+        rnd.status = to
+        rnd.error = error
+        if to == CLOSED:
+            rnd.closed_at = utcnow()
+    log.info("round_event=status round=%s status=%s", round_id, to)
+    return True
+
+
+def set_round_fields(store: Store, round_id: int, **values: Any) -> None:
+    with store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"no round {round_id}")
+        for key, value in values.items():
+            setattr(rnd, key, value)
+
+
+@dataclass
+class RoundProgress:
+    round_id: int
+    number: int
+    status: str
+    tasks: int
+    tasks_done: int
+    annotations: int
+    set_aside: int
+    by_annotator: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.tasks > 0 and self.tasks_done == self.tasks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "complete": self.complete}
+
+
+def round_progress(store: Store, round_id: int) -> RoundProgress:
+    """How far a round is: tasks that reached their overlap, annotations per annotator.
+
+    Every mirrored annotation counts toward a task's overlap (Label Studio counts set-aside
+    and skipped ones too), so a task is done when Label Studio stops serving it.
+    """
+    with store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"no round {round_id}")
+        tasks = s.scalar(select(func.count()).where(Selection.round_id == round_id)) or 0
+        per_item = dict(
+            s.execute(
+                select(Annotation.item_id, func.count())
+                .where(Annotation.round_id == round_id)
+                .group_by(Annotation.item_id)
+            ).all()
+        )
+        by_annotator = dict(
+            s.execute(
+                select(Annotation.annotator, func.count())
+                .where(Annotation.round_id == round_id)
+                .group_by(Annotation.annotator)
+                .order_by(Annotation.annotator)
+            ).all()
+        )
+        set_aside = s.scalar(
+            select(func.count()).where(
+                Annotation.round_id == round_id, Annotation.status != "ok"
+            )
+        ) or 0
+    done = sum(1 for n in per_item.values() if n >= rnd.overlap)
+    return RoundProgress(
+        round_id=rnd.id, number=rnd.number, status=rnd.status, tasks=tasks, tasks_done=done,
+        annotations=sum(per_item.values()), set_aside=set_aside, by_annotator=by_annotator,
+    )
+
+
+def record_plan(store: Store, round_id: int, plan: Any) -> int:
+    """Store a plan's items as the round's selections. Idempotent: a retried select
+    step finds the selections already there and changes nothing.
+
+    ``plan`` is an :class:`alearn.selection.Plan`.
+    """
+    with store.session() as s:
+        existing = s.scalar(select(func.count()).where(Selection.round_id == round_id)) or 0
+        if existing:
+            return existing
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"no round {round_id}")
+        for item in plan.items:
+            s.add(Selection(round_id=round_id, item_id=item.item_id, rank=item.rank,
+                            score=float(item.score), predicted=item.predicted))
+        rnd.strategy = plan.strategy
+        rnd.model_version = plan.model_version or f"cold-start-r{rnd.number}"
+        rnd.metrics = {**(rnd.metrics or {}), "pool_size": plan.n_pool, "n_train": plan.n_train}
+    log.info("round_event=selected round=%s items=%s strategy=%s model_version=%s",
+             round_id, len(plan.items), plan.strategy, plan.model_version)
+    return len(plan.items)

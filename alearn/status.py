@@ -1,0 +1,59 @@
+"""What an operator asks first: how big is the pool, how many trusted labels, where
+is the current round. Read from the store only (queues are added by the CLI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from alearn.project import Project
+from alearn.rounds import active_round, round_progress
+from alearn.store import Annotation, FileRecord, Item, Label, Round
+
+
+def project_status(project: Project) -> dict[str, Any]:
+    """A JSON-able summary of the project's state."""
+    store = project.store
+    with store.session() as s:
+        pool = s.scalar(select(func.count()).select_from(Item)) or 0
+        rejected = s.scalar(
+            select(func.count()).where(FileRecord.status == "rejected")
+        ) or 0
+        by_class = dict(s.execute(select(Label.label, func.count()).group_by(Label.label)).all())
+        by_origin = dict(
+            s.execute(select(Label.origin, func.count()).group_by(Label.origin)).all()
+        )
+        rounds = [
+            {"number": r.number, "status": r.status, "strategy": r.strategy,
+             "batch_size": r.batch_size, "overlap": r.overlap,
+             "model_version": r.model_version, **_headline(r.metrics or {}),
+             "error": r.error}
+            for r in s.scalars(select(Round).order_by(Round.number))
+        ]
+        aside = [
+            {"ls_annotation_id": a.ls_annotation_id, "item_id": a.item_id,
+             "annotator": a.annotator, "label": a.label, "reason": a.reason}
+            for a in s.scalars(
+                select(Annotation).where(Annotation.status != "ok").order_by(Annotation.id)
+            )
+        ]
+    current = active_round(store)
+    return {
+        "project": project.config.name,
+        "classes": project.config.classes,
+        "pool_size": pool,
+        "rejected_files": rejected,
+        "trusted_labels": sum(by_class.values()),
+        "trusted_by_class": {c: by_class.get(c, 0) for c in project.config.classes},
+        "trusted_by_origin": by_origin,
+        "unlabeled": pool - sum(by_class.values()),
+        "rounds": rounds,
+        "current_round": round_progress(store, current.id).to_dict() if current else None,
+        "set_aside_annotations": aside,
+    }
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("labels_spent", "cv_accuracy", "kappa", "consensus_items", "flagged")
+    return {k: metrics.get(k) for k in keys}

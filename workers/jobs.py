@@ -1,0 +1,169 @@
+"""RQ job functions. Each is thin: it takes a project directory and ids, loads the
+project, calls one library function under a lock, and reports progress in ``job.meta``.
+
+Jobs never receive live objects, so any worker on any host (sharing the project
+directory and the database) can run them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rq import get_current_job
+
+from alearn.config import Settings
+from alearn.project import Project
+from alearn.rounds import COLLECTING, PUSHED, active_round, round_progress, transition
+from workers import queues
+
+log = logging.getLogger(__name__)
+
+
+def _open(project_dir: str) -> Project:
+    return Project.open(project_dir, Settings())
+
+
+def _report(**meta: Any) -> None:
+    job = get_current_job()
+    if job is not None:
+        job.meta.update(meta)
+        job.save_meta()
+
+
+def _skipped(step: str, key: str) -> dict[str, Any]:
+    log.info("round_event=skipped step=%s lock=%s reason=held-by-another-worker", step, key)
+    return {"skipped": True, "reason": f"another worker is running {step}"}
+
+
+def embed_job(project_dir: str, shard: int = 0, n_shards: int = 1) -> dict[str, Any]:
+    """Embed the items of one shard that are not in the feature cache yet."""
+    from alearn.features import embed_project
+
+    project = _open(project_dir)
+    key = f"{queues.project_key(str(project.root))}:embed:{shard}/{n_shards}"
+    with queues.job_lock(queues.connect(project.settings), key) as got:
+        if not got:
+            return _skipped("embed", key)
+        summary = embed_project(project, shard=(shard, n_shards), progress=False)
+    _report(**summary.to_dict())
+    return summary.to_dict()
+
+
+def train_job(project_dir: str, round_id: int) -> dict[str, Any]:
+    """Fit the head on the trusted labels so far."""
+    from alearn.training import train_head
+
+    project = _open(project_dir)
+    key = f"{queues.project_key(str(project.root))}:train:{round_id}"
+    with queues.job_lock(queues.connect(project.settings), key) as got:
+        if not got:
+            return _skipped("train", key)
+        record = train_head(project, round_id=round_id)
+    out = {"model_version": getattr(record, "version", None),
+           "n_train": getattr(record, "n_train", 0),
+           "cv_accuracy": getattr(record, "cv_accuracy", None)}
+    _report(**out)
+    return out
+
+
+def select_job(project_dir: str, round_id: int) -> dict[str, Any]:
+    """Score the pool and store the round's batch (idempotent)."""
+    from alearn.selection import plan_batch
+
+    from alearn.rounds import get_round, record_plan
+    from alearn.store import ModelRecord
+
+    project = _open(project_dir)
+    key = f"{queues.project_key(str(project.root))}:select:{round_id}"
+    with queues.job_lock(queues.connect(project.settings), key) as got:
+        if not got:
+            return _skipped("select", key)
+        rnd = get_round(project.store, round_id)
+        with project.store.session() as s:
+            latest = s.query(ModelRecord).filter(ModelRecord.round_id == round_id).order_by(
+                ModelRecord.id.desc()).first()
+        plan = plan_batch(project, batch_size=rnd.batch_size, strategy=rnd.strategy,
+                          model_version=latest.version if latest else None)
+        n = record_plan(project.store, round_id, plan)
+    _report(selected=n, strategy=plan.strategy)
+    return {"selected": n, "strategy": plan.strategy, "model_version": plan.model_version}
+
+
+def push_job(project_dir: str, round_id: int) -> dict[str, Any]:
+    """Create the round's tasks (with predictions) in Label Studio."""
+    from labelstudio.client import connect_label_studio, ensure_project
+    from labelstudio.push import push_round
+
+    project = _open(project_dir)
+    key = f"{queues.project_key(str(project.root))}:push:{round_id}"
+    with queues.job_lock(queues.connect(project.settings), key) as got:
+        if not got:
+            return _skipped("push", key)
+        client = connect_label_studio(project.settings)
+        ensure_project(project.store, client, project.config, project.image_root)
+        summary = push_round(project.store, client, round_id)
+        transition(project.store, round_id, PUSHED)
+    out = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
+    _report(**out)
+    return out
+
+
+def pull_job(project_dir: str) -> dict[str, Any]:
+    """Mirror Label Studio's annotations; close the active round once it is complete."""
+    from labelstudio.client import connect_label_studio
+    from labelstudio.pull import pull_annotations
+
+    project = _open(project_dir)
+    conn = queues.connect(project.settings)
+    key = f"{queues.project_key(str(project.root))}:pull"
+    with queues.job_lock(conn, key) as got:
+        if not got:
+            return _skipped("pull", key)
+        client = connect_label_studio(project.settings)
+        summary = pull_annotations(project.store, client)
+        out = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
+        rnd = active_round(project.store)
+        if rnd is not None and rnd.status in (PUSHED, COLLECTING):
+            progress = round_progress(project.store, rnd.id)
+            if progress.annotations and rnd.status == PUSHED:
+                transition(project.store, rnd.id, COLLECTING)
+            out["round"] = progress.to_dict()
+            if progress.complete:
+                from workers.orchestrate import enqueue_close
+
+                enqueue_close(project, conn, rnd.id)
+    _report(**{k: v for k, v in out.items() if k != "round"})
+    return out
+
+
+def close_job(project_dir: str, round_id: int) -> dict[str, Any]:
+    """Close a round: agreement, consensus, metrics; maybe start the next one."""
+    from alearn.closing import close_round
+
+    project = _open(project_dir)
+    conn = queues.connect(project.settings)
+    key = f"{queues.project_key(str(project.root))}:close:{round_id}"
+    with queues.job_lock(conn, key) as got:
+        if not got:
+            return _skipped("close", key)
+        result = close_round(project, round_id)
+    _report(closed=True)
+    if project.config.rounds.auto_next and not result.get("converged", False):
+        from workers.orchestrate import start_round
+
+        nxt = start_round(project, conn)
+        result["next_round"] = nxt.number
+    return result
+
+
+def tick_job(project_dir: str) -> dict[str, Any]:
+    """The periodic safety net: reconcile vanished jobs, then pull."""
+    from workers.orchestrate import ensure_tick, reconcile
+
+    project = _open(project_dir)
+    conn = queues.connect(project.settings)
+    actions = reconcile(project, conn)
+    if active_round(project.store) is not None:
+        ensure_tick(project, conn)
+    return {"reconciled": actions}
