@@ -1,0 +1,195 @@
+"""Batch planning: score the unlabeled pool with the head and pick the next batch.
+
+The pool is every item with cached features, minus items with a trusted label, minus
+items any earlier round selected, minus ``exclude``. Strategy ``'auto'`` resolves with
+:func:`alearn.strategies.choose_strategy`; a strategy that needs the head falls back to
+the cold-start strategy while there is no head (labels in fewer than two classes).
+
+Score convention: :attr:`PlannedItem.score` is lower for items to label first, as Label
+Studio's "Uncertainty sampling" serves the lowest prediction score first. With a head
+it is the margin ``p_top1 - p_top2`` in [0, 1] (low = uncertain); without a head it is
+``rank / batch size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from alearn import training
+from alearn.classifier import EmbeddingClassifier
+from alearn.exceptions import EmptyPoolError
+from alearn.project import Project
+from alearn.store import Item, ModelRecord, Selection
+from alearn.strategies import (
+    NEEDS_HEAD,
+    RngLike,
+    check_strategy_name,
+    choose_strategy,
+    get_strategy,
+    margin,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PlannedItem:
+    """One item of a planned batch; ``rank`` 0 is the most wanted."""
+
+    item_id: int
+    path: str
+    score: float
+    predicted: str | None
+    rank: int
+
+
+@dataclass
+class Plan:
+    """A planned batch: the resolved strategy, the head used and the ranked items."""
+
+    strategy: str
+    model_version: str | None
+    items: list[PlannedItem] = field(default_factory=list)
+    n_pool: int = 0
+    n_train: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_strategy(name: str, *, has_head: bool, cold_start: str) -> str:
+    """``name``, or the cold-start strategy when ``name`` needs a head and there is none."""
+    if name in NEEDS_HEAD and not has_head:
+        return cold_start if cold_start not in NEEDS_HEAD else "typiclust"
+    return name
+
+
+def select_from_pool(
+    name: str,
+    n: int,
+    *,
+    X_pool: np.ndarray,
+    head: EmbeddingClassifier | None = None,
+    X_labeled: np.ndarray | None = None,
+    rng: RngLike = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run strategy ``name`` on the pool.
+
+    Parameters
+    ----------
+    name : str
+        A registered strategy (not 'auto').
+    n : int
+        Batch size.
+    X_pool : ndarray of shape (n_pool, dim)
+        Embeddings of the unlabeled pool.
+    head : EmbeddingClassifier or None
+        Fitted head; needed by strategies in ``NEEDS_HEAD``.
+    X_labeled : ndarray of shape (n_labeled, dim) or None
+        Embeddings of labeled and already-selected items.
+    rng : Generator, int or None
+
+    Returns
+    -------
+    indices : ndarray of int64, shape (min(n, n_pool),)
+        Ranked rows of ``X_pool``.
+    probas : ndarray of shape (n_pool, n_classes) or None
+        The head's probabilities on the pool (columns in ``head.classes_``).
+    """
+    strategy = get_strategy(name)
+    probas = head.predict_proba(X_pool) if head is not None else None
+    idx = strategy(probas, n, embeddings=X_pool, labeled_embeddings=X_labeled, rng=rng)
+    return idx, probas
+
+
+def plan_batch(
+    project: Project,
+    *,
+    batch_size: int | None = None,
+    strategy: str | None = None,
+    model_version: str | None = None,
+    exclude: Iterable[int] = (),
+) -> Plan:
+    """Plan the next batch (nothing is written but the head, if it is trained here).
+
+    Parameters
+    ----------
+    project : Project
+    batch_size : int, optional
+        Defaults to ``rounds.batch_size``.
+    strategy : str, optional
+        A registered name or 'auto'; defaults to ``rounds.strategy``.
+    model_version : str, optional
+        A saved head to score with; by default the head is (re)trained on the trusted
+        labels, reusing a saved one when the training set is unchanged.
+    exclude : iterable of int
+        Item ids to leave out of the pool.
+    """
+    cfg = project.config
+    n = cfg.rounds.batch_size if batch_size is None else batch_size
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    requested = check_strategy_name(strategy or cfg.rounds.strategy)
+    ids, X = training.pool_features(project)
+    store = project.store
+    labels = store.trusted_labels()
+    with store.session() as s:
+        chosen = set(s.scalars(select(Selection.item_id).distinct()))
+    taken = set(labels) | chosen
+    in_pool = ~np.isin(ids, np.fromiter(taken | set(exclude), dtype=np.int64))
+    if not in_pool.any():
+        raise EmptyPoolError(
+            f"nothing to select: {len(ids)} embedded items, {len(labels)} labeled, "
+            f"{len(chosen)} already selected. Add images with 'alearn ingest', then "
+            "'alearn embed'."
+        )
+    head, version, n_train = _head(project, model_version)
+    counts = Counter(labels.values())
+    name = choose_strategy(cfg.rounds.model_copy(update={"strategy": requested}), counts,
+                           cfg.classes)
+    name = resolve_strategy(name, has_head=head is not None,
+                            cold_start=cfg.rounds.cold_start_strategy)
+    pool_ids, X_pool = ids[in_pool], X[in_pool]
+    X_labeled = X[np.isin(ids, np.fromiter(taken, dtype=np.int64))]
+    seed = zlib.crc32(f"{version}:{len(ids)}:{len(taken)}:{name}".encode())
+    idx, probas = select_from_pool(name, n, X_pool=X_pool, head=head, X_labeled=X_labeled,
+                                   rng=seed)
+    if probas is not None and head is not None:
+        scores = margin(probas[idx])
+        predicted: list[str | None] = [str(c) for c in head.classes_[probas[idx].argmax(1)]]
+    else:
+        scores = np.arange(len(idx)) / len(idx)
+        predicted = [None] * len(idx)
+    chosen_ids = pool_ids[idx].tolist()
+    with store.session() as s:
+        paths = dict(s.execute(select(Item.id, Item.path).where(Item.id.in_(chosen_ids))).all())
+    items = [
+        PlannedItem(item_id=int(i), path=paths.get(int(i), ""), score=float(sc),
+                    predicted=p, rank=r)
+        for r, (i, sc, p) in enumerate(zip(chosen_ids, scores.tolist(), predicted, strict=True))
+    ]
+    logger.info("plan strategy=%s requested=%s model_version=%s pool=%d items=%d",
+                name, requested, version, int(in_pool.sum()), len(items))
+    return Plan(strategy=name, model_version=version, items=items,
+                n_pool=int(in_pool.sum()), n_train=n_train)
+
+
+def _head(project: Project, version: str | None) -> tuple[EmbeddingClassifier | None,
+                                                           str | None, int]:
+    """(head, version, n_train): the given saved head, or one trained now (or none)."""
+    if version is None:
+        record = training.train_head(project)
+        if record is None:
+            return None, None, 0
+        version = record.version
+    with project.store.session() as s:
+        n_train = s.scalar(select(ModelRecord.n_train).where(ModelRecord.version == version))
+    return training.load_head(project, version), version, int(n_train or 0)

@@ -1,0 +1,152 @@
+"""Train the classifier head on the trusted labels, save it, and load it back.
+
+A head's version is a hash of everything that determines it (the training items,
+their labels, their features, the head and embedding config), so training twice on
+the same labels yields the same version and reuses the saved file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sqlalchemy import select
+
+from alearn.classifier import EmbeddingClassifier
+from alearn.exceptions import StoreError
+from alearn.project import Project
+from alearn.store import ModelRecord
+
+logger = logging.getLogger(__name__)
+
+CV_FOLDS = 5
+
+
+def pool_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
+    """Item ids (n,) and cached embeddings (n, dim) of every embedded item."""
+    from alearn.features import load_pool_features  # torch is heavy: import on use
+
+    ids, X = load_pool_features(project)
+    return np.asarray(ids, dtype=np.int64), np.asarray(X, dtype=np.float32)
+
+
+def make_head(project: Project) -> EmbeddingClassifier:
+    """An unfitted head with the project's ``[head]`` settings."""
+    cfg = project.config.head
+    return EmbeddingClassifier(
+        C=cfg.C,
+        class_weight=None if cfg.class_weight == "none" else cfg.class_weight,
+        max_iter=cfg.max_iter,
+    )
+
+
+def training_set(
+    project: Project, ids: np.ndarray, X: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Trusted labels of embedded items in the project's classes: (ids, X, y), by item id."""
+    labels = project.store.trusted_labels()
+    classes = set(project.config.classes)
+    unknown = Counter(lab for lab in labels.values() if lab not in classes)
+    if unknown:
+        logger.warning("ignoring trusted labels outside the project classes: %s", dict(unknown))
+    rows = [i for i, item in enumerate(ids.tolist()) if labels.get(item) in classes]
+    rows.sort(key=lambda i: int(ids[i]))
+    sel = np.asarray(rows, dtype=np.int64)
+    y = np.asarray([labels[int(ids[i])] for i in rows], dtype=object)
+    return ids[sel], X[sel], y
+
+
+def model_version(project: Project, ids: np.ndarray, X: np.ndarray, y: np.ndarray) -> str:
+    """``m-`` + 10 hex digits of sha1 over the training set, its features and the config."""
+    h = hashlib.sha1()
+    h.update(project.config.head.model_dump_json().encode())
+    h.update(project.config.embed.model_dump_json(include={"backbone", "weights",
+                                                           "image_size"}).encode())
+    h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    h.update("\x1f".join(map(str, y)).encode())
+    h.update(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+    return "m-" + h.hexdigest()[:10]
+
+
+def cv_accuracy(head: EmbeddingClassifier, X: np.ndarray, y: np.ndarray) -> float | None:
+    """Stratified k-fold accuracy (k = min(5, smallest class)); None if a class has < 2."""
+    counts = Counter(y.tolist())
+    if len(counts) < 2 or min(counts.values()) < 2:
+        return None
+    folds = StratifiedKFold(n_splits=min(CV_FOLDS, min(counts.values())), shuffle=True,
+                            random_state=0)
+    return float(np.mean(cross_val_score(head, X, y, cv=folds)))
+
+
+def train_head(project: Project, *, round_id: int | None = None) -> ModelRecord | None:
+    """Fit the head on the trusted labels, save it and record it.
+
+    Returns the :class:`~alearn.store.ModelRecord` (an existing one when this exact
+    training set was fitted before), or ``None`` when the labels cover fewer than two
+    classes: planning then falls back to the cold-start strategy.
+    """
+    ids, X = pool_features(project)
+    ids, X, y = training_set(project, ids, X)
+    n_classes = len(set(y.tolist()))
+    if n_classes < 2:
+        logger.info("no head: %d trusted labels over %d class(es); need two classes",
+                    len(y), n_classes)
+        return None
+    version = model_version(project, ids, X, y)
+    store = project.store
+    with store.session() as s:
+        existing = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
+    if existing is not None and existing.path and Path(existing.path).is_file():
+        return existing
+    head = make_head(project).fit(X, y)
+    cv = cv_accuracy(make_head(project), X, y)
+    path = project.models_dir / f"{version}.joblib"
+    _atomic_dump(head, path)
+    with store.session() as s:
+        record = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
+        if record is None:
+            record = ModelRecord(version=version, round_id=round_id, n_train=len(y),
+                                 cv_accuracy=cv, path=str(path))
+            s.add(record)
+        else:  # its file had gone missing: rewritten above
+            record.path = str(path)
+    logger.info("model_event=trained model_version=%s round=%s n_train=%d cv_accuracy=%s",
+                version, round_id, len(y), cv)
+    return record
+
+
+def load_head(project: Project, version: str) -> EmbeddingClassifier:
+    """The saved head ``version`` (raises StoreError if unknown or its file is gone)."""
+    with project.store.session() as s:
+        record = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
+    if record is None:
+        raise StoreError(f"no model {version!r} in the store. Train one first "
+                         "(alearn round start, or alearn.training.train_head).")
+    path = Path(record.path or project.models_dir / f"{version}.joblib")
+    if not path.is_file():
+        raise StoreError(f"model {version!r}: file {path} is missing. Retrain the head.")
+    head = joblib.load(path)
+    if not isinstance(head, EmbeddingClassifier):
+        raise StoreError(f"model file {path} does not hold an EmbeddingClassifier.")
+    return head
+
+
+def _atomic_dump(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".joblib")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            joblib.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,135 @@
+"""Training the head and planning a batch on a tiny project.
+
+The feature boundary (``alearn.training.pool_features``) is stubbed with synthetic
+embeddings; the store, the head and the strategies are real.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sqlalchemy import select
+
+from alearn import training
+from alearn.classifier import EmbeddingClassifier
+from alearn.cli import cli
+from alearn.exceptions import EmptyPoolError, UnknownNameError
+from alearn.selection import plan_batch
+from alearn.store import Item, Label, ModelRecord, Round, Selection
+from alearn.strategies import margin
+
+CLASSES = ["cat", "dog", "bird"]
+N_ITEMS = 60
+
+
+@pytest.fixture
+def pool(project, monkeypatch):
+    """60 items in three Gaussian blobs (true class = blob), features stubbed."""
+    rng = np.random.default_rng(0)
+    truth = np.array(CLASSES)[np.arange(N_ITEMS) % 3]
+    X = rng.normal(size=(N_ITEMS, 8)).astype(np.float32)
+    X[:, :3] += 3 * np.eye(3, dtype=np.float32)[np.arange(N_ITEMS) % 3]
+    with project.store.session() as s:
+        for i in range(N_ITEMS):
+            s.add(Item(id=i + 1, sha256=f"{i:064x}", path=f"img/{i}.png", width=8, height=8))
+    ids = np.arange(1, N_ITEMS + 1, dtype=np.int64)
+    monkeypatch.setattr(training, "pool_features", lambda project: (ids, X))
+    return {"ids": ids, "X": X, "truth": truth}
+
+
+def _label(project, item_ids, truth):
+    with project.store.session() as s:
+        for i in item_ids:
+            s.add(Label(item_id=int(i), label=str(truth[i - 1]), origin="consensus"))
+
+
+def test_no_head_before_two_classes_and_cold_start_fallback(project, pool):
+    assert training.train_head(project) is None
+    _label(project, [1, 4, 7], pool["truth"])  # all 'cat'
+    assert training.train_head(project) is None
+    plan = plan_batch(project, batch_size=6, strategy="margin")
+    assert plan.strategy == "typiclust" and plan.model_version is None
+    assert [it.rank for it in plan.items] == list(range(6))
+    assert [it.score for it in plan.items] == sorted(it.score for it in plan.items)
+    assert all(it.predicted is None for it in plan.items)
+    assert {1, 4, 7}.isdisjoint(it.item_id for it in plan.items)
+
+
+def test_train_head_records_deterministic_version_and_cv(project, pool):
+    labeled = list(range(1, 31))
+    _label(project, labeled, pool["truth"])
+    rec = training.train_head(project, round_id=None)
+    assert rec.n_train == 30 and rec.version.startswith("m-") and len(rec.version) == 12
+    X, y = pool["X"][:30], pool["truth"][:30]
+    head = training.make_head(project)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    assert rec.cv_accuracy == pytest.approx(cross_val_score(head, X, y, cv=folds).mean())
+    assert training.train_head(project).version == rec.version  # same labels, same head
+    with project.store.session() as s:
+        assert s.scalar(select(ModelRecord.id).where(ModelRecord.version == rec.version))
+    loaded = training.load_head(project, rec.version)
+    ref = EmbeddingClassifier(C=project.config.head.C).fit(X, y)
+    np.testing.assert_allclose(loaded.predict_proba(pool["X"]), ref.predict_proba(pool["X"]))
+    assert not list(project.models_dir.glob(".tmp-*"))
+    _label(project, [31], pool["truth"])
+    assert training.train_head(project).version != rec.version
+
+
+def test_cv_accuracy_none_when_a_class_has_one_label(project, pool):
+    _label(project, [1, 4, 2, 5, 3], pool["truth"])  # cat x2, dog x2, bird x1
+    rec = training.train_head(project)
+    assert rec.n_train == 5 and rec.cv_accuracy is None
+
+
+def test_plan_excludes_labeled_selected_and_excluded_items(project, pool):
+    _label(project, range(1, 13), pool["truth"])  # 4 per class: past cold start
+    with project.store.session() as s:
+        s.add(Round(id=1, number=1, status="closed", strategy="margin", batch_size=2,
+                    overlap=1))
+        s.add_all([Selection(round_id=1, item_id=i, rank=0, score=0.0) for i in (20, 21)])
+    plan = plan_batch(project, batch_size=5, exclude=[30])
+    assert plan.strategy == "margin" and plan.model_version.startswith("m-")
+    assert plan.n_pool == N_ITEMS - 12 - 2 - 1 and plan.n_train == 12
+    chosen = [it.item_id for it in plan.items]
+    assert len(chosen) == 5 and not set(chosen) & ({20, 21, 30} | set(range(1, 13)))
+    # lower score = more uncertain: the picks are the pool's smallest margins, ascending
+    head = training.load_head(project, plan.model_version)
+    pool_ids = [i for i in range(13, N_ITEMS + 1) if i not in (20, 21, 30)]
+    m = margin(head.predict_proba(pool["X"][np.array(pool_ids) - 1]))
+    assert [it.score for it in plan.items] == pytest.approx(np.sort(m)[:5].tolist())
+    assert plan.items[0].path == f"img/{chosen[0] - 1}.png"
+    assert {it.predicted for it in plan.items} <= set(CLASSES)
+
+
+def test_plan_auto_uses_cold_start_until_every_class_has_enough(project, pool):
+    _label(project, [1, 2, 3, 4, 5, 6], pool["truth"])  # 2 per class < min 3
+    assert plan_batch(project, batch_size=3).strategy == "typiclust"
+    _label(project, [7, 8, 9], pool["truth"])
+    assert plan_batch(project, batch_size=3).strategy == project.config.rounds.uncertainty_strategy
+
+
+def test_plan_errors(project, pool):
+    with pytest.raises(UnknownNameError, match="Valid names"):
+        plan_batch(project, strategy="bogus")
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_batch(project, batch_size=0)
+    with pytest.raises(EmptyPoolError, match="alearn ingest"):
+        plan_batch(project, exclude=pool["ids"].tolist())
+
+
+def test_cli_round_plan(project, pool):
+    runner = CliRunner()
+    args = ["--project", str(project.root), "round", "plan"]
+    result = runner.invoke(cli, [*args, "--batch-size", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["strategy"] == "typiclust" and len(data["items"]) == 4
+    result = runner.invoke(cli, [*args, "--batch-size", "3"])
+    assert result.exit_code == 0 and "Planned batch" in result.output
+    result = runner.invoke(cli, [*args, "--strategy", "bogus"])
+    assert result.exit_code == 2
+    assert "--strategy" in result.output and "margin" in result.output
