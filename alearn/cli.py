@@ -100,6 +100,80 @@ def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool)
 
 # --- commands added by feature modules go below this line (keep this marker) ---
 
+# --- ingest (images and manifests) ---
+
+
+@cli.command("ingest")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder to scan, inside the image root (default: the image root; "
+                   "nothing when --manifest is given).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV or JSONL manifest: path, label, source, captured_at, lat, lon, "
+                   "license; other columns are kept as extra metadata.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Threads decoding images.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def ingest_cmd(ctx: Context, images: Path | None, manifest: Path | None, workers: int,
+               as_json: bool) -> None:
+    """Record images and their metadata in the store; re-running adds only new files."""
+    from rich.markup import escape
+
+    from alearn.ingest import ingest
+
+    summary = ingest(ctx.project, images=images, manifest=manifest, workers=workers,
+                     progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    console.print(f"added {summary.added}, duplicate {summary.duplicate}, rejected "
+                  f"{summary.rejected}, skipped {summary.skipped} (seen before), updated "
+                  f"{summary.updated}")
+    for title, entries in (("Rejected", summary.rejections), ("Warnings", summary.warnings)):
+        if entries:
+            print_table(title, [{"path": escape(p), "reason": escape(r)} for p, r in entries[:100]],
+                        ["path", "reason"])
+        if len(entries) > 100:
+            console.print(f"... and {len(entries) - 100} more; use --json to see all.")
+
+
+# --- round planning (selection) ---
+
+
+@cli.group()
+def round() -> None:  # noqa: A001 - the command is `alearn round`
+    """Plan, start, watch and close labeling rounds."""
+
+
+@round.command("plan")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Items in the batch (default: rounds.batch_size).")
+@click.option("--strategy", default=None,
+              help="Strategy name or 'auto' (default: rounds.strategy).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def round_plan(ctx: Context, batch_size: int | None, strategy: str | None,
+               as_json: bool) -> None:
+    """Preview the next batch (item, path, score, predicted class); nothing is pushed."""
+    from alearn.exceptions import UnknownNameError
+    from alearn.selection import plan_batch
+    from alearn.strategies import check_strategy_name
+
+    if strategy is not None:
+        try:
+            check_strategy_name(strategy)
+        except UnknownNameError as exc:
+            raise click.BadParameter(str(exc), param_hint="--strategy") from None
+    plan = plan_batch(ctx.project, batch_size=batch_size, strategy=strategy)
+    if as_json:
+        print_json(plan.to_dict())
+        return
+    console.print(f"Strategy [bold]{plan.strategy}[/], model {plan.model_version or '-'} "
+                  f"({plan.n_train} labels), pool {plan.n_pool}. Lower score = label first.")
+    rows = [{"rank": it.rank, "item": it.item_id, "path": it.path, "score": f"{it.score:.3f}",
+             "predicted": it.predicted} for it in plan.items]
+    print_table("Planned batch", rows, ["rank", "item", "path", "score", "predicted"])
+
 # --- round loop, workers and status (lead) ---
 
 
