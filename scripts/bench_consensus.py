@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     ds_acc = float(np.mean(ds.labels == truth))
     ck_acc = None if ck_labels is None else float(np.mean(ck_labels == truth))
     result = {
+        "command": " ".join(["python", *sys.argv]) if argv is None else None,
+        "numpy": np.__version__,
         "items": args.items, "classes": k, "per_item": args.per_item, "seed": args.seed,
         "panel": [{"accuracy": "random" if p is None else p, "biased_0_1": b}
                   for p, b in zip(PANEL, BIASED, strict=True)],
