@@ -100,6 +100,44 @@ def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool)
 
 # --- commands added by feature modules go below this line (keep this marker) ---
 
+# --- embed (feature cache) ---
+
+
+def _parse_shard_option(_ctx: click.Context, _param: click.Parameter,
+                        value: str) -> tuple[int, int]:
+    from alearn.features import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
+
+
+@cli.command("embed")
+@click.option("--shard", default="0/1", show_default=True, callback=_parse_shard_option,
+              help="Embed only items whose id % n == i, given as i/n (e.g. 1/4).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def embed_cmd(ctx: Context, shard: tuple[int, int], as_json: bool) -> None:
+    """Embed the images not in the feature cache yet (with the configured backbone)."""
+    from rich.markup import escape
+
+    from alearn.features import embed_project
+
+    summary = embed_project(ctx.project, shard=shard,
+                            progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    d = summary.to_dict()
+    console.print(f"shard {d['shard']}: {d['items']} items, computed {d['computed']}, cached "
+                  f"{d['cached']}, failed {d['failed']} in {d['seconds']} s "
+                  f"({d['images_per_second'] or 0} img/s)\ncache key: {escape(d['key'])}")
+    if summary.failed:
+        print_table("Failed", [{"item": i, "reason": escape(r)} for i, r in summary.failed[:100]],
+                    ["item", "reason"])
+
+
 # --- ingest (images and manifests) ---
 
 
