@@ -88,7 +88,10 @@ class AgreementConfig(_Section):
         "adjudicate", description="What a majority-vote tie becomes."
     )
     min_confidence: float = Field(
-        0.7, ge=0, le=1, description="Consensus confidence needed to become a trusted label."
+        0.6,
+        ge=0,
+        le=1,
+        description="Consensus confidence needed to become a trusted label (2 of 3 is 0.67).",
     )
     kappa_threshold: float = Field(
         0.6, ge=-1, le=1, description="Rounds whose kappa falls below this are flagged."

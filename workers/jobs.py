@@ -69,10 +69,8 @@ def train_job(project_dir: str, round_id: int) -> dict[str, Any]:
 
 def select_job(project_dir: str, round_id: int) -> dict[str, Any]:
     """Score the pool and store the round's batch (idempotent)."""
-    from alearn.selection import plan_batch
-
     from alearn.rounds import get_round, record_plan
-    from alearn.store import ModelRecord
+    from alearn.selection import plan_batch
 
     project = _open(project_dir)
     key = f"{queues.project_key(str(project.root))}:select:{round_id}"
@@ -80,11 +78,8 @@ def select_job(project_dir: str, round_id: int) -> dict[str, Any]:
         if not got:
             return _skipped("select", key)
         rnd = get_round(project.store, round_id)
-        with project.store.session() as s:
-            latest = s.query(ModelRecord).filter(ModelRecord.round_id == round_id).order_by(
-                ModelRecord.id.desc()).first()
-        plan = plan_batch(project, batch_size=rnd.batch_size, strategy=rnd.strategy,
-                          model_version=latest.version if latest else None)
+        # the head trained by train_job is found again by its training-set hash
+        plan = plan_batch(project, batch_size=rnd.batch_size, strategy=rnd.strategy)
         n = record_plan(project.store, round_id, plan)
     _report(selected=n, strategy=plan.strategy)
     return {"selected": n, "strategy": plan.strategy, "model_version": plan.model_version}

@@ -1,0 +1,86 @@
+"""Round close on the store alone (no Label Studio): consensus, kappa, adjudication."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from alearn.closing import close_round
+from alearn.config import Settings
+from alearn.exceptions import RoundError
+from alearn.project import Project
+from alearn.rounds import CLOSED, PUSHED, create_round, get_round, transition
+from alearn.store import Annotation, Item, Label, Selection
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+@pytest.fixture
+def proj(tmp_path, image_dir, db_url) -> Project:
+    return Project.init(tmp_path / "p", classes=CLASSES, images=image_dir,
+                        settings=Settings(database_url=db_url))
+
+
+def _round_with_votes(project: Project, votes: dict[int, list[str]], gold: dict[int, str]):
+    store = project.store
+    rnd = create_round(store, strategy="random", batch_size=len(votes), overlap=3)
+    with store.session() as s:
+        items = [Item(sha256=f"{i:064x}", path=f"{i}.png", width=1, height=1) for i in votes]
+        s.add_all(items)
+        s.flush()
+        ids = {k: it.id for k, it in zip(votes, items, strict=True)}
+        for rank, k in enumerate(votes):
+            s.add(Selection(round_id=rnd.id, item_id=ids[k], rank=rank, score=0.0))
+        n = 0
+        for k, labels in votes.items():
+            for who, lab in zip(("ann-a", "ann-b", "ann-c"), labels, strict=False):
+                n += 1
+                s.add(Annotation(ls_annotation_id=n, ls_task_id=1000 + k, item_id=ids[k],
+                                 round_id=rnd.id, annotator=who, label=lab, lead_time=2.0 + n))
+        for k, lab in gold.items():
+            s.add(Label(item_id=ids[k], label=lab, origin="manifest", is_gold=True))
+    transition(store, rnd.id, PUSHED)
+    return rnd, ids
+
+
+def test_close_stores_consensus_kappa_and_adjudication(proj: Project) -> None:
+    votes = {
+        0: ["cat", "cat", "cat"],
+        1: ["dog", "dog", "cat"],
+        2: ["cat", "dog", "bird"],   # three-way tie -> adjudication
+        3: ["bird", "bird", "bird"],
+        4: ["dog", "dog", "dog"],
+        5: ["cat", "cat", "dog"],   # gold item: keeps its known label
+    }
+    rnd, ids = _round_with_votes(proj, votes, gold={5: "dog"})
+    m = close_round(proj, rnd.id)
+    labels = proj.store.trusted_labels()
+    assert labels[ids[0]] == "cat" and labels[ids[1]] == "dog" and labels[ids[3]] == "bird"
+    assert ids[2] not in labels and m["adjudication_items"] == [ids[2]]
+    assert labels[ids[5]] == "dog"  # gold wins over the vote
+    assert m["labels_spent"] == 18 and m["tasks"] == 6
+    # mean pairwise Cohen's kappa equals scikit-learn's, computed by hand here
+    cols = list(zip(*votes.values(), strict=True))
+    ref = np.mean([cohen_kappa_score(cols[i], cols[j]) for i, j in ((0, 1), (0, 2), (1, 2))])
+    assert m["kappa"] == pytest.approx(ref)
+    by_name = {a["annotator"]: a for a in m["annotators"]}
+    assert set(by_name) == {"ann-a", "ann-b", "ann-c"}
+    assert by_name["ann-b"]["gold_accuracy"] == 0.0 or by_name["ann-b"]["n_gold"] == 1
+    assert get_round(proj.store, rnd.id).status == CLOSED
+    # idempotent: a second close returns the stored metrics and changes nothing
+    assert close_round(proj, rnd.id) == m
+    assert proj.store.trusted_labels() == labels
+
+
+def test_low_agreement_round_is_flagged(proj: Project) -> None:
+    votes = {k: [CLASSES[k % 3], CLASSES[(k + 1) % 3], CLASSES[(k + 2) % 3]] for k in range(9)}
+    rnd, _ = _round_with_votes(proj, votes, gold={})
+    m = close_round(proj, rnd.id)
+    assert m["kappa"] < 0.6 and m["flagged"] is True
+
+
+def test_planned_round_cannot_close(proj: Project) -> None:
+    rnd = create_round(proj.store, strategy="random", batch_size=1, overlap=1)
+    with pytest.raises(RoundError, match="only a pushed or collecting round"):
+        close_round(proj, rnd.id)
