@@ -1,0 +1,123 @@
+"""Round orchestration on a real Redis with real RQ workers (SimpleWorker, burst)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import SimpleWorker
+from rq.registry import ScheduledJobRegistry
+
+from alearn.config import EmbedConfig, Settings
+from alearn.exceptions import RoundError
+from alearn.ingest import ingest
+from alearn.project import Project
+from alearn.rounds import PLANNED, get_round
+from alearn.store import Label, Selection
+from tests.conftest import REDIS_TEST_URL, write_image
+from workers import jobs, queues
+from workers.orchestrate import enqueue_pull, reconcile, start_round
+
+TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
+        "batch_size": 8, "num_workers": 0}
+
+
+@pytest.fixture
+def redis_conn(monkeypatch: pytest.MonkeyPatch) -> Redis:
+    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
+    conn = Redis.from_url(REDIS_TEST_URL)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+@pytest.fixture
+def pool_project(tmp_path: Path, redis_conn: Redis) -> Project:
+    root = tmp_path / "images"
+    for i in range(24):
+        write_image(root / f"{i:03d}.png", seed=100 + i, size=(20, 20))
+    project = Project.init(tmp_path / "proj", classes=["a", "b", "c"], images=root,
+                           settings=Settings())
+    project.config.embed = EmbedConfig(**TINY)
+    project.config.rounds.batch_size = 5
+    project.save_config()
+    assert ingest(project).added == 24
+    return project
+
+
+def work(conn: Redis, settings: Settings, *names: str) -> None:
+    qs = [queues.get_queue(conn, settings, n) for n in names]
+    SimpleWorker(qs, connection=conn).work(burst=True)
+
+
+def test_round_start_runs_embed_train_select_on_workers(pool_project: Project,
+                                                        redis_conn: Redis) -> None:
+    settings = Settings()
+    rnd = start_round(pool_project, redis_conn)
+    assert rnd.status == PLANNED
+    with pytest.raises(RoundError, match="only one round may be active"):
+        start_round(pool_project, redis_conn)
+    work(redis_conn, settings, "embed", "train")
+    with pool_project.store.session() as s:
+        chosen = [sel.item_id for sel in s.query(Selection).filter_by(round_id=rnd.id)]
+    assert len(chosen) == 5 and len(set(chosen)) == 5
+    got = get_round(pool_project.store, rnd.id)
+    assert got.model_version  # cold start records a version too
+    assert got.strategy == "typiclust"  # 'auto' with no labels starts cold
+    # the push job waits on the sync queue for Label Studio
+    assert queues.get_queue(redis_conn, settings, "sync").count == 1
+
+
+def test_reconcile_requeues_a_round_whose_jobs_vanished(pool_project: Project,
+                                                        redis_conn: Redis) -> None:
+    settings = Settings()
+    rnd = start_round(pool_project, redis_conn)
+    lost_job = get_round(pool_project.store, rnd.id).job_id
+    redis_conn.flushdb()  # Redis lost every queue
+    assert reconcile(pool_project, redis_conn) == [
+        f"round {rnd.number}: job {lost_job} vanished; chain re-enqueued"
+    ]
+    assert get_round(pool_project.store, rnd.id).job_id != lost_job
+    work(redis_conn, settings, "embed", "train")
+    with pool_project.store.session() as s:
+        assert s.query(Selection).filter_by(round_id=rnd.id).count() == 5
+    # a live chain is left alone
+    assert reconcile(pool_project, redis_conn) == []
+
+
+def test_a_step_held_by_another_worker_is_skipped(pool_project: Project,
+                                                  redis_conn: Redis) -> None:
+    key = f"{queues.project_key(str(pool_project.root))}:embed:0/1"
+    with queues.job_lock(redis_conn, key) as got:
+        assert got
+        out = jobs.embed_job(str(pool_project.root))
+    assert out["skipped"] is True
+    out = jobs.embed_job(str(pool_project.root))
+    assert out["computed"] == 24
+
+
+def test_pulls_are_debounced(pool_project: Project, redis_conn: Redis) -> None:
+    settings = Settings()
+    assert enqueue_pull(pool_project, redis_conn, delay=5) is True
+    assert enqueue_pull(pool_project, redis_conn, delay=5) is False
+    q = queues.get_queue(redis_conn, settings, "sync")
+    assert ScheduledJobRegistry(queue=q).count == 1
+
+
+def test_redis_down_gives_a_clear_error(pool_project: Project) -> None:
+    with pytest.raises(queues.QueueUnavailable, match="cannot reach Redis.*ALEARN_REDIS_URL"):
+        queues.connect(Settings(redis_url="redis://127.0.0.1:1/0"))
+
+
+def test_labeled_items_are_never_selected(pool_project: Project, redis_conn: Redis) -> None:
+    settings = Settings()
+    ids = pool_project.store.item_ids()
+    with pool_project.store.session() as s:
+        for n, item in enumerate(ids[:12]):
+            s.add(Label(item_id=item, label="abc"[n % 3], origin="manifest", is_gold=True))
+    rnd = start_round(pool_project, redis_conn, strategy="margin")
+    work(redis_conn, settings, "embed", "train")
+    with pool_project.store.session() as s:
+        chosen = {sel.item_id for sel in s.query(Selection).filter_by(round_id=rnd.id)}
+    assert len(chosen) == 5 and not chosen & set(ids[:12])
