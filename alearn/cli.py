@@ -215,6 +215,123 @@ def round_plan(ctx: Context, batch_size: int | None, strategy: str | None,
 # --- round loop, workers and status (lead) ---
 
 
+def _check_strategy_flag(strategy: str | None) -> None:
+    from alearn.exceptions import UnknownNameError
+    from alearn.strategies import check_strategy_name
+
+    if strategy is not None:
+        try:
+            check_strategy_name(strategy)
+        except UnknownNameError as exc:
+            raise click.BadParameter(str(exc), param_hint="--strategy") from None
+
+
+@round.command("start")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Items in the batch (default: rounds.batch_size).")
+@click.option("--strategy", default=None,
+              help="Strategy name or 'auto' (default: rounds.strategy).")
+@click.option("--overlap", type=click.IntRange(min=1), default=None,
+              help="Annotators per image (default: rounds.overlap).")
+@click.option("--embed-shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the embedding of new images into this many parallel jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def round_start(ctx: Context, batch_size: int | None, strategy: str | None,
+                overlap: int | None, embed_shards: int, as_json: bool) -> None:
+    """Start a round: the workers embed, train, select and push the batch."""
+    from workers.orchestrate import ensure_tick, start_round
+
+    _check_strategy_flag(strategy)
+    conn = _redis(ctx)
+    rnd = start_round(ctx.project, conn, batch_size=batch_size, strategy=strategy,
+                      overlap=overlap, embed_shards=embed_shards)
+    ensure_tick(ctx.project, conn)
+    if as_json:
+        print_json({"round": rnd.number, "round_id": rnd.id, "status": rnd.status,
+                    "job_id": rnd.job_id})
+        return
+    console.print(f"Round {rnd.number} planned: the workers now embed, train, select and "
+                  "push it. Watch it with 'alearn status'.")
+
+
+@round.command("sync")
+@click.option("--wait", is_flag=True, help="Pull now in this process instead of enqueueing.")
+@pass_ctx
+def round_sync(ctx: Context, wait: bool) -> None:
+    """Pull annotations from Label Studio now (the workers also pull periodically)."""
+    from workers import jobs
+    from workers.orchestrate import enqueue_pull
+
+    if wait:
+        print_json(jobs.pull_job(str(ctx.project.root)))
+    elif enqueue_pull(ctx.project, _redis(ctx), delay=0):
+        console.print("Pull enqueued.")
+    else:
+        console.print("A pull is already pending.")
+
+
+@round.command("close")
+@click.option("--round", "number", type=int, default=None,
+              help="Round number (default: the active round).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
+    """Close a round now: pull, then agreement, consensus and metrics."""
+    from sqlalchemy import select
+
+    from alearn.rounds import get_round
+    from alearn.store import Round
+    from workers import jobs
+
+    store = ctx.project.store
+    if number is None:
+        rnd = get_round(store)
+    else:
+        with store.session() as s:
+            rnd = s.scalar(select(Round).where(Round.number == number))
+        if rnd is None:
+            raise click.BadParameter(f"there is no round {number}", param_hint="--round")
+    jobs.pull_job(str(ctx.project.root))
+    metrics = jobs.close_job(str(ctx.project.root), rnd.id)
+    if as_json:
+        print_json(metrics)
+        return
+    console.print(f"Round {rnd.number} closed: {metrics.get('labels_spent')} labels, "
+                  f"kappa {_fmt(metrics.get('kappa'))}, cv accuracy "
+                  f"{_fmt(metrics.get('cv_accuracy'))}, consensus {metrics.get('consensus')}.")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@cli.command("agreement")
+@click.option("--round", "number", type=int, default=None,
+              help="Round number (default: every round).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def agreement_cmd(ctx: Context, number: int | None, as_json: bool) -> None:
+    """Inter-annotator agreement with 95% bootstrap intervals, and annotator quality."""
+    from alearn.agreement_view import agreement_summary
+
+    summary = agreement_summary(ctx.project, round_number=number)
+    if as_json:
+        print_json(summary)
+        return
+    scope = f"round {number}" if number is not None else "all rounds"
+    console.print(f"Agreement over {scope}: {summary['n_items']} items, "
+                  f"{summary['n_annotators']} annotators, {summary['n_ratings']} ratings")
+    print_table("Agreement", summary["figures"], ["figure", "value", "95% CI", "items", "note"])
+    if summary["pairwise"]:
+        print_table("Cohen's kappa by pair", summary["pairwise"],
+                    ["a", "b", "value", "95% CI", "items", "note"])
+    if summary["annotators"]:
+        print_table("Annotators", summary["annotators"],
+                    ["annotator", "items", "accuracy vs others", "peer kappa", "gold accuracy",
+                     "median s", "flag"])
+
+
 def _redis(ctx: Context):  # noqa: ANN202 - redis.Redis, imported lazily
     from workers.queues import connect
 

@@ -57,8 +57,8 @@ def close_round(project: Project, round_id: int) -> dict[str, Any]:
     votes = round_votes(project, [round_id])
     ratings = ratings_matrix([v[:3] for v in votes], classes)
     items = [int(i) for i in ratings.items]
-    lead_times = _lead_times(ratings, votes)
-    gold = _gold_labels(project, items)
+    lead_times = lead_time_matrix(ratings, votes)
+    gold = gold_labels(project, items)
     metrics: dict[str, Any] = dict(rnd.metrics or {})
     metrics["labels_spent"] = len(votes)
     with store.session() as s:
@@ -97,6 +97,14 @@ def close_round(project: Project, round_id: int) -> dict[str, Any]:
                         round_id, metrics["kappa"], cfg.agreement.kappa_threshold)
     metrics.update(consensus=consensus_counts, consensus_items=len(items),
                    adjudication_items=adjudication, cv_accuracy=_cv_accuracy(project))
+    from alearn.convergence import assess_round, not_assessed
+
+    try:
+        metrics["convergence"] = assess_round(project, round_id, metrics)
+    except AlearnError as exc:  # a failed convergence check does not stop a close
+        log.warning("round_event=convergence_skipped round=%s reason=%s", round_id, exc)
+        metrics["convergence"] = not_assessed(str(exc)).to_dict()
+    metrics["converged"] = metrics["convergence"]["converged"]
     with store.session() as s:
         row = s.get(Round, round_id)
         if row is None:
@@ -108,7 +116,7 @@ def close_round(project: Project, round_id: int) -> dict[str, Any]:
     return metrics
 
 
-def _lead_times(ratings: Any, votes: list[tuple[int, str, str, float | None]]) -> np.ndarray:
+def lead_time_matrix(ratings: Any, votes: list[tuple[int, str, str, float | None]]) -> np.ndarray:
     """Seconds per (item, annotator) cell, NaN where unknown; shape of the ratings."""
     rows = {item: r for r, item in enumerate(ratings.items)}
     cols = {who: c for c, who in enumerate(ratings.annotators)}
@@ -119,7 +127,7 @@ def _lead_times(ratings: Any, votes: list[tuple[int, str, str, float | None]]) -
     return out
 
 
-def _gold_labels(project: Project, items: list[int]) -> dict[int, int]:
+def gold_labels(project: Project, items: list[int]) -> dict[int, int]:
     index = {c: i for i, c in enumerate(project.config.classes)}
     with project.store.session() as s:
         rows = s.execute(select(Label.item_id, Label.label).where(

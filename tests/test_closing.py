@@ -84,3 +84,29 @@ def test_planned_round_cannot_close(proj: Project) -> None:
     rnd = create_round(proj.store, strategy="random", batch_size=1, overlap=1)
     with pytest.raises(RoundError, match="only a pushed or collecting round"):
         close_round(proj, rnd.id)
+
+
+def test_agreement_command_shows_figures_and_annotators(proj: Project, monkeypatch) -> None:
+    import json
+
+    import krippendorff
+    from click.testing import CliRunner
+
+    from alearn.cli import cli
+
+    votes = {k: ["cat", "cat", "dog"] if k % 3 == 0 else [CLASSES[k % 3]] * 3 for k in range(9)}
+    _round_with_votes(proj, votes, gold={})
+    monkeypatch.setenv("ALEARN_DATABASE_URL", proj.settings.database_url or "")
+    runner = CliRunner()
+    out = runner.invoke(cli, ["--project", str(proj.root), "agreement", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    cols = np.array([[CLASSES.index(v) for v in vs] for vs in votes.values()]).T
+    ref = krippendorff.alpha(reliability_data=cols, level_of_measurement="nominal")
+    alpha = next(f for f in data["figures"] if f["figure"] == "Krippendorff's alpha")
+    assert float(alpha["value"]) == pytest.approx(ref, abs=1e-3)
+    assert {a["annotator"] for a in data["annotators"]} == {"ann-a", "ann-b", "ann-c"}
+    text = runner.invoke(cli, ["--project", str(proj.root), "agreement", "--round", "1"])
+    assert text.exit_code == 0 and "Krippendorff's alpha" in text.output
+    bad = runner.invoke(cli, ["--project", str(proj.root), "agreement", "--round", "7"])
+    assert bad.exit_code != 0 and "there is no round 7" in str(bad.exception)

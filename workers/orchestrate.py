@@ -40,10 +40,10 @@ def start_round(
 ) -> Round:
     """Create the round in the store, then enqueue embed -> train -> select -> push."""
     cfg = project.config.rounds
-    if strategy is not None and strategy != "auto":
-        from alearn.strategies import get_strategy
+    if strategy is not None:
+        from alearn.strategies import check_strategy_name
 
-        get_strategy(strategy)  # unknown names fail here, before anything is created
+        check_strategy_name(strategy)  # unknown names fail here, before anything is created
     rnd = create_round(
         project.store,
         strategy=strategy or cfg.strategy,

@@ -1,0 +1,79 @@
+"""Agreement figures of a round, or of the whole project, as rows a person can read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from alearn.agreement import Estimate, agreement_report, ratings_matrix
+from alearn.annotator_quality import annotator_quality
+from alearn.closing import N_BOOT, gold_labels, lead_time_matrix, round_votes
+from alearn.exceptions import RoundError
+from alearn.project import Project
+from alearn.store import Round
+
+
+def agreement_summary(project: Project, *, round_number: int | None = None) -> dict[str, Any]:
+    """Agreement report and annotator quality over one round (by number) or all rounds."""
+    round_ids: list[int] | None = None
+    if round_number is not None:
+        with project.store.session() as s:
+            rid = s.scalar(select(Round.id).where(Round.number == round_number))
+        if rid is None:
+            raise RoundError(f"there is no round {round_number}; see 'alearn status'.")
+        round_ids = [rid]
+    cfg = project.config
+    votes = round_votes(project, round_ids)
+    ratings = ratings_matrix([v[:3] for v in votes], cfg.classes)
+    out: dict[str, Any] = {"round": round_number, "n_items": len(ratings.items),
+                           "n_annotators": len(ratings.annotators), "n_ratings": len(votes),
+                           "figures": [], "pairwise": [], "annotators": []}
+    if not votes:
+        out["figures"].append(_row("agreement", Estimate(None, None, None, 0,
+                                   "not computable, because there are no annotations yet")))
+        return out
+    report = agreement_report(ratings, n_boot=N_BOOT, seed=round_number or 0)
+    out["report"] = report.to_dict()
+    for name, label in (("percent_agreement", "percent agreement"),
+                        ("fleiss_kappa", "Fleiss' kappa"),
+                        ("krippendorff_alpha", "Krippendorff's alpha"),
+                        ("gwet_ac1", "Gwet's AC1")):
+        out["figures"].append(_row(label, getattr(report, name)))
+    for cls, est in report.per_class.items():
+        out["figures"].append(_row(f"alpha, {cls} vs rest", est))
+    for pair in report.pairwise_kappa.to_dict()["pairs"]:
+        out["pairwise"].append({"a": pair["a"], "b": pair["b"], **_cells(pair)})
+    items = [int(i) for i in ratings.items]
+    gold = gold_labels(project, items)
+    quality = annotator_quality(
+        ratings, gold=np.array([gold.get(i, -1) for i in items]),
+        lead_times=lead_time_matrix(ratings, votes), n_classes=len(cfg.classes),
+        min_accuracy=cfg.agreement.annotator_min_accuracy,
+    )
+    for q in quality:
+        out["annotators"].append({
+            "annotator": str(q.annotator), "items": q.n_items,
+            "accuracy vs others": _num(q.loo_accuracy), "peer kappa": _num(q.peer_kappa),
+            "gold accuracy": _num(q.gold_accuracy) + (f" ({q.n_gold})" if q.n_gold else ""),
+            "median s": _num(q.median_seconds, 1),
+            "flag": "; ".join(q.reasons) if q.flagged else "",
+        })
+    out["quality"] = [q.to_dict() for q in quality]
+    return out
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _cells(est: dict[str, Any]) -> dict[str, Any]:
+    ci = (f"[{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
+          if est.get("ci_low") is not None else "-")
+    return {"value": _num(est.get("value")), "95% CI": ci, "items": est.get("n_items"),
+            "note": est.get("reason") or ""}
+
+
+def _row(figure: str, est: Estimate) -> dict[str, Any]:
+    return {"figure": figure, **_cells(est.to_dict())}
