@@ -115,6 +115,33 @@ class LabelStudioConfig(_Section):
     )
 
 
+class ConvergenceConfig(_Section):
+    rule: str = Field(
+        "budget or pool_exhausted or (stabilizing and (plateau or human_ceiling))",
+        description=(
+            "When the project has converged: and/or/not over the signals stabilizing, "
+            "plateau, human_ceiling, budget and pool_exhausted."
+        ),
+    )
+    stop_set_size: int = Field(
+        1000, ge=1, description="Unlabeled items (chosen once, seeded) that heads predict."
+    )
+    stop_set_seed: int = Field(0, ge=0, description="Seed choosing the stop set.")
+    stability_threshold: float = Field(
+        0.99, ge=-1, le=1, description="'stabilizing' needs successive heads' kappa >= this."
+    )
+    stability_rounds: int = Field(
+        2, ge=1, description="Rounds in a row the kappa must stay at or above that."
+    )
+    plateau_gain: float = Field(
+        0.005, ge=0,
+        description="'plateau' needs the accuracy gain per 100 labels spent below this.",
+    )
+    plateau_rounds: int = Field(
+        2, ge=1, description="Rounds in a row the gain must stay below that."
+    )
+
+
 class ProjectConfig(_Section):
     """The contents of ``alearn.toml``."""
 
@@ -128,6 +155,7 @@ class ProjectConfig(_Section):
     rounds: RoundsConfig = Field(default_factory=RoundsConfig)
     agreement: AgreementConfig = Field(default_factory=AgreementConfig)
     labelstudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
+    convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
 
     @field_validator("classes")
     @classmethod

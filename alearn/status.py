@@ -51,9 +51,19 @@ def project_status(project: Project) -> dict[str, Any]:
         "rounds": rounds,
         "current_round": round_progress(store, current.id).to_dict() if current else None,
         "set_aside_annotations": aside,
+        "convergence": _convergence(project),
     }
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("labels_spent", "cv_accuracy", "kappa", "consensus_items", "flagged")
     return {k: metrics.get(k) for k in keys}
+
+
+def _convergence(project: Project) -> dict[str, Any]:
+    """The latest verdict: its summary ("converged because ..." or "not converged: ...")
+    and signals."""
+    from alearn.convergence import convergence_status
+
+    status = convergence_status(project).to_dict()
+    return {k: status[k] for k in ("converged", "summary", "reasons", "signals")}
