@@ -100,6 +100,29 @@ def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool)
 
 # --- commands added by feature modules go below this line (keep this marker) ---
 
+# --- report (static HTML) ---
+
+
+@cli.command("report")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("report.html"),
+              show_default=True, help="HTML file to write; its plots go to <name>_files/.")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON from scripts/bench_label_efficiency.py --out: draws its "
+                   "random-sampling curve under the learning curve.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def report_cmd(ctx: Context, out: Path, reference: Path | None, as_json: bool) -> None:
+    """Write a static HTML report: convergence, learning curve, agreement, classes,
+    confusion matrix, annotators and rounds."""
+    from alearn.report import write_report
+
+    path = write_report(ctx.project, out, reference=reference)
+    plots = sorted(str(p) for p in (path.parent / f"{path.stem}_files").glob("*.png"))
+    if as_json:
+        print_json({"report": str(path), "plots": plots})
+        return
+    console.print(f"Report written to {path} ({len(plots)} plots). Open it in a browser.")
+
 # --- export (the converged dataset) ---
 
 EXPORT_FORMATS = ("imagefolder", "csv", "jsonl", "parquet", "hf")  # alearn.export_formats

@@ -1,0 +1,156 @@
+"""The report's plots: each draws one PNG with matplotlib's Agg canvas (no pyplot, no
+display). Inputs are plain lists; :mod:`alearn.report` gathers them and decides when
+there is nothing to draw."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+BLUE, ORANGE, GREEN, RED, GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f"
+Interval = tuple[float | None, float | None, float | None]  # value, ci_low, ci_high
+
+
+def _figure(width: float = 7.0, height: float = 3.6) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _legend(ax: Axes) -> None:
+    """A legend above the plot, where it cannot hide data."""
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, fontsize=8,
+              frameon=False)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def learning_curve(points: Sequence[tuple[float, float, int]], path: Path, *,
+                   reference: Sequence[tuple[float, float]] | None = None,
+                   reference_label: str = "random sampling (reference)") -> Path:
+    """Accuracy against labels spent, one point per closed round (labelled R<number>).
+
+    ``points`` are ``(labels spent, accuracy, round number)``; ``reference`` is another
+    curve ``(labels, accuracy)`` drawn dashed.
+    """
+    fig, ax = _figure()
+    if reference:
+        rx, ry = zip(*reference, strict=True)
+        ax.plot(rx, ry, "--", color=GREY, label=reference_label)
+    x, y, numbers = zip(*points, strict=True)
+    ax.plot(x, y, "o-", color=BLUE, label="this project (cross-validated)")
+    for xi, yi, n in points:
+        ax.annotate(f"R{n}", (xi, yi), textcoords="offset points", xytext=(0, 7),
+                    ha="center",
+                    fontsize=8, color=BLUE)
+    ax.margins(x=0.08, y=0.15)
+    ax.set_xlabel("human labels spent")
+    ax.set_ylabel("accuracy")
+    _legend(ax)
+    return _save(fig, path)
+
+
+def agreement(rounds: Sequence[int], kappa: Sequence[float | None],
+              fleiss: Sequence[Interval], alpha: Sequence[Interval], path: Path, *,
+              threshold: float | None = None) -> Path:
+    """Agreement per round: mean pairwise Cohen's kappa, and Fleiss' kappa and
+    Krippendorff's alpha with their 95% bootstrap intervals as error bars."""
+    fig, ax = _figure()
+    r = np.asarray(rounds, dtype=float)
+    for offset, series, colour, label in ((-0.08, fleiss, ORANGE, "Fleiss' kappa (95% CI)"),
+                                          (0.08, alpha, GREEN, "Krippendorff's alpha (95% CI)")):
+        keep = [i for i, (v, _, _) in enumerate(series) if v is not None]
+        if not keep:
+            continue
+        v = np.array([series[i][0] for i in keep], dtype=float)
+        lo = np.array([series[i][1] if series[i][1] is not None else series[i][0]
+                       for i in keep], dtype=float)
+        hi = np.array([series[i][2] if series[i][2] is not None else series[i][0]
+                       for i in keep], dtype=float)
+        ax.errorbar(r[keep] + offset, v, yerr=[v - lo, hi - v], fmt="o", capsize=4,
+                    color=colour, label=label)
+    keep = [i for i, k in enumerate(kappa) if k is not None]
+    if keep:
+        ax.plot(r[keep], np.array([kappa[i] for i in keep], dtype=float), "D", color=BLUE,
+                label="mean pairwise Cohen's kappa")
+    if threshold is not None:
+        ax.axhline(threshold, linestyle=":", color=RED, label=f"flag below {threshold:g}")
+    ax.set_xticks(r, [f"R{int(n)}" for n in rounds])
+    ax.set_xlim(r.min() - 0.6, r.max() + 0.6)
+    ax.set_xlabel("round")
+    ax.set_ylabel("agreement")
+    _legend(ax)
+    return _save(fig, path)
+
+
+def class_distribution(classes: Sequence[str], trusted: Sequence[int],
+                       predicted: Sequence[int] | None, path: Path) -> Path:
+    """Share of each class among trusted labels and, if given, among the head's
+    predictions over the unlabeled pool."""
+    fig, ax = _figure(7.0, 3.2)
+    x = np.arange(len(classes))
+    width = 0.4 if predicted is not None else 0.6
+    t = np.asarray(trusted, dtype=float)
+    ax.bar(x - (width / 2 if predicted is not None else 0), t / max(t.sum(), 1), width,
+           color=BLUE, label=f"trusted labels (n={int(t.sum())})")
+    if predicted is not None:
+        p = np.asarray(predicted, dtype=float)
+        ax.bar(x + width / 2, p / max(p.sum(), 1), width, color=ORANGE,
+               label=f"predicted, unlabeled pool (n={int(p.sum())})")
+    ax.set_xticks(x, list(classes), rotation=30 if len(classes) > 6 else 0, ha="right"
+                  if len(classes) > 6 else "center")
+    ax.set_ylabel("share")
+    _legend(ax)
+    return _save(fig, path)
+
+
+def confusion(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Confusion matrix: rows are consensus labels, columns the head's predictions."""
+    k = len(classes)
+    side = min(2.5 + 0.55 * k, 9.0)
+    fig, ax = _figure(side + 1.2, side)
+    ax.grid(False)
+    m = np.asarray(matrix)
+    image = ax.imshow(m, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    top = m.max() if m.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if m[i, j] > top / 2 else "black")
+    ax.set_xticks(range(k), list(classes), rotation=45 if k > 4 else 0,
+                  ha="right" if k > 4 else "center")
+    ax.set_yticks(range(k), list(classes))
+    ax.set_xlabel("predicted (cross-validated)")
+    ax.set_ylabel("consensus label")
+    return _save(fig, path)
+
+
+def annotator_accuracy(names: Sequence[str], accuracy: Sequence[float], flagged: Sequence[bool],
+                       path: Path, *, threshold: float | None = None) -> Path:
+    """Leave-one-out accuracy per annotator; flagged annotators in red."""
+    fig, ax = _figure(7.0, max(2.0, 0.4 * len(names) + 1.2))
+    y = np.arange(len(names))
+    ax.barh(y, accuracy, color=[RED if f else BLUE for f in flagged])
+    for yi, a, f in zip(y, accuracy, flagged, strict=True):
+        ax.text(min(a, 1.0) + 0.01, float(yi), f"{a:.2f}" + ("  flagged" if f else ""),
+                va="center", fontsize=8, color=RED if f else "black")
+    if threshold is not None:
+        ax.axvline(threshold, linestyle=":", color=RED, label=f"flag below {threshold:g}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(y, list(names))
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("accuracy against the other annotators' majority (leave-one-out)")
+    return _save(fig, path)
