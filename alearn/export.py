@@ -1,0 +1,292 @@
+"""``alearn export``: write the converged dataset to a folder.
+
+The export holds the trusted labels that pass the filters (:mod:`alearn.export_records`),
+split into train/validation/test with near-duplicates kept together
+(:mod:`alearn.splits`), the train split balanced as asked (:mod:`alearn.balance`), the
+images (copied, or resized: :mod:`alearn.export_images`), the records in the chosen
+format (:mod:`alearn.export_formats`), ``classes.json``, ``stats.json``,
+``transforms.json``, ``class_weights.json`` (balance 'weights'), a dataset card
+``README.md`` (:mod:`alearn.dataset_card`) and ``checksums.sha256``.
+
+It is deterministic: the same store, options and seed give byte-identical files. It is
+atomic: everything is written to ``<out>.tmp-<pid>`` next to ``out`` and renamed into
+place at the end; an error or interrupt leaves neither ``out`` nor the temp folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from alearn import balance as _balance
+from alearn import dataset_card, export_formats, export_images, export_io, export_records, splits
+from alearn.exceptions import ConfigError, EmptyPoolError, StoreError
+from alearn.project import Project
+
+log = logging.getLogger(__name__)
+
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote. ``counts`` is {split: {class: image files}}."""
+
+    out: str
+    format: str
+    n_items: int
+    n_files: int
+    counts: dict[str, dict[str, int]]
+    train_before_balance: dict[str, int]
+    removed: dict[str, int]
+    n_copies: int = 0
+    n_dropped: int = 0
+    n_dup_groups: int = 0
+    class_weights: dict[str, float] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_dataset(
+    project: Project, out: Path | str, *, format: str = "imagefolder",
+    split: str | Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, balance: str = "none",
+    augment_minority: bool = False, resize: int | None = None, fit: str = "pad",
+    min_confidence: float = 0.0, min_agreement: float = 0.0,
+    near_duplicate_distance: int = 4, overwrite: bool = False, progress: bool = False,
+) -> ExportSummary:
+    """Write the project's trusted labels and images to ``out``.
+
+    Parameters
+    ----------
+    project : Project
+    out : path
+        Folder to create. An existing one is refused unless ``overwrite`` (and then only
+        an empty folder or an earlier export is replaced).
+    format : {'imagefolder', 'csv', 'jsonl', 'parquet', 'hf'}
+        See :mod:`alearn.export_formats`.
+    split : str or sequence of 3 floats
+        Train, validation and test shares, e.g. ``"0.8,0.1,0.1"``.
+    seed : int
+        Fixes the split, the balancing choices and the augmentations.
+    balance : {'none', 'oversample', 'undersample', 'weights'}
+        Applied to the train split only (see :mod:`alearn.balance`).
+    augment_minority : bool
+        Oversampled copies are augmented instead of plain duplicates.
+    resize : int, optional
+        Side of the exported square images; None copies the original files.
+    fit : {'pad', 'crop'}
+        Letterbox or center-crop when resizing.
+    min_confidence, min_agreement : float
+        Filters on the label's confidence and on the item's vote agreement.
+    near_duplicate_distance : int
+        Hashes within this many bits are near-duplicates and share a split.
+    overwrite : bool
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    ExportSummary
+    """
+    opts = _check_options(format, split, seed, balance, augment_minority, resize, fit,
+                          min_confidence, min_agreement, near_duplicate_distance)
+    out = Path(out).expanduser().resolve()
+    export_io.check_out(out, overwrite)  # fail before the slow part
+    records, removed = export_records.load_records(
+        project, min_confidence=opts["min_confidence"], min_agreement=opts["min_agreement"])
+    if not records:
+        raise EmptyPoolError(
+            f"nothing to export: {removed['labeled']} trusted labels in the store, of which "
+            f"{removed['unknown_class']} are not a project class, {removed['min_confidence']} "
+            f"fall below --min-confidence {opts['min_confidence']} and "
+            f"{removed['min_agreement']} below --min-agreement {opts['min_agreement']}. "
+            "Label more items, or lower the thresholds."
+        )
+    plan = _plan(project, records, opts)
+    with export_io.atomic_folder(out, overwrite=overwrite) as tmp:
+        summary = _write(project, tmp, records, removed, plan, opts, progress)
+    summary.out = str(out)
+    log.info("export_event=written out=%s format=%s files=%s", out, format, summary.n_files)
+    return summary
+
+
+def _check_options(fmt: str, split: Any, seed: int, balance: str, augment: bool,
+                   resize: int | None, fit: str, min_confidence: float, min_agreement: float,
+                   distance: int) -> dict[str, Any]:
+    export_formats.check_format(fmt)
+    fractions = splits.parse_split(split)
+    _balance.check_balance(balance)
+    if augment and balance != "oversample":
+        raise ConfigError(f"--augment-minority makes augmented oversampled copies; it needs "
+                          f"--balance oversample (got --balance {balance}).")
+    export_images.check_resize(resize, fit)
+    if not 0 <= int(distance) <= 32:
+        raise ConfigError(f"--near-duplicate-distance {distance}: give 0 to 32 bits.")
+    return {
+        "format": fmt, "split": ",".join(f"{f:g}" for f in fractions), "seed": int(seed),
+        "balance": balance, "augment_minority": bool(augment),
+        "resize": int(resize) if resize else None, "fit": fit,
+        "min_confidence": export_records.check_threshold("min_confidence", min_confidence),
+        "min_agreement": export_records.check_threshold("min_agreement", min_agreement),
+        "near_duplicate_distance": int(distance), "fractions": fractions,
+    }
+
+
+def _image_path(project: Project, rec: dict[str, Any]) -> Path:
+    return project.image_root / rec["path"]
+
+
+def _plan(project: Project, records: list[dict[str, Any]], opts: dict[str, Any]) -> dict:
+    """Hash, group, split and balance: every decision, before any file is written."""
+    hashes = []
+    for rec in records:
+        try:
+            hashes.append(splits.file_dhash(_image_path(project, rec)))
+        except DECODE_ERRORS as exc:
+            raise StoreError(_unreadable(project, rec, exc)) from None
+    groups = splits.near_duplicate_groups(hashes, max_distance=opts["near_duplicate_distance"])
+    classes = project.config.classes
+    index = {c: i for i, c in enumerate(classes)}
+    split_idx = splits.stratified_group_split(
+        [index[r["label"]] for r in records], groups.tolist(), opts["fractions"],
+        n_classes=len(classes), seed=opts["seed"])
+    sizes = Counter(groups.tolist())
+    for rec, h, g, s in zip(records, hashes, groups, split_idx, strict=True):
+        rec.update(split=splits.SPLIT_NAMES[s], phash=f"{h:016x}", group=records[g]["id"])
+    train = [r for r in records if r["split"] == "train"]
+    plan = _balance.balance_train([r["id"] for r in train], [r["label"] for r in train],
+                                  mode=opts["balance"], seed=opts["seed"],
+                                  augment=opts["augment_minority"])
+    return {"balance": plan, "train_before": Counter(r["label"] for r in train),
+            "n_dup_groups": sum(1 for n in sizes.values() if n > 1),
+            "n_dup_items": sum(n for n in sizes.values() if n > 1)}
+
+
+def _unreadable(project: Project, rec: dict[str, Any], exc: BaseException) -> str:
+    return (f"item {rec['id']} ({rec['path']}): cannot read {_image_path(project, rec)} "
+            f"({type(exc).__name__}: {exc}). Restore the file under the image root, or "
+            "re-run 'alearn ingest'.")
+
+
+def class_dirs(classes: Sequence[str]) -> dict[str, str]:
+    """A safe, distinct folder name for each class (recorded in ``classes.json``)."""
+    out: dict[str, str] = {}
+    for c in classes:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", c).strip("._") or "class"
+        name, k = base, 1
+        while name.lower() in {v.lower() for v in out.values()}:
+            k += 1
+            name = f"{base}-{k}"
+        out[c] = name
+    return out
+
+
+def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: dict[str, int],
+           plan: dict[str, Any], opts: dict[str, Any], progress: bool) -> ExportSummary:
+    from alearn import __version__
+
+    bal: _balance.BalancePlan = plan["balance"]
+    classes, fmt = project.config.classes, opts["format"]
+    dirs = class_dirs(classes)
+    dropped = set(bal.dropped)
+    by_id = {r["id"]: r for r in records}
+    jobs: list[tuple[dict[str, Any], int, list[dict[str, Any]]]] = [
+        (r, 0, []) for r in records if r["id"] not in dropped]
+    jobs += [(by_id[c.source], c.index, c.augment) for c in bal.copies]
+    order = {s: i for i, s in enumerate(splits.SPLIT_NAMES)}
+    ci = {c: i for i, c in enumerate(classes)}
+    jobs.sort(key=lambda j: (order[j[0]["split"]], ci[j[0]["label"]], j[0]["id"], j[1]))
+    stats = export_images.PixelStats()
+    rows = []
+    for rec, copy, ops in _track(jobs, progress):
+        name = _file_name(rec, copy, reencode=bool(opts["resize"] or ops))
+        rel = export_formats.image_relpath(fmt, rec["split"], dirs[rec["label"]], name)
+        _write_image(project, rec, tmp / rel, opts, ops,
+                     stats if rec["split"] == "train" else None)
+        rows.append({**rec, "file": rel, "copy": copy, "augment": ops,
+                     "source_path": rec["path"]})
+    export_formats.write_records(tmp, fmt, rows)
+    counts = {s: {c: 0 for c in classes} for s in splits.SPLIT_NAMES
+              if any(r["split"] == s for r in rows)}
+    for r in rows:
+        counts[r["split"]][r["label"]] += 1
+    summary = ExportSummary(
+        out="", format=fmt, n_items=len({r["id"] for r in rows}), n_files=len(rows),
+        counts=counts, train_before_balance={c: plan["train_before"].get(c, 0) for c in classes},
+        removed=removed, n_copies=len(bal.copies), n_dropped=len(dropped),
+        n_dup_groups=plan["n_dup_groups"], class_weights=bal.weights, stats=stats.to_dict())
+    export_io.write_json(tmp / "classes.json", [{"index": i, "name": c, "folder": dirs[c]}
+                                       for i, c in enumerate(classes)])
+    export_io.write_json(tmp / "stats.json", {"split": "train", "resize": opts["resize"],
+                                     "fit": opts["fit"] if opts["resize"] else None,
+                                     **summary.stats})
+    export_io.write_json(tmp / "transforms.json", export_images.backbone_transforms(
+        project.config.embed.backbone, image_size=opts["resize"]))
+    if bal.weights is not None:
+        export_io.write_json(tmp / "class_weights.json", bal.weights)
+    public_opts = {k: v for k, v in opts.items() if k != "fractions"}
+    info = {
+        "project": project.config.name, "classes": classes, "splits": list(counts),
+        "counts": counts, "n_files": len(rows), "n_items": summary.n_items,
+        "alearn_version": __version__, "backbone": project.config.embed.backbone,
+        "options": public_opts, "train_before_balance": summary.train_before_balance,
+        "n_copies": summary.n_copies, "n_dropped": summary.n_dropped,
+        "class_weights": bal.weights, "removed": removed,
+        "by_origin": dict(Counter(r["origin"] for r in records if r["id"] not in dropped)),
+        "rounds": dataset_card.rounds_summary(project),
+        "stopping_reason": dataset_card.stopping_reason(project),
+        "n_dup_groups": plan["n_dup_groups"], "n_dup_items": plan["n_dup_items"],
+        "stats": summary.stats, "layout": dataset_card.layout(fmt, bal.weights is not None),
+    }
+    (tmp / "README.md").write_text(dataset_card.render_card(info), encoding="utf-8")
+    return summary
+
+
+def _file_name(rec: dict[str, Any], copy: int, *, reencode: bool) -> str:
+    ext = ".png" if reencode else (Path(rec["path"]).suffix.lower() or ".img")
+    return f"{rec['id']:07d}-{rec['sha256'][:10]}" + (f"-copy{copy}" if copy else "") + ext
+
+
+def _write_image(project: Project, rec: dict[str, Any], dest: Path, opts: dict[str, Any],
+                 ops: list[dict[str, Any]], stats: export_images.PixelStats | None) -> None:
+    src = _image_path(project, rec)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if not opts["resize"] and not ops:
+            dest.write_bytes(src.read_bytes())
+            if stats is not None:
+                with Image.open(dest) as copied:
+                    stats.add(copied)
+            return
+        with Image.open(src) as opened:
+            opened.load()
+            if opts["resize"]:
+                img = export_images.fit_image(opened, opts["resize"], opts["fit"])
+            else:
+                img = export_images.export_mode(ImageOps.exif_transpose(opened))
+            img = _balance.apply_ops(img, ops)
+            img.save(dest, format="PNG")
+            if stats is not None:
+                stats.add(img)
+    except DECODE_ERRORS as exc:
+        raise StoreError(_unreadable(project, rec, exc)) from None
+
+
+def _track(jobs: list, progress: bool) -> Any:
+    if not progress:
+        return jobs
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(jobs, description="exporting", console=Console(stderr=True))
+
+

@@ -1,0 +1,183 @@
+"""Train/validation/test splits that keep class proportions and near-duplicates together.
+
+Near-identical images (a re-save, a slightly noisier copy) must never sit on both sides
+of a split, or the test score measures memory. Each image gets a 64-bit difference hash
+(:func:`dhash`); images whose hashes differ in at most ``max_distance`` bits are joined
+into one group (union-find, :func:`near_duplicate_groups`), and whole groups are assigned
+to splits by a deterministic greedy pass that keeps each class near its target share
+(:func:`stratified_group_split`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from alearn.exceptions import ConfigError
+
+SPLIT_NAMES = ("train", "validation", "test")
+HASH_BITS = 64
+
+
+def parse_split(value: str | Sequence[float]) -> tuple[float, float, float]:
+    """Parse ``"0.8,0.1,0.1"`` (or a sequence) into three fractions summing to 1."""
+    text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    ok = (len(parts) == 3 and all(np.isfinite(p) and p >= 0 for p in parts)
+          and abs(sum(parts) - 1.0) <= 1e-6 and parts[0] > 0)
+    if not ok:
+        raise ConfigError(
+            f"--split {text!r}: give three non-negative numbers (train,validation,test) that "
+            "sum to 1, with train above 0, e.g. --split 0.8,0.1,0.1."
+        )
+    return parts  # type: ignore[return-value]
+
+
+def dhash(img: Image.Image) -> int:
+    """64-bit difference hash: bit i is set where a pixel of the 9x8 grayscale thumbnail
+    is brighter than its right neighbour."""
+    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR),
+                       dtype=np.int16)
+    bits = (small[:, 1:] < small[:, :-1]).ravel()
+    return int(sum(1 << i for i, b in enumerate(bits) if b))
+
+
+def file_dhash(path: Path) -> int:
+    """:func:`dhash` of an image file (JPEGs are decoded at a reduced scale)."""
+    with Image.open(path) as img:
+        img.draft("L", (64, 64))
+        return dhash(img)
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:  # path compression
+            self.parent[i], i = root, self.parent[i]
+        return int(root)
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def near_duplicate_groups(hashes: Sequence[int], *, max_distance: int = 4) -> np.ndarray:
+    """Group images whose hashes are within ``max_distance`` bits (transitively).
+
+    Parameters
+    ----------
+    hashes : sequence of int, length n_images
+        64-bit perceptual hashes.
+    max_distance : int
+        Largest Hamming distance that makes two images near-duplicates (0: equal hashes).
+
+    Returns
+    -------
+    groups : ndarray of shape (n_images,)
+        For each image, the smallest index in its group.
+
+    Notes
+    -----
+    Pigeonhole search: split the 64 bits into ``max_distance + 1`` blocks; two hashes
+    within the distance agree on at least one whole block, so only hashes sharing a block
+    value are compared. That is near-linear for real images.
+    """
+    if not 0 <= max_distance <= 32:
+        raise ConfigError(f"near-duplicate distance {max_distance}: give 0 to 32 bits.")
+    n = len(hashes)
+    uf = _UnionFind(n)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    h = np.array([int(x) & (2**HASH_BITS - 1) for x in hashes], dtype=np.uint64)
+    uniq, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    for i, u in enumerate(inverse.ravel()):  # equal hashes: same group
+        uf.union(int(first[u]), i)
+    if max_distance > 0 and len(uniq) > 1:
+        edges = np.linspace(0, HASH_BITS, max_distance + 2).astype(int)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            block = (uniq >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+            order = np.argsort(block, kind="stable")
+            cuts = np.flatnonzero(np.diff(block[order])) + 1
+            for members in np.split(order, cuts):
+                if len(members) > 1:
+                    _join_close(uniq, members, max_distance, uf, first)
+    return np.array([uf.find(i) for i in range(n)], dtype=np.int64)
+
+
+def _join_close(uniq: np.ndarray, members: np.ndarray, max_distance: int, uf: _UnionFind,
+                first: np.ndarray) -> None:
+    vals = uniq[members]
+    dist = np.bitwise_count(vals[:, None] ^ vals[None, :])
+    rows, cols = np.nonzero(np.triu(dist <= max_distance, k=1))
+    for r, c in zip(rows, cols, strict=True):
+        uf.union(int(first[members[r]]), int(first[members[c]]))
+
+
+def stratified_group_split(
+    labels: Sequence[int], groups: Sequence[int], fractions: Sequence[float], *,
+    n_classes: int, seed: int = 0,
+) -> np.ndarray:
+    """Assign whole groups to splits, keeping each class near its target share.
+
+    Parameters
+    ----------
+    labels : sequence of int, length n_items
+        Class index of each item.
+    groups : sequence of int, length n_items
+        Group id of each item; a group never spans two splits.
+    fractions : sequence of float, length n_splits
+        Target share of each split (summing to 1).
+    n_classes : int
+    seed : int
+        Orders groups of equal size; the same inputs and seed give the same splits.
+
+    Returns
+    -------
+    split : ndarray of shape (n_items,)
+        Split index of each item.
+
+    Notes
+    -----
+    Groups go largest first (ties in a seeded random order). Each goes to the split whose
+    per-class shortfall ``target - current``, summed over the group's items, is largest;
+    ties go to the earlier split. With singleton groups a class of n items gets the
+    split sizes a largest-deficit rounding of ``n * fractions`` gives.
+    """
+    labels_a = np.asarray(labels, dtype=np.int64)
+    groups_a = np.asarray(groups, dtype=np.int64)
+    frac = np.asarray(fractions, dtype=float)
+    if labels_a.shape != groups_a.shape:
+        raise ValueError(f"labels {labels_a.shape} and groups {groups_a.shape} differ in shape")
+    split = np.full(len(labels_a), -1, dtype=np.int64)
+    if not len(labels_a):
+        return split
+    uniq, inverse = np.unique(groups_a, return_inverse=True)
+    counts = np.zeros((len(uniq), n_classes), dtype=float)
+    np.add.at(counts, (inverse, labels_a), 1.0)
+    target = frac[:, None] * counts.sum(axis=0)[None, :]
+    current = np.zeros_like(target)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    usable = frac > 0
+    group_split = np.empty(len(uniq), dtype=np.int64)
+    for g in order:
+        gain = ((target - current) * counts[g][None, :]).sum(axis=1)
+        gain[~usable] = -np.inf
+        s = int(np.argmax(gain))
+        group_split[g] = s
+        current[s] += counts[g]
+    split[:] = group_split[inverse]
+    return split
