@@ -24,6 +24,11 @@ def _figure(width: float = 7.0, height: float = 3.6) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+def _step(n: int, most: int = 12) -> int:
+    """Label every step-th of n points so that at most about ``most`` get a label."""
+    return max(1, -(-n // most))
+
+
 def _legend(ax: Axes) -> None:
     """A legend above the plot, where it cannot hide data."""
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, fontsize=8,
@@ -50,7 +55,10 @@ def learning_curve(points: Sequence[tuple[float, float, int]], path: Path, *,
         ax.plot(rx, ry, "--", color=GREY, label=reference_label)
     x, y, numbers = zip(*points, strict=True)
     ax.plot(x, y, "o-", color=BLUE, label="this project (cross-validated)")
-    for xi, yi, n in points:
+    step = _step(len(points))
+    for i, (xi, yi, n) in enumerate(points):
+        if i % step and i != len(points) - 1:
+            continue
         ax.annotate(f"R{n}", (xi, yi), textcoords="offset points", xytext=(0, 7),
                     ha="center",
                     fontsize=8, color=BLUE)
@@ -86,7 +94,8 @@ def agreement(rounds: Sequence[int], kappa: Sequence[float | None],
                 label="mean pairwise Cohen's kappa")
     if threshold is not None:
         ax.axhline(threshold, linestyle=":", color=RED, label=f"flag below {threshold:g}")
-    ax.set_xticks(r, [f"R{int(n)}" for n in rounds])
+    step = _step(len(rounds))
+    ax.set_xticks(r[::step], [f"R{int(n)}" for n in rounds][::step])
     ax.set_xlim(r.min() - 0.6, r.max() + 0.6)
     ax.set_xlabel("round")
     ax.set_ylabel("agreement")
@@ -118,7 +127,7 @@ def class_distribution(classes: Sequence[str], trusted: Sequence[int],
 def confusion(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """Confusion matrix: rows are consensus labels, columns the head's predictions."""
     k = len(classes)
-    side = min(2.5 + 0.55 * k, 9.0)
+    side = min(2.5 + 0.45 * k, 6.5)
     fig, ax = _figure(side + 1.2, side)
     ax.grid(False)
     m = np.asarray(matrix)
