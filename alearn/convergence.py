@@ -280,6 +280,18 @@ def stop_kappa(previous: Sequence[int] | None, current: Sequence[int] | None) ->
     return float(cohen_kappa_score(a, b))
 
 
+def encode_predictions(preds: Sequence[int] | None) -> str | None:
+    """Class indices as one compact string, ``"0,2,-1,1"`` (short in JSON and logs)."""
+    return None if preds is None else ",".join(str(int(p)) for p in preds)
+
+
+def decode_predictions(text: str | Sequence[int] | None) -> list[int] | None:
+    """The inverse of :func:`encode_predictions` (a list passes through)."""
+    if text is None or not isinstance(text, str):
+        return None if text is None else [int(p) for p in text]
+    return [int(p) for p in text.split(",")] if text else []
+
+
 def closed_metrics(store: Store) -> list[tuple[int, dict[str, Any]]]:
     """(number, metrics) of every closed round, oldest first."""
     with store.session() as s:
@@ -297,7 +309,8 @@ def assess_round(project: Project, round_id: int,
     ones. Earlier closed rounds supply the history. Returns a JSON-able dict: the
     :class:`ConvergenceStatus` fields, plus ``stop_kappa``, ``stop_predictions`` (the
     head's class indices into the project's classes over the stop set, -1 where an item
-    has no features), ``model_version`` of that head, ``n_embedded``, ``pool_remaining``
+    has no features, as one comma-separated string: see :func:`decode_predictions`),
+    ``model_version`` of that head, ``n_embedded``, ``pool_remaining``
     and ``notes``. Missing features or too few labels make the signals that need them
     unmet, with the reason; they do not raise.
     """
@@ -310,21 +323,21 @@ def assess_round(project: Project, round_id: int,
     out: dict[str, Any] = {"stop_kappa": None, "stop_predictions": None,
                            "model_version": None, "n_embedded": None,
                            "pool_remaining": None, "notes": []}
+    ids: np.ndarray | None = None
     try:
         ids, X = training.pool_features(project)
     except AlearnError as exc:
         out["notes"].append(f"no features: {exc}")
-        ids = X = None
     if ids is not None:
         out["n_embedded"], out["pool_remaining"] = int(len(ids)), _pool_remaining(store, ids)
     if ids is not None and len(ids):
         stop = _stop_set(project, ids, round_number=rnd.number)
         preds, version, note = _stop_predictions(project, training, ids, X, stop)
-        out.update(stop_predictions=preds, model_version=version)
+        out.update(stop_predictions=encode_predictions(preds), model_version=version)
         if note:
             out["notes"].append(note)
         prev = (earlier[-1].get("convergence") or {}).get("stop_predictions") if earlier else None
-        out["stop_kappa"] = stop_kappa(prev, preds)
+        out["stop_kappa"] = stop_kappa(decode_predictions(prev), preds)
     kappas = [(m.get("convergence") or {}).get("stop_kappa") for m in earlier]
     curve = [(m.get("labels_spent_total") or 0, m.get("cv_accuracy")) for m in earlier]
     annotators = metrics.get("annotators") or []

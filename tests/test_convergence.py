@@ -22,6 +22,8 @@ from alearn.convergence import (
     budget,
     convergence_status,
     decide,
+    decode_predictions,
+    encode_predictions,
     human_ceiling,
     parse_rule,
     plateau,
@@ -94,6 +96,15 @@ def test_stop_kappa_matches_scikit_learn() -> None:
     assert stop_kappa([1, 1, 1], [1, 1, 1]) == 1.0  # one shared class: identical heads
     assert stop_kappa([0, 1], [0, 1, 2]) is None and stop_kappa(None, [0]) is None
     assert stop_kappa([-1, -1], [0, 1]) is None
+
+
+def test_predictions_round_trip_as_a_compact_string() -> None:
+    preds = [0, 2, -1, 11, 1]
+    assert encode_predictions(preds) == "0,2,-1,11,1"
+    assert decode_predictions(encode_predictions(preds)) == preds
+    assert decode_predictions(encode_predictions([])) == []
+    assert encode_predictions(None) is None and decode_predictions(None) is None
+    assert decode_predictions([1, 2]) == [1, 2]
 
 
 # ------------------------------------------------------------- ceiling, budget, pool
@@ -218,7 +229,8 @@ def test_close_records_signals_and_converges_on_budget(tmp_path: Path) -> None:
     t_ids, t_X, y = training.training_set(project, all_ids, X)
     head = training.make_head(project).fit(t_X, y)
     rows = [all_ids.tolist().index(i) for i in stop]
-    assert c1["stop_predictions"] == [CLASSES.index(c) for c in head.predict(X[rows])]
+    assert decode_predictions(c1["stop_predictions"]) == [
+        CLASSES.index(c) for c in head.predict(X[rows])]
     assert c1["stop_kappa"] is None and c1["pool_remaining"] == 48 and c1["n_embedded"] == 60
     assert m1["converged"] is False and c1["summary"].startswith("not converged:")
     sig = {s["name"]: s for s in c1["signals"]}
@@ -232,7 +244,8 @@ def test_close_records_signals_and_converges_on_budget(tmp_path: Path) -> None:
     c2 = m2["convergence"]
     assert project.store.get_meta(STOP_SET_KEY)["items"] == stop  # chosen once
     assert c2["stop_kappa"] == pytest.approx(
-        stop_kappa(c1["stop_predictions"], c2["stop_predictions"]))
+        stop_kappa(decode_predictions(c1["stop_predictions"]),
+                   decode_predictions(c2["stop_predictions"])))
     assert c2["pool_remaining"] == 36
     assert m2["converged"] is True and c2["reasons"] == ["budget"]
     assert c2["summary"] == "converged because budget (72 of 72 labels spent, budget spent)"
@@ -248,7 +261,8 @@ def test_stable_heads_converge_with_a_stabilizing_rule(tmp_path: Path) -> None:
     m2 = run_round(project, ids[12:24], truth, annotation_base=1000)
     # separable blobs: both heads predict the true class of every stop-set item
     stop = project.store.get_meta(STOP_SET_KEY)["items"]
-    assert m2["convergence"]["stop_predictions"] == [CLASSES.index(truth[i]) for i in stop]
+    assert decode_predictions(m2["convergence"]["stop_predictions"]) == [
+        CLASSES.index(truth[i]) for i in stop]
     assert m2["convergence"]["stop_kappa"] == 1.0 and m2["converged"] is True
     assert m2["convergence"]["summary"].startswith("converged because stabilizing "
                                                    "(stop-set kappa 1.000 >= 0.95")
