@@ -478,6 +478,9 @@ def status(ctx: Context, as_json: bool) -> None:
         print_table("Queues", [{"queue": k, **v} for k, v in q["queues"].items()])
         console.print(f"Live workers: {len(q['workers'])} "
                       + (", ".join(w["name"] for w in q["workers"]) if q["workers"] else ""))
+    conv = info.get("convergence") or {}
+    if conv.get("summary"):
+        console.print(f"[bold]{conv['summary']}[/]", highlight=False)
 
 
 @cli.command()

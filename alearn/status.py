@@ -52,6 +52,7 @@ def project_status(project: Project) -> dict[str, Any]:
         "current_round": round_progress(store, current.id).to_dict() if current else None,
         "set_aside_annotations": aside,
         "convergence": _convergence(project),
+        "ls_project_id": store.get_meta("ls_project_id"),
     }
 
 
