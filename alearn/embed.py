@@ -118,10 +118,11 @@ def forward_embed(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     -------
     ndarray of shape (n, dim), float32
     """
+    net: Any = model  # timm's methods, which nn.Module's typing does not know
     device = next(model.parameters()).device
     with torch.inference_mode():
-        feats = model.forward_features(x.to(device, non_blocking=True))
-        emb = model.forward_head(feats, pre_logits=True)
+        feats = net.forward_features(x.to(device, non_blocking=True))
+        emb = net.forward_head(feats, pre_logits=True)
     return emb.reshape(emb.shape[0], -1).float().cpu().numpy()
 
 

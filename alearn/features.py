@@ -213,7 +213,7 @@ def _build_model(name: str, w: _Weights) -> torch.nn.Module:
                 f"'offline' (for {OFFLINE_BACKBONE}) or to a local weights file path."
             ) from None
     assert w.path is not None
-    model = timm.create_model(name, pretrained=False)  # with its head, to match files
+    model: Any = timm.create_model(name, pretrained=False)  # with its head, to match files
     load_state(model, read_state_dict(w.path), source=str(w.path))
     model.reset_classifier(0)
     return model

@@ -6,6 +6,8 @@ import hashlib
 import importlib.util
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +72,17 @@ def tiny_backbone() -> Backbone:
     return load_backbone(EmbedConfig(**TINY))
 
 
-def count_forwards(model: torch.nn.Module) -> list[int]:
+@contextmanager
+def count_forwards(model: torch.nn.Module) -> Iterator[list[int]]:
     """Count every leaf module call: any computation at all goes through one."""
     calls = [0]
-    for m in model.modules():
-        if not list(m.children()):
-            m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
+    hooks = [m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+             for m in model.modules() if not list(m.children())]
+    try:
+        yield calls
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def open_images(project: Project, paths: list[str]) -> list[Image.Image]:
@@ -294,13 +300,13 @@ def test_offline_lite0_weights_really_load() -> None:
 def test_embed_project_then_everything_is_cached(tiny: Project, tiny_backbone: Backbone,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     ids = add_items(tiny)
-    calls = count_forwards(tiny_backbone.model)
-    first = embed_project(tiny, backbone=tiny_backbone, progress=False)
+    with count_forwards(tiny_backbone.model) as calls:
+        first = embed_project(tiny, backbone=tiny_backbone, progress=False)
     assert (first.computed, first.cached, first.failed) == (6, 0, [])
     assert calls[0] > 0 and first.key == tiny_backbone.cache_key
 
-    calls[0] = 0
-    second = embed_project(tiny, backbone=tiny_backbone, progress=False)
+    with count_forwards(tiny_backbone.model) as calls:
+        second = embed_project(tiny, backbone=tiny_backbone, progress=False)
     assert (second.computed, second.cached, calls[0]) == (0, 6, 0)
 
     def no_model(*_a: object, **_k: object) -> Backbone:
