@@ -111,7 +111,7 @@ def render_card(info: dict[str, Any]) -> str:
                   + ", ".join(f"{c} {before.get(c, 0)}" for c in classes) + "."]
         if opts["balance"] == "oversample":
             kind = "augmented" if opts["augment_minority"] else "plain duplicate"
-            lines += [f"Oversampling added {info['n_copies']} {kind} copies (column `copy` "
+            lines += [f"Oversampling added {info['n_copies']} {kind} copies (column `copy_index` "
                       "> 0; `augment` lists each copy's transforms)."]
         else:
             lines += [f"Undersampling left out {info['n_dropped']} train items."]
@@ -146,10 +146,11 @@ def render_card(info: dict[str, Any]) -> str:
               f"below --min-agreement {opts['min_agreement']} (items without votes pass).",
               "", "## Splits and near-duplicates", "",
               f"Stratified split {opts['split']} (train, validation, test) with seed "
-              f"{opts['seed']}. Images whose 64-bit difference hashes differ in at most "
+              f"{opts['seed']}. Images whose 64-bit perceptual (DCT) hashes differ in at most "
               f"{opts['near_duplicate_distance']} bits are grouped, and a group never spans "
               f"two splits. Near-duplicate groups: {info['n_dup_groups']}, holding "
-              f"{info['n_dup_items']} items (column `group`).", "",
+              f"{info['n_dup_items']} items (column `group`); the largest has "
+              f"{info['largest_group']}.", "",
               "## Images", ""]
     if opts["resize"]:
         lines += [f"Resized to {opts['resize']} x {opts['resize']} ({opts['fit']}: "

@@ -32,6 +32,7 @@ from alearn.project import Project
 
 log = logging.getLogger(__name__)
 
+LARGE_GROUP_SHARE = 0.05  # warn when one near-duplicate group is this share of the items
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -49,6 +50,7 @@ class ExportSummary:
     n_copies: int = 0
     n_dropped: int = 0
     n_dup_groups: int = 0
+    largest_group: int = 1
     class_weights: dict[str, float] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -150,7 +152,7 @@ def _plan(project: Project, records: list[dict[str, Any]], opts: dict[str, Any])
     hashes = []
     for rec in records:
         try:
-            hashes.append(splits.file_dhash(_image_path(project, rec)))
+            hashes.append(splits.file_phash(_image_path(project, rec)))
         except DECODE_ERRORS as exc:
             raise StoreError(_unreadable(project, rec, exc)) from None
     groups = splits.near_duplicate_groups(hashes, max_distance=opts["near_duplicate_distance"])
@@ -168,7 +170,19 @@ def _plan(project: Project, records: list[dict[str, Any]], opts: dict[str, Any])
                                   augment=opts["augment_minority"])
     return {"balance": plan, "train_before": Counter(r["label"] for r in train),
             "n_dup_groups": sum(1 for n in sizes.values() if n > 1),
-            "n_dup_items": sum(n for n in sizes.values() if n > 1)}
+            "n_dup_items": sum(n for n in sizes.values() if n > 1),
+            "largest_group": _largest_group(sizes, len(records), opts)}
+
+
+def _largest_group(sizes: Counter, n: int, opts: dict[str, Any]) -> int:
+    """Size of the largest near-duplicate group, with a warning when it is large enough
+    to skew the split (chains of look-alikes join through union-find)."""
+    largest = max(sizes.values())
+    if largest > max(2, LARGE_GROUP_SHARE * n):
+        log.warning("export: one near-duplicate group holds %d of %d items, so it all lands "
+                    "in one split; lower --near-duplicate-distance (now %d) if these are not "
+                    "copies of each other", largest, n, opts["near_duplicate_distance"])
+    return largest
 
 
 def _unreadable(project: Project, rec: dict[str, Any], exc: BaseException) -> str:
@@ -212,7 +226,7 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
         rel = export_formats.image_relpath(fmt, rec["split"], dirs[rec["label"]], name)
         _write_image(project, rec, tmp / rel, opts, ops,
                      stats if rec["split"] == "train" else None)
-        rows.append({**rec, "file": rel, "copy": copy, "augment": ops,
+        rows.append({**rec, "file": rel, "copy_index": copy, "augment": ops,
                      "source_path": rec["path"]})
     export_formats.write_records(tmp, fmt, rows)
     counts = {s: {c: 0 for c in classes} for s in splits.SPLIT_NAMES
@@ -223,7 +237,8 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
         out="", format=fmt, n_items=len({r["id"] for r in rows}), n_files=len(rows),
         counts=counts, train_before_balance={c: plan["train_before"].get(c, 0) for c in classes},
         removed=removed, n_copies=len(bal.copies), n_dropped=len(dropped),
-        n_dup_groups=plan["n_dup_groups"], class_weights=bal.weights, stats=stats.to_dict())
+        n_dup_groups=plan["n_dup_groups"], largest_group=plan["largest_group"],
+        class_weights=bal.weights, stats=stats.to_dict())
     export_io.write_json(tmp / "classes.json", [{"index": i, "name": c, "folder": dirs[c]}
                                        for i, c in enumerate(classes)])
     export_io.write_json(tmp / "stats.json", {"split": "train", "resize": opts["resize"],
@@ -245,6 +260,7 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
         "rounds": dataset_card.rounds_summary(project),
         "stopping_reason": dataset_card.stopping_reason(project),
         "n_dup_groups": plan["n_dup_groups"], "n_dup_items": plan["n_dup_items"],
+        "largest_group": plan["largest_group"],
         "stats": summary.stats, "layout": dataset_card.layout(fmt, bal.weights is not None),
     }
     (tmp / "README.md").write_text(dataset_card.render_card(info), encoding="utf-8")

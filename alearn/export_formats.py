@@ -56,7 +56,7 @@ COLUMNS: tuple[tuple[str, pa.DataType | None], ...] = (
     ("model_version", _STR), ("source", _STR), ("captured_at", pa.timestamp("us")),
     ("lat", _F64), ("lon", _F64), ("license", _STR), ("extra", _STR), ("width", _I64),
     ("height", _I64), ("sha256", _STR), ("source_path", _STR), ("group", _I64),
-    ("phash", _STR), ("copy", _I64), ("augment", _AUGMENT),
+    ("phash", _STR), ("copy_index", _I64), ("augment", _AUGMENT),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 

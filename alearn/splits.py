@@ -1,8 +1,8 @@
 """Train/validation/test splits that keep class proportions and near-duplicates together.
 
 Near-identical images (a re-save, a slightly noisier copy) must never sit on both sides
-of a split, or the test score measures memory. Each image gets a 64-bit difference hash
-(:func:`dhash`); images whose hashes differ in at most ``max_distance`` bits are joined
+of a split, or the test score measures memory. Each image gets a 64-bit perceptual hash
+(:func:`phash`); images whose hashes differ in at most ``max_distance`` bits are joined
 into one group (union-find, :func:`near_duplicate_groups`), and whole groups are assigned
 to splits by a deterministic greedy pass that keeps each class near its target share
 (:func:`stratified_group_split`).
@@ -39,20 +39,38 @@ def parse_split(value: str | Sequence[float]) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
-def dhash(img: Image.Image) -> int:
-    """64-bit difference hash: bit i is set where a pixel of the 9x8 grayscale thumbnail
-    is brighter than its right neighbour."""
-    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR),
-                       dtype=np.int16)
-    bits = (small[:, 1:] < small[:, :-1]).ravel()
+def _dct_matrix(n: int, k: int) -> np.ndarray:
+    """The first ``k`` rows of the orthonormal DCT-II matrix of size ``n``; shape (k, n)."""
+    rows = np.arange(k)[:, None]
+    cols = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * cols + 1) * rows / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_DCT = _dct_matrix(32, 8)
+
+
+def phash(img: Image.Image) -> int:
+    """64-bit perceptual hash (the DCT hash of ``imagehash.phash``).
+
+    The image is reduced to 32x32 grayscale; bit i is set where the i-th of the 8x8
+    lowest-frequency DCT coefficients exceeds their median. Unlike a difference hash it
+    has about as many ones as zeros even for flat backgrounds, so unrelated images are
+    far apart (about 32 bits) and small edits move it by a few bits.
+    """
+    a = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS),
+                   dtype=np.float64)
+    coeffs = (_DCT @ a @ _DCT.T).ravel()
+    bits = coeffs > np.median(coeffs)
     return int(sum(1 << i for i, b in enumerate(bits) if b))
 
 
-def file_dhash(path: Path) -> int:
-    """:func:`dhash` of an image file (JPEGs are decoded at a reduced scale)."""
+def file_phash(path: Path) -> int:
+    """:func:`phash` of an image file (JPEGs are decoded at a reduced scale)."""
     with Image.open(path) as img:
         img.draft("L", (64, 64))
-        return dhash(img)
+        return phash(img)
 
 
 class _UnionFind:

@@ -38,10 +38,10 @@ ROUND_METRICS = {
 }
 
 
-def write_near_duplicate(src: Path, dest: Path, seed: int = 101) -> Path:
-    """``src`` with +-8 levels of noise, saved as PNG (its hash differs in 2 bits)."""
+def write_near_duplicate(src: Path, dest: Path, seed: int = 100) -> Path:
+    """``src`` with +-2 levels of noise, saved as PNG (its hash differs in 2 bits)."""
     a = np.asarray(Image.open(src), dtype=np.int16)
-    noise = np.random.default_rng(seed).integers(-8, 9, size=a.shape)
+    noise = np.random.default_rng(seed).integers(-2, 3, size=a.shape)
     Image.fromarray(np.clip(a + noise, 0, 255).astype(np.uint8)).save(dest)
     return dest
 
@@ -189,14 +189,14 @@ def test_parquet_reads_back_with_native_types(built, tmp_path):
     assert len(df) == summary.n_files
     assert pd.api.types.is_datetime64_any_dtype(df["captured_at"])
     assert df["confidence"].dtype == np.float64 and df["adjudicated"].dtype == bool
-    row = df[(df["id"] == facts["two_of_three"]) & (df["copy"] == 0)].iloc[0]
+    row = df[(df["id"] == facts["two_of_three"]) & (df["copy_index"] == 0)].iloc[0]
     assert dict(row["votes"]) == {"ann": "cat", "bob": "cat", "cyd": "dog"}
-    copies = df[df["copy"] > 0]
+    copies = df[df["copy_index"] > 0]
     assert len(copies) == summary.n_copies > 0 and (copies["split"] == "train").all()
     for ops in copies["augment"]:
         names = [op["name"] for op in ops]
         assert names[-4:] == ["rotate", "brightness", "contrast", "saturation"]
-    assert all(len(ops) == 0 for ops in df.loc[df["copy"] == 0, "augment"])
+    assert all(len(ops) == 0 for ops in df.loc[df["copy_index"] == 0, "augment"])
     for f in df["file"]:
         with Image.open(out / f) as img:
             assert img.size == (32, 32) and img.format == "PNG"
@@ -363,9 +363,9 @@ def test_oversample_brings_every_class_to_the_largest(built, tmp_path):
     assert train_counts(s) == {c: top for c in before}
     assert s.n_copies == sum(top - n for n in before.values())
     rows = [json.loads(x) for x in (out / "dataset.jsonl").read_text().splitlines()]
-    originals = {r["id"]: r for r in rows if r["copy"] == 0}
+    originals = {r["id"]: r for r in rows if r["copy_index"] == 0}
     for r in rows:
-        if r["copy"]:  # plain duplicates: same bytes as the exported original
+        if r["copy_index"]:  # plain duplicates: same bytes as the exported original
             assert r["augment"] == []
             assert (out / r["file"]).read_bytes() == (out / originals[r["id"]]["file"]).read_bytes()
     for split in ("validation", "test"):
@@ -383,10 +383,10 @@ def test_augmented_copies_record_the_transforms_applied(built, tmp_path):
     out = tmp_path / "out"
     export_dataset(project, out, format="jsonl", balance="oversample", augment_minority=True)
     rows = [json.loads(x) for x in (out / "dataset.jsonl").read_text().splitlines()]
-    copies = [r for r in rows if r["copy"]]
+    copies = [r for r in rows if r["copy_index"]]
     assert copies
     for r in copies:
-        assert r["file"].endswith(f"-copy{r['copy']}.png") and r["augment"]
+        assert r["file"].endswith(f"-copy{r['copy_index']}.png") and r["augment"]
         with Image.open(project.image_root / r["source_path"]) as src:
             expected = np.asarray(apply_ops(src.convert("RGB"), r["augment"]))
         with Image.open(out / r["file"]) as got:

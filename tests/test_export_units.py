@@ -18,7 +18,7 @@ from alearn.exceptions import ConfigError, UnknownNameError
 from alearn.export import class_dirs
 from alearn.export_images import PixelStats, fit_image
 from alearn.export_io import atomic_folder, write_checksums
-from alearn.splits import dhash, near_duplicate_groups, parse_split, stratified_group_split
+from alearn.splits import near_duplicate_groups, parse_split, phash, stratified_group_split
 
 # --- --split ----------------------------------------------------------------------------
 
@@ -43,15 +43,30 @@ def _noise_image(seed: int, size=(48, 40)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def test_dhash_is_stable_under_small_noise_and_not_under_change():
+def test_phash_is_stable_under_small_noise_and_not_under_change():
     img = _noise_image(0)
     a = np.asarray(img, dtype=np.int16)
     noisy = np.clip(a + np.random.default_rng(1).integers(-2, 3, a.shape), 0, 255)
-    h = dhash(img)
-    assert bin(h ^ dhash(Image.fromarray(noisy.astype(np.uint8)))).count("1") <= 4
-    assert bin(h ^ dhash(ImageOps.mirror(img))).count("1") > 16
-    assert bin(h ^ dhash(_noise_image(2))).count("1") > 16
+    h = phash(img)
+    assert bin(h ^ phash(Image.fromarray(noisy.astype(np.uint8)))).count("1") <= 4
+    assert bin(h ^ phash(img.resize((96, 80)))).count("1") <= 4  # rescaled copy
+    assert bin(h ^ phash(ImageOps.mirror(img))).count("1") > 12
+    assert bin(h ^ phash(_noise_image(2))).count("1") > 12
     assert 0 <= h < 2**64
+    # a flat background still gives a balanced hash (half the bits set)
+    flat = Image.new("L", (28, 28), 0)
+    flat.paste(255, (10, 4, 18, 24))
+    assert 24 <= bin(phash(flat)).count("1") <= 40
+
+
+def test_phash_matches_scipy_dct():
+    from scipy.fft import dctn
+
+    img = _noise_image(5, (50, 30))
+    a = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=float)
+    low = dctn(a, type=2, norm="ortho")[:8, :8].ravel()
+    bits = low > np.median(low)
+    assert phash(img) == sum(1 << i for i, b in enumerate(bits) if b)
 
 
 def _brute_groups(hashes: list[int], d: int) -> list[int]:
