@@ -31,8 +31,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
-    "ingest": "alearn.ingest",
-    "IngestSummary": "alearn.ingest",
+    "ingest": "alearn.ingestion",
+    "IngestSummary": "alearn.ingestion",
     "read_manifest": "alearn.manifest",
     "ManifestRow": "alearn.manifest",
     "load_backbone": "alearn.features",
@@ -67,11 +67,11 @@ _LAZY = {
     "close_round": "alearn.closing",
     "convergence_status": "alearn.convergence",
     "ConvergenceStatus": "alearn.convergence",
-    "export_dataset": "alearn.export",
-    "ExportSummary": "alearn.export",
+    "export_dataset": "alearn.dataset_export",
+    "ExportSummary": "alearn.dataset_export",
     "write_report": "alearn.report",
 }
-_ALIASES = {"export": ("alearn.export", "export_dataset")}
+_ALIASES = {"export": ("alearn.dataset_export", "export_dataset")}
 
 __all__ = [
     "AgreementReport",
@@ -164,4 +164,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         percent_agreement,
         ratings_matrix,
     )
-    from alearn.export import export_dataset as export  # noqa: F401
+    from alearn.dataset_export import export_dataset as export  # noqa: F401

@@ -88,7 +88,7 @@ def layout(fmt: str, weights: bool) -> list[str]:
 
 
 def render_card(info: dict[str, Any]) -> str:
-    """Markdown for the card; ``info`` is what :func:`alearn.export.export_dataset`
+    """Markdown for the card; ``info`` is what :func:`alearn.dataset_export.export_dataset`
     gathered (see the keys used below)."""
     classes: list[str] = info["classes"]
     splits: list[str] = info["splits"]

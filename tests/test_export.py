@@ -24,8 +24,8 @@ from sqlalchemy import update
 
 import alearn.export_formats as export_formats
 from alearn.config import Settings
+from alearn.dataset_export import export_dataset
 from alearn.exceptions import ConfigError, EmptyPoolError
-from alearn.export import export_dataset
 from alearn.project import Project
 from alearn.store import Annotation, Item, Label, Round
 

@@ -14,7 +14,7 @@ def test_all_exports_resolve() -> None:
 
 
 def test_export_alias_is_the_export_function() -> None:
-    from alearn.export import export_dataset
+    from alearn.dataset_export import export_dataset
 
     assert alearn.export is export_dataset
 
@@ -22,9 +22,9 @@ def test_export_alias_is_the_export_function() -> None:
 def test_public_functions_are_exported() -> None:
     # every public callable of these modules is reachable from the package
     import alearn.consensus
-    import alearn.ingest
+    import alearn.ingestion
 
-    for module, names in ((alearn.ingest, ["ingest"]),
+    for module, names in ((alearn.ingestion, ["ingest"]),
                           (alearn.consensus, ["majority_vote", "dawid_skene", "get_consensus"])):
         for name in names:
             assert getattr(alearn, name) is getattr(module, name)

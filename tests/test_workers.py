@@ -11,7 +11,7 @@ from rq.registry import ScheduledJobRegistry
 
 from alearn.config import EmbedConfig, Settings
 from alearn.exceptions import RoundError
-from alearn.ingest import ingest
+from alearn.ingestion import ingest
 from alearn.project import Project
 from alearn.rounds import PLANNED, get_round
 from alearn.store import Label, Selection
