@@ -100,6 +100,113 @@ def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool)
 
 # --- commands added by feature modules go below this line (keep this marker) ---
 
+# --- ls: a local Label Studio and annotator accounts ---
+
+
+@cli.group("ls")
+def ls_group() -> None:
+    """Label Studio: a local server (development, demo) and annotator accounts."""
+
+
+def _ls_data_dir(ctx: Context) -> Path:
+    return ctx.project.data_dir / "labelstudio"
+
+
+@ls_group.command("up")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="Port on 127.0.0.1.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def ls_up(ctx: Context, port: int, as_json: bool) -> None:
+    """Start a local Label Studio (loopback only) and set this project up in it."""
+    from labelstudio.client import LSClient, ensure_project
+    from labelstudio.server import ADMIN_FILE, admin_credentials, start_server
+
+    project, data_dir = ctx.project, _ls_data_dir(ctx)
+    creds = admin_credentials(data_dir)
+    with console.status("Starting Label Studio (30-90 s the first time)..."):
+        info = start_server(data_dir, image_root=project.image_root, port=port,
+                            username=creds["email"], password=creds["password"],
+                            token=creds["token"])
+    client = LSClient(info.url, creds["token"])
+    ls_project = ensure_project(project.store, client, project.config, project.image_root)
+    out = {"url": info.url, "pid": info.pid, "ls_project_id": ls_project,
+           "project_url": f"{info.url}/projects/{ls_project}/", "email": creds["email"],
+           "credentials_file": str(data_dir / ADMIN_FILE)}
+    if as_json:
+        print_json(out)
+        return
+    click.echo(f"Label Studio is up at {info.url} (pid {info.pid}); project: "
+               f"{out['project_url']}\nLog in as {creds['email']} with password "
+               f"{creds['password']} (kept in {out['credentials_file']}).\n"
+               "For alearn commands and workers in this shell:\n"
+               f"  export ALEARN_LS_URL={info.url}\n  export ALEARN_LS_TOKEN={creds['token']}")
+
+
+@ls_group.command("down")
+@pass_ctx
+def ls_down(ctx: Context) -> None:
+    """Stop this project's local Label Studio."""
+    from labelstudio.server import stop_server
+
+    stopped = stop_server(_ls_data_dir(ctx))
+    click.echo("Label Studio stopped." if stopped else "No local Label Studio was running.")
+
+
+@ls_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def ls_status(ctx: Context, as_json: bool) -> None:
+    """Is this project's local Label Studio running?"""
+    from labelstudio.server import server_status
+
+    info = server_status(_ls_data_dir(ctx))
+    out = {"running": info is not None, "url": info and info.url, "pid": info and info.pid}
+    if as_json:
+        print_json(out)
+    else:
+        click.echo(f"running at {info.url} (pid {info.pid})" if info else "not running")
+
+
+@ls_group.group("users")
+def ls_users() -> None:
+    """Annotator accounts."""
+
+
+@ls_users.command("add")
+@click.argument("name")
+@click.option("--password", default=None, help="At least 8 characters; generated if omitted.")
+@click.option("--url", default=None,
+              help="Label Studio URL (default: this project's local server, else ALEARN_LS_URL).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def ls_users_add(ctx: Context, name: str, password: str | None, url: str | None,
+                 as_json: bool) -> None:
+    """Create an annotator account NAME (a name or an email) and say how to log in."""
+    from alearn.exceptions import ProjectNotFound
+    from labelstudio.annotators import annotator_email, new_password, signup_annotator
+    from labelstudio.server import server_status
+
+    if url is None:
+        try:
+            local = server_status(_ls_data_dir(ctx))
+        except ProjectNotFound:
+            local = None
+        url = local.url if local else ctx.settings.ls_url
+    if password is not None and len(password) < 8:
+        raise click.BadParameter("must have at least 8 characters.", param_hint="--password")
+    email, password = annotator_email(name), password or new_password()
+    who = signup_annotator(url, email, password)
+    out = {"login_url": f"{url.rstrip('/')}/user/login/", "email": who.email,
+           "password": password, "user_id": who.user_id}
+    if as_json:
+        print_json(out)
+    else:
+        click.echo(f"Annotator account ready. Log in at {out['login_url']}\n"
+                   f"  email:    {who.email}\n  password: {password}")
+
+
+
 # --- report (static HTML) ---
 
 

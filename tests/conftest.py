@@ -15,6 +15,8 @@ from alearn.config import Settings
 from alearn.project import Project
 from alearn.store import Store
 
+pytest_plugins = ["ls_server"]  # tests/ls_server.py: a live Label Studio per session
+
 PG_ADMIN_URL = os.environ.get(
     "ALEARN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

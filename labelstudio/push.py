@@ -1,0 +1,169 @@
+"""Push a round's selection to Label Studio as tasks with predictions.
+
+Each selected item becomes one task whose data is ``{image, item_id, round, sha256}``
+and which carries one prediction: the round's model version, the selection's score
+(lower means more uncertain, so "Uncertainty sampling" serves it first) and, when the
+model predicted a class, that class as a choice. Tasks and predictions are imported in
+one call per chunk.
+
+A push can be retried after any failure without duplicating tasks: before creating
+anything it lists the project's tasks and adopts those whose ``(item_id, round)``
+match a selection that lost its task id, and it records task ids chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from alearn.exceptions import RoundError
+from alearn.store import Item, Round, Selection, Store
+from labelstudio.client import LSClient
+from labelstudio.label_config import choice_result
+from labelstudio.urls import image_url
+
+logger = logging.getLogger(__name__)
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+
+@dataclass(frozen=True)
+class PushSummary:
+    """What a push did: tasks it created, and selections that already had one."""
+
+    created: int
+    already_present: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def model_version_of(rnd: Round) -> str:
+    """The prediction version of a round (rounds without a model get a stand-in)."""
+    return rnd.model_version or f"round{rnd.id}-{rnd.strategy}"
+
+
+def task_payload(
+    sel: Selection, item: Item, rnd: Round, *, image_base: str, model_version: str
+) -> dict[str, Any]:
+    """One task to import: data plus its prediction."""
+    return {
+        "data": {
+            "image": image_url(image_base, item.path),
+            "item_id": item.id,
+            "round": rnd.id,
+            "sha256": item.sha256,
+        },
+        "predictions": [
+            {
+                "model_version": model_version,
+                "score": float(sel.score),
+                "result": choice_result(sel.predicted) if sel.predicted else [],
+            }
+        ],
+    }
+
+
+def _project_id(store: Store) -> tuple[int, str]:
+    pid, base = store.get_meta("ls_project_id"), store.get_meta("ls_image_url_base")
+    if pid is None or base is None:
+        raise RoundError(
+            "there is no Label Studio project for this store yet. Set it up first "
+            "(labelstudio.ensure_project, which 'alearn round push' runs)."
+        )
+    return int(pid), str(base)
+
+
+def _adopt_existing(
+    store: Store, client: LSClient, project_id: int, round_id: int
+) -> int:
+    """Give task ids to selections whose task exists in Label Studio but not in the store."""
+    with store.session() as s:
+        missing = {
+            sel.item_id: sel.id
+            for sel in s.scalars(
+                select(Selection).where(
+                    Selection.round_id == round_id, Selection.ls_task_id.is_(None)
+                )
+            )
+        }
+    if not missing:
+        return 0
+    found: dict[int, int] = {}
+    for task in client.iter_tasks(project_id):
+        data = task["data"]
+        if data.get("round") == round_id and data.get("item_id") in missing:
+            found.setdefault(missing[data["item_id"]], task["id"])  # oldest task wins
+    if found:
+        with store.session() as s:
+            for sel_id, task_id in found.items():
+                s.get(Selection, sel_id).ls_task_id = task_id
+        logger.info(
+            "push adopted existing tasks round_id=%s ls_project_id=%s n=%s",
+            round_id, project_id, len(found),
+        )
+    return len(found)
+
+
+def push_round(
+    store: Store, client: LSClient, round_id: int, *, chunk_size: int = 500
+) -> PushSummary:
+    """Create the Label Studio tasks (with predictions) of a round's selection.
+
+    Idempotent: selections that already have a task are left alone, and tasks created
+    by an interrupted push are found and adopted, never created twice. Afterwards the
+    project asks for ``round.overlap`` annotations per task and serves tasks by
+    uncertainty for this round's model version.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    project_id, image_base = _project_id(store)
+    with store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"round id {round_id} does not exist in the store.")
+        total = s.scalar(
+            select(func.count()).select_from(Selection).where(Selection.round_id == round_id)
+        )
+    if total == 0:
+        raise RoundError(f"round {rnd.number} has no selected items to push.")
+    version = model_version_of(rnd)
+    _adopt_existing(store, client, project_id, round_id)
+    with store.session() as s:
+        todo = s.execute(
+            select(Selection, Item)
+            .join(Item, Item.id == Selection.item_id)
+            .where(Selection.round_id == round_id, Selection.ls_task_id.is_(None))
+            .order_by(Selection.rank, Selection.id)
+        ).all()
+    created = 0
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
+        tasks = [
+            task_payload(sel, item, rnd, image_base=image_base, model_version=version)
+            for sel, item in chunk
+        ]
+        ids = client.import_tasks(project_id, tasks)
+        with store.session() as s:
+            for (sel, _item), task_id in zip(chunk, ids, strict=True):
+                s.get(Selection, sel.id).ls_task_id = task_id
+        created += len(ids)
+        logger.info(
+            "push chunk round_id=%s ls_project_id=%s model_version=%s tasks=%s",
+            round_id, project_id, version, len(ids),
+        )
+    client.update_project(
+        project_id,
+        maximum_annotations=rnd.overlap,
+        sampling=UNCERTAINTY_SAMPLING,
+        model_version=version,
+    )
+    summary = PushSummary(created=created, already_present=total - created)
+    logger.info(
+        "push done round_id=%s ls_project_id=%s created=%s already_present=%s",
+        round_id, project_id, summary.created, summary.already_present,
+    )
+    return summary

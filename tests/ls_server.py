@@ -1,0 +1,61 @@
+"""A real Label Studio server, started once per test session (registered in conftest.py).
+
+It listens on a free loopback port with a temporary data directory, and serves local
+files from the session's base temp folder, so every test's ``tmp_path`` images are
+reachable. Each test gets its own Label Studio project (through its own store), so
+tests do not see each other's tasks. Starting takes 30-90 s; it is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from alearn.exceptions import LabelStudioError
+
+
+@dataclass(frozen=True)
+class LiveLabelStudio:
+    url: str
+    token: str
+    admin_email: str
+    admin_password: str
+    document_root: Path
+    data_dir: Path
+
+    def client(self):  # noqa: ANN201 - avoids importing the SDK at collection
+        from labelstudio.client import LSClient
+
+        return LSClient(self.url, self.token)
+
+    def new_annotator(self, prefix: str = "ann"):  # noqa: ANN201
+        from labelstudio.annotators import signup_annotator
+
+        email = f"{prefix}-{uuid.uuid4().hex[:8]}@alearn.local"
+        return signup_annotator(self.url, email, "pw-" + secrets.token_hex(8))
+
+
+@pytest.fixture(scope="session")
+def live_ls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLabelStudio]:
+    from labelstudio.server import find_ls_bin, free_port, start_server, stop_server
+
+    try:
+        find_ls_bin()
+    except LabelStudioError as exc:
+        pytest.skip(f"Label Studio is not installed: {exc}")
+    data_dir = tmp_path_factory.mktemp("label-studio")
+    doc_root = tmp_path_factory.getbasetemp()
+    token, password = secrets.token_hex(20), secrets.token_urlsafe(12)
+    info = start_server(
+        data_dir, image_root=None, document_root=doc_root, port=free_port(),
+        username="admin@alearn.local", password=password, token=token, timeout=240,
+    )
+    try:
+        yield LiveLabelStudio(info.url, token, "admin@alearn.local", password, doc_root, data_dir)
+    finally:
+        stop_server(data_dir)
