@@ -21,11 +21,12 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.core.request_options import RequestOptions
 
 from alearn.config import ProjectConfig, Settings
 from alearn.exceptions import ConfigError, LabelStudioError
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: POSTs that create things are not retried by the SDK: a retried import could duplicate
 #: tasks. Callers reconcile instead (push lists existing tasks before creating).
-_NO_RETRY = {"max_retries": 0}
+_NO_RETRY: RequestOptions = {"max_retries": 0}
 
 
 def _describe(body: Any) -> str:
@@ -137,7 +138,10 @@ class LSClient:
 
     def create_project(self, **fields: Any) -> int:
         with self._calls("create project"):
-            return int(self._sdk.projects.create(**fields, request_options=_NO_RETRY).id)
+            project_id = self._sdk.projects.create(**fields, request_options=_NO_RETRY).id
+        if project_id is None:
+            raise LabelStudioError(f"Label Studio at {self.url} created a project without id.")
+        return int(project_id)
 
     def update_project(self, project_id: int, **fields: Any) -> None:
         with self._calls(f"update project {project_id} ({', '.join(sorted(fields))})"):
@@ -147,10 +151,11 @@ class LSClient:
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
         """Create tasks (each may carry ``predictions``); returns their ids in order."""
         with self._calls(f"import {len(tasks)} tasks into project {project_id}"):
-            resp = self._sdk.projects.import_tasks(
-                id=project_id, request=tasks, return_task_ids=True, request_options=_NO_RETRY
+            resp = self._sdk.projects.import_tasks(  # plain dicts serialize as they are
+                id=project_id, request=cast(Any, tasks), return_task_ids=True,
+                request_options=_NO_RETRY,
             )
-        ids = [int(i) for i in (resp.task_ids or [])]
+        ids = [int(i) for i in (getattr(resp, "task_ids", None) or [])]
         if len(ids) != len(tasks):
             raise LabelStudioError(
                 f"Label Studio at {self.url} created {len(ids)} tasks for {len(tasks)} sent "
@@ -164,7 +169,9 @@ class LSClient:
         """Every task of the project as ``{"id", "data", "annotations"}``, page by page."""
         fields = "all" if annotations else "task_only"
         with self._calls(f"list tasks of project {project_id}"):
-            pager = self._sdk.tasks.list(project=project_id, fields=fields, page_size=page_size)
+            pager: Any = self._sdk.tasks.list(
+                project=project_id, fields=fields, page_size=page_size
+            )
             for t in pager:
                 yield {"id": t.id, "data": dict(t.data or {}), "annotations": t.annotations or []}
 

@@ -62,7 +62,7 @@ def _task_map(store: Store) -> tuple[dict[int, tuple[int, int]], set[int]]:
             )
         ).all()
         items = set(s.scalars(select(Item.id)))
-    return {int(t): (int(i), int(r)) for t, i, r in rows}, items
+    return {int(t): (int(i), int(r)) for t, i, r in rows if t is not None}, items
 
 
 def _locate(

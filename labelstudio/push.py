@@ -17,7 +17,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from alearn.exceptions import RoundError
 from alearn.store import Item, Round, Selection, Store
@@ -77,6 +78,12 @@ def _project_id(store: Store) -> tuple[int, str]:
     return int(pid), str(base)
 
 
+def _set_task(session: Session, selection_id: int, task_id: int) -> None:
+    session.execute(
+        update(Selection).where(Selection.id == selection_id).values(ls_task_id=task_id)
+    )
+
+
 def _adopt_existing(
     store: Store, client: LSClient, project_id: int, round_id: int
 ) -> int:
@@ -100,7 +107,7 @@ def _adopt_existing(
     if found:
         with store.session() as s:
             for sel_id, task_id in found.items():
-                s.get(Selection, sel_id).ls_task_id = task_id
+                _set_task(s, sel_id, task_id)
         logger.info(
             "push adopted existing tasks round_id=%s ls_project_id=%s n=%s",
             round_id, project_id, len(found),
@@ -125,12 +132,14 @@ def push_round(
         rnd = s.get(Round, round_id)
         if rnd is None:
             raise RoundError(f"round id {round_id} does not exist in the store.")
-        total = s.scalar(
+        total = int(s.scalar(
             select(func.count()).select_from(Selection).where(Selection.round_id == round_id)
-        )
+        ) or 0)
     if total == 0:
         raise RoundError(f"round {rnd.number} has no selected items to push.")
     version = model_version_of(rnd)
+    # before the import, so that new tasks are created with the round's overlap
+    client.update_project(project_id, maximum_annotations=rnd.overlap)
     _adopt_existing(store, client, project_id, round_id)
     with store.session() as s:
         todo = s.execute(
@@ -149,18 +158,14 @@ def push_round(
         ids = client.import_tasks(project_id, tasks)
         with store.session() as s:
             for (sel, _item), task_id in zip(chunk, ids, strict=True):
-                s.get(Selection, sel.id).ls_task_id = task_id
+                _set_task(s, sel.id, task_id)
         created += len(ids)
         logger.info(
             "push chunk round_id=%s ls_project_id=%s model_version=%s tasks=%s",
             round_id, project_id, version, len(ids),
         )
-    client.update_project(
-        project_id,
-        maximum_annotations=rnd.overlap,
-        sampling=UNCERTAINTY_SAMPLING,
-        model_version=version,
-    )
+    # only now: Label Studio accepts a model_version once predictions of it exist
+    client.update_project(project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
     summary = PushSummary(created=created, already_present=total - created)
     logger.info(
         "push done round_id=%s ls_project_id=%s created=%s already_present=%s",

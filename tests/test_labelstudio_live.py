@@ -130,7 +130,9 @@ def test_ensure_project_is_idempotent_and_refuses_class_changes(live_ls, tmp_pat
 
 # -- push -----------------------------------------------------------------------------
 def test_push_creates_tasks_with_predictions(live_ls, setup) -> None:
-    store, client, _cfg, pid = setup
+    store, client, _cfg, pid = setup  # the config says overlap 2; this round wants 3
+    with store.session() as s:
+        s.get(Round, 1).overlap = 3
     summary = push_round(store, client, 1, chunk_size=4)
     assert (summary.created, summary.already_present) == (6, 0)
     sels = {s.item_id: s for s in selections(store)}
@@ -140,12 +142,13 @@ def test_push_creates_tasks_with_predictions(live_ls, setup) -> None:
         sel = sels[t.data["item_id"]]
         assert sel.ls_task_id == t.id and t.data["round"] == 1
         assert t.data["sha256"] == f"{sel.item_id - 1:064x}"
-        assert t.overlap == 2
+        assert t.overlap == 3
         (pred,) = t.predictions
         assert pred.model_version == "head-v1" and pred.score == pytest.approx(sel.score)
         assert pred.result == (choice_result(sel.predicted) if sel.predicted else [])
     project = client.get_project(pid)
     assert (project["sampling"], project["model_version"]) == ("Uncertainty sampling", "head-v1")
+    assert project["maximum_annotations"] == 3
     # the image is served to a signed-in user through the registered local storage
     first = min(tasks, key=lambda t: t.id)
     r = httpx.get(live_ls.url + first.data["image"],
@@ -256,11 +259,18 @@ def test_pull_sets_aside_unknown_labels_and_follows_updates_and_deletes(live_ls,
     assert pull_annotations(store, client).unchanged == 3
 
 
-def test_pull_of_one_round_leaves_other_rounds_alone(live_ls, setup) -> None:
+def test_stream_serves_lowest_score_first_and_round_pull_is_scoped(live_ls, setup) -> None:
     store, client, _cfg, pid = setup
     push_round(store, client, 1)
     ann = live_ls.new_annotator()
-    label_stream(live_ls.url, ann.token, pid, lambda d: "dog", max_tasks=3)
+    served: list[int] = []
+
+    def choose(data: dict) -> str:
+        served.append(int(data["item_id"]))
+        return "dog"
+
+    label_stream(live_ls.url, ann.token, pid, choose, max_tasks=3)
+    assert served == [6, 5, 4]  # uncertainty sampling: lowest score first
     assert pull_annotations(store, client, round_id=2).to_dict()["tasks"] == 0
     assert pull_annotations(store, client, round_id=1).new == 3
 
