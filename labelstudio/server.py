@@ -192,10 +192,13 @@ def start_server(
     if len(token) < 6:
         raise ConfigError("the Label Studio token must be at least 6 characters long.")
     running = server_status(data_dir)
-    if running is not None:
-        if _healthy(running.url):
-            logger.info("label studio already running url=%s pid=%s", running.url, running.pid)
-            return running
+    if running is not None:  # started before (maybe still booting): wait for it
+        deadline = time.monotonic() + timeout
+        while server_status(data_dir) is not None and time.monotonic() < deadline:
+            if _healthy(running.url):
+                logger.info("label studio already running url=%s pid=%s", running.url, running.pid)
+                return running
+            time.sleep(1.0)
         stop_server(data_dir)
     if _port_in_use(port):
         raise LabelStudioError(

@@ -249,3 +249,27 @@ def test_webhook_rejects_non_json_and_reports_handler_failure() -> None:
 def test_webhook_needs_a_secret() -> None:
     with pytest.raises(ConfigError, match="ALEARN_WEBHOOK_SECRET"):
         create_app("", lambda e: None)
+
+
+def test_start_server_reports_a_crash_with_the_log_tail(tmp_path: Path) -> None:
+    from alearn.exceptions import LabelStudioError
+    from labelstudio.server import free_port, server_status, start_server
+
+    fake = tmp_path / "label-studio"
+    fake.write_text("#!/bin/sh\necho 'boom: no database' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(LabelStudioError, match=r"exited with code 3(.|\n)*boom: no database"):
+        start_server(tmp_path / "data", image_root=tmp_path / "images", port=free_port(),
+                     username="a@b.c", password="p" * 8, token="t" * 40, ls_bin=fake)
+    assert server_status(tmp_path / "data") is None
+
+
+def test_start_server_checks_its_arguments(tmp_path: Path) -> None:
+    from labelstudio.server import start_server
+
+    common = {"username": "a@b.c", "password": "p" * 8, "port": 1}
+    with pytest.raises(ConfigError, match="not strictly below"):
+        start_server(tmp_path, image_root=tmp_path / "x", document_root=tmp_path / "y",
+                     token="t" * 40, **common)
+    with pytest.raises(ConfigError, match="at least 6"):
+        start_server(tmp_path, image_root=tmp_path / "x", token="t", **common)
