@@ -277,7 +277,7 @@ def export_cmd(ctx: Context, out: Path, fmt: str, split: tuple[float, float, flo
                min_confidence: float, min_agreement: float, near_duplicate_distance: int,
                overwrite: bool, as_json: bool) -> None:
     """Write the trusted labels, images, splits and a dataset card to --out."""
-    from alearn.export import export_dataset
+    from alearn.dataset_export import export_dataset
 
     if augment_minority and balance != "oversample":
         raise click.BadParameter("needs --balance oversample", param_hint="--augment-minority")
@@ -360,7 +360,7 @@ def ingest_cmd(ctx: Context, images: Path | None, manifest: Path | None, workers
     """Record images and their metadata in the store; re-running adds only new files."""
     from rich.markup import escape
 
-    from alearn.ingest import ingest
+    from alearn.ingestion import ingest
 
     summary = ingest(ctx.project, images=images, manifest=manifest, workers=workers,
                      progress=not as_json and sys.stderr.isatty())
@@ -609,6 +609,50 @@ def worker(ctx: Context, queue_names: str, burst: bool, name: str | None) -> Non
     if ctx.settings.database_url is None and ctx.project_dir is None:
         console.print("Worker serving any project whose jobs reach these queues.")
     run_worker(ctx.settings, names, burst=burst, name=name)
+
+
+@cli.group()
+def webhook() -> None:
+    """The webhook receiver: Label Studio's hints become debounced pulls."""
+
+
+def _webhook_secret(ctx: Context) -> str:
+    secret = ctx.settings.webhook_secret
+    if secret is None or not secret.get_secret_value():
+        raise click.UsageError("set ALEARN_WEBHOOK_SECRET to a long random string first.")
+    return secret.get_secret_value()
+
+
+@webhook.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8800, show_default=True)
+@pass_ctx
+def webhook_serve(ctx: Context, host: str, port: int) -> None:
+    """Serve POST /webhook; each accepted call enqueues a debounced pull."""
+    from labelstudio.webhook import create_app
+    from workers.orchestrate import enqueue_pull
+
+    project, conn = ctx.project, _redis(ctx)
+    app = create_app(_webhook_secret(ctx), lambda _event: enqueue_pull(project, conn))
+    console.print(f"Webhook receiver on http://{host}:{port}/webhook")
+    app.run(host=host, port=port)
+
+
+@webhook.command("register")
+@click.option("--url", required=True, help="Where Label Studio reaches the receiver, "
+              "e.g. http://127.0.0.1:8800/webhook.")
+@pass_ctx
+def webhook_register(ctx: Context, url: str) -> None:
+    """Register the receiver in the project's Label Studio project (idempotent)."""
+    from labelstudio.client import connect_label_studio
+    from labelstudio.webhook import register_webhook
+
+    ls_project = ctx.project.store.get_meta("ls_project_id")
+    if ls_project is None:
+        raise click.UsageError("no Label Studio project yet: start a round first.")
+    hook = register_webhook(connect_label_studio(ctx.settings), int(ls_project), url,
+                            _webhook_secret(ctx))
+    console.print(f"Webhook {hook} sends annotation events to {url}.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -243,6 +243,13 @@ class Settings(BaseSettings):
     ls_url: str = Field("http://127.0.0.1:8080", description="Label Studio base URL.")
     ls_token: SecretStr | None = Field(None, description="Label Studio API token.")
     ls_token_file: Path | None = Field(None, description="File holding the Label Studio token.")
+    ls_document_root: Path | None = Field(
+        None,
+        description=(
+            "Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT as this host sees it; "
+            "unset means the parent of the image root (as 'alearn ls up' sets it)."
+        ),
+    )
     webhook_secret: SecretStr | None = Field(
         None, description="Shared secret Label Studio sends to the webhook receiver."
     )

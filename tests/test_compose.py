@@ -42,7 +42,12 @@ def test_label_studio_version_and_local_files_match_the_code() -> None:
     assert re.search(r"LS_VERSION=1\.23\.2", setup)
     assert ls["environment"]["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] == "true"
     root = ls["environment"]["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"]
-    assert any(v.split(":")[1] == root for v in ls["volumes"])
+    mounted = {v.split(":")[1] for v in ls["volumes"]}
+    # the images sit directly below the document root, where the workers see them too
+    images = next(m for m in mounted if m.startswith(root.rstrip("/") + "/"))
+    assert str(Path(images).parent) == root
+    worker_mounts = {v.split(":")[1] for v in COMPOSE["services"]["worker"]["volumes"]}
+    assert images in worker_mounts
 
 
 def test_service_commands_are_real_cli_commands() -> None:

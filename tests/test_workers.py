@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REDIS_TEST_URL, write_image
 from redis import Redis
 from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
@@ -15,7 +16,6 @@ from alearn.ingestion import ingest
 from alearn.project import Project
 from alearn.rounds import PLANNED, get_round
 from alearn.store import Label, Selection
-from tests.conftest import REDIS_TEST_URL, write_image
 from workers import jobs, queues
 from workers.orchestrate import enqueue_pull, reconcile, start_round
 

@@ -96,7 +96,8 @@ def push_job(project_dir: str, round_id: int) -> dict[str, Any]:
         if not got:
             return _skipped("push", key)
         client = connect_label_studio(project.settings)
-        ensure_project(project.store, client, project.config, project.image_root)
+        ensure_project(project.store, client, project.config, project.image_root,
+                       document_root=project.settings.ls_document_root)
         summary = push_round(project.store, client, round_id)
         transition(project.store, round_id, PUSHED)
     out = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
@@ -116,7 +117,7 @@ def pull_job(project_dir: str) -> dict[str, Any]:
         if not got:
             return _skipped("pull", key)
         client = connect_label_studio(project.settings)
-        summary = pull_annotations(project.store, client)
+        summary = pull_annotations(project.store, client, classes=project.config.classes)
         out = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
         rnd = active_round(project.store)
         if rnd is not None and rnd.status in (PUSHED, COLLECTING):
