@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,11 +53,13 @@ def find_ls_bin(ls_bin: str | Path | None = None) -> Path:
     """The ``label-studio`` executable.
 
     Looked up in order: the argument, ``$ALEARN_LS_BIN``, ``<repo>/.lsvenv/bin``
-    (made by scripts/setup), then ``/tmp/lsvenv/bin``.
+    (made by scripts/setup), then ``label-studio`` on the PATH.
     """
     env = os.environ.get("ALEARN_LS_BIN")
+    on_path = shutil.which("label-studio")
     candidates = [Path(p) for p in (ls_bin, env) if p]
-    candidates += [REPO_ROOT / ".lsvenv/bin/label-studio", Path("/tmp/lsvenv/bin/label-studio")]
+    candidates += [REPO_ROOT / ".lsvenv/bin/label-studio"]
+    candidates += [Path(on_path)] if on_path else []
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path

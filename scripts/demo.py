@@ -124,13 +124,13 @@ class Demo:
         if not truth_file.exists():
             self.images.mkdir(parents=True, exist_ok=True)
             truth = {}
-            for i in range(len(split.pool_y)):
+            for i in range(len(split.pool_labels)):
                 img = split.pool_images[i]
                 if spec == "digits":
                     img = img.resize((32, 32))
                 name = f"{i:05d}.png"
                 img.save(self.images / name)
-                truth[name] = int(split.pool_y[i])
+                truth[name] = int(split.pool_labels[i])
             truth_file.write_text(json.dumps(truth))
             print(f"Data: wrote {len(truth)} {spec} images to {self.images}")
         return split.classes, json.loads(truth_file.read_text()), split
@@ -151,6 +151,8 @@ class Demo:
         self.alearn("ingest")
         ls = json.loads(self.alearn("ls", "up", "--port", str(args.port), "--json",
                                     capture=True))
+        admin = json.loads(Path(ls["credentials_file"]).read_text())
+        ls.update(token=admin["token"], username=admin["email"], password=admin["password"])
         self.env["ALEARN_LS_URL"] = ls["url"]
         self.env["ALEARN_LS_TOKEN"] = ls["token"]
         self.start_workers(2)
@@ -180,6 +182,14 @@ class Demo:
         status = json.loads(self.alearn("status", "--json", capture=True))
         if status.get("convergence"):
             print(f"\n{status['convergence'].get('summary', '')}")
+        export = json.loads(self.alearn("export", "--out", str(self.dir / "export"),
+                                        "--format", "hf", "--overwrite", "--json",
+                                        capture=True))
+        print(f"Exported {export['n_items']} trusted items to {export['out']} "
+              f"(splits: { {k: sum(v.values()) for k, v in export['counts'].items()} })")
+        report = self.dir / "report.html"
+        self.alearn("report", "--out", str(report), capture=True)
+        print(f"Report: {report}")
         print(f"\nLabel Studio is running at {ls['url']}")
         print(f"  admin login: {ls['username']} / {ls['password']}")
         for who in panel.logins():

@@ -21,11 +21,11 @@ class Evaluator:
         self.truth = truth
         self.classes = self.project.config.classes
         backbone = load_backbone(self.project.config.embed, root=self.project.root)
-        images = [split.test_images[i] for i in range(len(split.test_y))]
+        images = [split.test_images[i] for i in range(len(split.test_labels))]
         if self.project.config.embed.image_size and images and images[0].size[0] < 16:
             images = [im.resize((32, 32)) for im in images]
         self.X_test = embed_pil(backbone, images, batch_size=64)
-        self.y_test = np.array([self.classes[c] for c in split.test_y], dtype=object)
+        self.y_test = np.array([self.classes[c] for c in split.test_labels], dtype=object)
 
     def row(self, number: int) -> dict[str, Any]:
         store = self.project.store
