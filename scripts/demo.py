@@ -73,10 +73,15 @@ class Demo:
         pids = json.loads(self.pids.read_text()) if self.pids.exists() else {}
         for name, pid in pids.items():
             try:
-                os.kill(pid, signal.SIGTERM)
-                print(f"stopped {name} (pid {pid})")
+                os.kill(pid, signal.SIGTERM)  # workers finish their current job first
             except ProcessLookupError:
-                pass
+                continue
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.2)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            print(f"stopped {name} (pid {pid})")
         self.pids.unlink(missing_ok=True)
         if (self.project / "alearn.toml").exists():
             subprocess.run([ALEARN, "ls", "down"], env=self.env, check=False)
@@ -214,6 +219,20 @@ class Demo:
             time.sleep(2)
         raise SystemExit(f"round {number} did not reach {states} in {timeout:.0f} s; "
                          f"see the worker logs in {self.dir / 'logs'}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def configure_demo_project(project: Path, args: argparse.Namespace) -> None:
