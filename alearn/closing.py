@@ -2,6 +2,20 @@
 
 Runs when every task reached its overlap, or when the operator closes the round. It
 is idempotent: closing a closed round returns the stored metrics.
+
+Gold items (a trusted label with ``is_gold``) keep their known label: their votes
+measure the annotators (``gold_accuracy``) and count in the agreement figures, but they
+are neither consensus items nor adjudication items.
+
+Annotator flags rest on the figures that one bad peer cannot drag down: accuracy on
+gold items, and the accuracy Dawid-Skene estimates for each annotator from all the
+round's votes (``model_accuracy``). An annotator is flagged when either is confidently
+below ``agreement.annotator_min_accuracy``: the one-sided 90% Wilson upper bound is
+below it, on at least :data:`MIN_ITEMS` items. The leave-one-out accuracy and peer
+kappa stay in the metrics, and what they would flag is kept as ``peer_notes``: with
+three annotators, a random one pulls both figures of the two good ones down (their
+mean peer kappa is about half their kappa with each other), so they cannot be trusted
+to flag on their own.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ from sqlalchemy import func, select
 from alearn.agreement import agreement_report as _agreement_report
 from alearn.agreement import ratings_matrix
 from alearn.annotator_quality import annotator_quality
-from alearn.consensus import get_consensus
+from alearn.consensus import dawid_skene, get_consensus
 from alearn.exceptions import AlearnError, RoundError
 from alearn.project import Project
 from alearn.rounds import CLOSED, COLLECTING, PUSHED, get_round, transition
@@ -24,6 +38,10 @@ from alearn.store import Annotation, Label, Round, Selection
 log = logging.getLogger(__name__)
 
 N_BOOT = 500
+#: A figure raises an annotator flag only if it rests on at least this many items.
+MIN_ITEMS = 5
+#: One-sided 90% normal quantile for the Wilson bound.
+Z_90 = 1.2816
 
 
 def round_votes(
@@ -70,16 +88,19 @@ def close_round(project: Project, round_id: int) -> dict[str, Any]:
         )
     consensus_counts: dict[str, int] = {}
     adjudication: list[int] = []
+    is_gold = np.array([i in gold for i in items], dtype=bool)
     if items:
         report = _agreement_report(ratings, n_boot=N_BOOT, seed=rnd.number)
         method = get_consensus(cfg.agreement.consensus)
         tie = "first" if cfg.agreement.tie_policy == "first" else "adjudicate"
         cons = method(ratings.matrix, n_classes=len(classes), tie_policy=tie,
                       min_confidence=cfg.agreement.min_confidence)
-        consensus_counts = cons.status_counts()
-        quality = annotator_quality(
+        names, counts = np.unique(cons.status[~is_gold], return_counts=True)
+        consensus_counts = {str(k): int(c) for k, c in zip(names, counts, strict=True)}
+        annotators = annotator_report(
             ratings, gold=np.array([gold.get(i, -1) for i in items]), lead_times=lead_times,
             n_classes=len(classes), min_accuracy=cfg.agreement.annotator_min_accuracy,
+            consensus=cons,
         )
         adjudication = _store_consensus(project, round_id, items, cons)
         kappa = report.pairwise_kappa
@@ -88,15 +109,19 @@ def close_round(project: Project, round_id: int) -> dict[str, Any]:
             kappa=_mean_pairwise(kappa),
             alpha=report.krippendorff_alpha.value,
             consensus_method=cons.method,
-            annotators=[q.to_dict() for q in quality],
+            annotators=annotators,
         )
         low = metrics["kappa"] is not None and metrics["kappa"] < cfg.agreement.kappa_threshold
         metrics["flagged"] = bool(low)
         if low:
             log.warning("round_event=low_agreement round=%s kappa=%.3f threshold=%.2f",
                         round_id, metrics["kappa"], cfg.agreement.kappa_threshold)
-    metrics.update(consensus=consensus_counts, consensus_items=len(items),
-                   adjudication_items=adjudication, cv_accuracy=_cv_accuracy(project))
+    metrics.update(consensus=consensus_counts, consensus_items=int((~is_gold).sum()),
+                   adjudication_items=adjudication,
+                   adjudication={"mode": cfg.agreement.adjudication, "items": len(adjudication),
+                                 "pushed": 0, "decided": 0, "pending": len(adjudication),
+                                 "set_aside": []},
+                   cv_accuracy=_cv_accuracy(project))
     from alearn.convergence import assess_round, not_assessed
 
     try:
@@ -148,7 +173,7 @@ def _store_consensus(project: Project, round_id: int, items: list[int], cons: An
         for row, item in enumerate(items):
             status, code = str(cons.status[row]), int(cons.labels[row])
             old = existing.get(item)
-            if old is not None and old.origin in ("manifest", "adjudicated"):
+            if old is not None and (old.is_gold or old.origin in ("manifest", "adjudicated")):
                 continue
             if status != "agreed" or code < 0:
                 adjudicate.append(item)
@@ -158,6 +183,68 @@ def _store_consensus(project: Project, round_id: int, items: list[int], cons: An
             label.method, label.round_id = cons.method, round_id
             s.add(label)
     return adjudicate
+
+
+def wilson_upper(p: float, n: int, *, z: float = Z_90) -> float:
+    """Upper end of the Wilson score interval of a proportion ``p`` over ``n`` trials."""
+    if n <= 0:
+        return 1.0
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(min(1.0, (centre + spread) / (1 + z * z / n)))
+
+
+def model_accuracy(consensus: Any, R: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each annotator's accuracy as Dawid-Skene estimates it: ``sum_c prior_c * P(says c |
+    true c)``; shape (n_annotators,). Reuses ``consensus`` when it is a Dawid-Skene fit."""
+    if consensus is None or consensus.confusion is None:
+        consensus = dawid_skene(R, n_classes=n_classes)
+    if consensus.confusion is None:
+        return np.full(R.shape[1], np.nan)
+    return np.einsum("c,jcc->j", consensus.priors, consensus.confusion)
+
+
+def annotator_report(
+    ratings: Any, *, gold: np.ndarray, lead_times: np.ndarray, n_classes: int,
+    min_accuracy: float, consensus: Any = None, min_items: int = MIN_ITEMS,
+) -> list[dict[str, Any]]:
+    """The round's annotator figures and flags (see the module docstring), as dicts.
+
+    Parameters
+    ----------
+    ratings : Ratings
+        The round's ratings, shape (n_items, n_annotators).
+    gold : ndarray of shape (n_items,)
+        True class of gold items, -1 elsewhere.
+    lead_times : ndarray of shape (n_items, n_annotators)
+    consensus : Consensus, optional
+        The round's consensus; a Dawid-Skene fit is reused, otherwise one is made.
+    """
+    quality = annotator_quality(ratings, gold=gold, lead_times=lead_times,
+                                n_classes=n_classes, min_accuracy=min_accuracy,
+                                min_items=min_items)
+    model = model_accuracy(consensus, ratings.matrix, n_classes)
+    out = []
+    for q, acc in zip(quality, model.tolist(), strict=True):
+        d = q.to_dict()
+        reasons = []
+        if q.gold_accuracy is not None and q.n_gold >= min_items:
+            upper = wilson_upper(q.gold_accuracy, q.n_gold)
+            if upper < min_accuracy:
+                reasons.append(f"accuracy on gold items is {q.gold_accuracy:.2f} on {q.n_gold} "
+                               f"items (90% upper bound {upper:.2f} < {min_accuracy:.2f})")
+        known = acc == acc  # not NaN
+        if known and q.n_items >= min_items:
+            upper = wilson_upper(acc, q.n_items)
+            if upper < min_accuracy:
+                reasons.append(f"estimated accuracy (Dawid-Skene) is {acc:.2f} on {q.n_items} "
+                               f"items (90% upper bound {upper:.2f} < {min_accuracy:.2f})")
+        d.update(model_accuracy=float(acc) if known else None, flagged=bool(reasons),
+                 reasons=reasons, peer_notes=[r for r in q.reasons if "gold" not in r])
+        if reasons:
+            log.info("annotator flagged annotator=%s reasons=%s", q.annotator, "; ".join(reasons))
+        out.append(d)
+    return out
 
 
 def _mean_pairwise(kappa: Any) -> float | None:

@@ -99,6 +99,23 @@ class AgreementConfig(_Section):
     annotator_min_accuracy: float = Field(
         0.7, ge=0, le=1, description="Annotators below this accuracy are flagged."
     )
+    adjudication: Literal["review", "more_votes"] = Field(
+        "review",
+        description=(
+            "What happens to items whose consensus is a tie or low-confidence: 'review' "
+            "sends them to a separate Label Studio adjudication project, where a reviewer's "
+            "decision becomes the trusted label; 'more_votes' asks Label Studio for two "
+            "more annotators on them (the team must be larger than the overlap) and "
+            "recomputes the consensus before the round closes."
+        ),
+    )
+    reviewers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Label Studio user emails whose adjudication decisions count; empty means any "
+            "user of the adjudication project. Others' decisions are set aside."
+        ),
+    )
 
 
 class LabelStudioConfig(_Section):
