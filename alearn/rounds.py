@@ -127,7 +127,8 @@ class RoundProgress:
 
 
 def round_progress(store: Store, round_id: int) -> RoundProgress:
-    """How far a round is: tasks that reached their overlap, annotations per annotator.
+    """How far a round is: tasks that reached their overlap (or the larger target of an
+    item asked for more votes), annotations per annotator.
 
     Every mirrored annotation counts toward a task's overlap (Label Studio counts set-aside
     and skipped ones too), so a task is done when Label Studio stops serving it.
@@ -157,7 +158,10 @@ def round_progress(store: Store, round_id: int) -> RoundProgress:
                 Annotation.round_id == round_id, Annotation.status != "ok"
             )
         ) or 0
-    done = sum(1 for n in per_item.values() if n >= rnd.overlap)
+    # items asked for more votes ('more_votes' adjudication) need more than the overlap
+    wanted = {int(i): int(n) for i, n in
+              ((rnd.metrics or {}).get("more_votes") or {}).get("targets", {}).items()}
+    done = sum(1 for item, n in per_item.items() if n >= wanted.get(int(item), rnd.overlap))
     return RoundProgress(
         round_id=rnd.id, number=rnd.number, status=rnd.status, tasks=tasks, tasks_done=done,
         annotations=sum(per_item.values()), set_aside=set_aside, by_annotator=by_annotator,
@@ -179,10 +183,12 @@ def record_plan(store: Store, round_id: int, plan: Any) -> int:
             raise RoundError(f"no round {round_id}")
         for item in plan.items:
             s.add(Selection(round_id=round_id, item_id=item.item_id, rank=item.rank,
-                            score=float(item.score), predicted=item.predicted))
+                            score=float(item.score), predicted=item.predicted,
+                            is_gold=bool(getattr(item, "is_gold", False))))
         rnd.strategy = plan.strategy
         rnd.model_version = plan.model_version or f"cold-start-r{rnd.number}"
-        rnd.metrics = {**(rnd.metrics or {}), "pool_size": plan.n_pool, "n_train": plan.n_train}
+        rnd.metrics = {**(rnd.metrics or {}), "pool_size": plan.n_pool, "n_train": plan.n_train,
+                       "gold_items": sum(bool(getattr(i, "is_gold", False)) for i in plan.items)}
     log.info("round_event=selected round=%s items=%s strategy=%s model_version=%s",
              round_id, len(plan.items), plan.strategy, plan.model_version)
     return len(plan.items)

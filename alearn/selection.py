@@ -9,6 +9,13 @@ Score convention: :attr:`PlannedItem.score` is lower for items to label first, a
 Studio's "Uncertainty sampling" serves the lowest prediction score first. With a head
 it is the margin ``p_top1 - p_top2`` in [0, 1] (low = uncertain); without a head it is
 ``rank / batch size``.
+
+Gold items: with ``rounds.gold_rate`` > 0, ``round(batch * gold_rate)`` of the batch (at
+least one, at most all but one) are gold items, i.e. items whose trusted label is known
+(``Label.is_gold``), so that annotators can be measured against the truth. Gold never
+shown in an earlier round comes first; the choice and their places in the ranking are
+seeded. Annotators must not be able to tell them apart: a gold item gets the head's
+prediction like any other item, and a score between its neighbours' in the ranking.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from alearn import training
 from alearn.classifier import EmbeddingClassifier
 from alearn.exceptions import EmptyPoolError
 from alearn.project import Project
-from alearn.store import Item, ModelRecord, Selection
+from alearn.store import Item, Label, ModelRecord, Selection
 from alearn.strategies import (
     NEEDS_HEAD,
     RngLike,
@@ -49,6 +56,7 @@ class PlannedItem:
     score: float
     predicted: str | None
     rank: int
+    is_gold: bool = False
 
 
 @dataclass
@@ -160,8 +168,10 @@ def plan_batch(
     pool_ids, X_pool = ids[in_pool], X[in_pool]
     X_labeled = X[np.isin(ids, np.fromiter(taken, dtype=np.int64))]
     seed = zlib.crc32(f"{version}:{len(ids)}:{len(taken)}:{name}".encode())
-    idx, probas = select_from_pool(name, n, X_pool=X_pool, head=head, X_labeled=X_labeled,
-                                   rng=seed)
+    gold_ids = _gold_candidates(project, exclude=set(exclude), chosen=chosen, seed=seed)
+    n_gold = gold_count(n, cfg.rounds.gold_rate, len(gold_ids))
+    idx, probas = select_from_pool(name, n - n_gold, X_pool=X_pool, head=head,
+                                   X_labeled=X_labeled, rng=seed)
     if probas is not None and head is not None:
         scores = margin(probas[idx])
         predicted: list[str | None] = [str(c) for c in head.classes_[probas[idx].argmax(1)]]
@@ -169,15 +179,23 @@ def plan_batch(
         scores = np.arange(len(idx)) / len(idx)
         predicted = [None] * len(idx)
     chosen_ids = pool_ids[idx].tolist()
-    with store.session() as s:
-        paths = dict(s.execute(select(Item.id, Item.path).where(Item.id.in_(chosen_ids))).all())
-    items = [
-        PlannedItem(item_id=int(i), path=paths.get(int(i), ""), score=float(sc),
-                    predicted=p, rank=r)
-        for r, (i, sc, p) in enumerate(zip(chosen_ids, scores.tolist(), predicted, strict=True))
+    ranked: list[tuple[int, float, str | None, bool]] = [
+        (int(i), float(sc), p, False)
+        for i, sc, p in zip(chosen_ids, scores.tolist(), predicted, strict=True)
     ]
-    logger.info("plan strategy=%s requested=%s model_version=%s pool=%d items=%d",
-                name, requested, version, int(in_pool.sum()), len(items))
+    if n_gold:
+        ranked = _mix_gold(ranked, gold_ids[:n_gold], ids=ids, X=X, head=head,
+                           scored=probas is not None, seed=seed)
+    with store.session() as s:
+        wanted = [r[0] for r in ranked]
+        paths = dict(s.execute(select(Item.id, Item.path).where(Item.id.in_(wanted))).all())
+    items = [
+        PlannedItem(item_id=i, path=paths.get(i, ""), score=sc, predicted=p, rank=r,
+                    is_gold=g)
+        for r, (i, sc, p, g) in enumerate(ranked)
+    ]
+    logger.info("plan strategy=%s requested=%s model_version=%s pool=%d items=%d gold=%d",
+                name, requested, version, int(in_pool.sum()), len(items), n_gold)
     return Plan(strategy=name, model_version=version, items=items,
                 n_pool=int(in_pool.sum()), n_train=n_train)
 
@@ -193,3 +211,66 @@ def _head(project: Project, version: str | None) -> tuple[EmbeddingClassifier | 
     with project.store.session() as s:
         n_train = s.scalar(select(ModelRecord.n_train).where(ModelRecord.version == version))
     return training.load_head(project, version), version, int(n_train or 0)
+
+
+def gold_count(batch_size: int, rate: float, available: int) -> int:
+    """Gold items in a batch: ``round(batch_size * rate)``, at least 1 when ``rate`` > 0,
+    at most ``available`` and at most ``batch_size - 1`` (a batch is never all gold)."""
+    if rate <= 0 or available <= 0 or batch_size < 2:
+        return 0
+    return min(max(1, round(batch_size * rate)), available, batch_size - 1)
+
+
+def _gold_candidates(project: Project, *, exclude: set[int], chosen: set[int],
+                     seed: int) -> list[int]:
+    """Gold item ids, in the order to use them: never shown first, each group shuffled."""
+    with project.store.session() as s:
+        gold = sorted(int(i) for i in s.scalars(
+            select(Label.item_id).join(Item, Item.id == Label.item_id)
+            .where(Label.is_gold.is_(True))))
+    rng = np.random.default_rng(zlib.crc32(f"{seed}:gold".encode()))
+    fresh = [i for i in gold if i not in chosen and i not in exclude]
+    shown = [i for i in gold if i in chosen and i not in exclude]
+    return [int(i) for i in rng.permutation(fresh)] + [int(i) for i in rng.permutation(shown)]
+
+
+def _mix_gold(
+    ranked: list[tuple[int, float, str | None, bool]],
+    gold: list[int],
+    *,
+    ids: np.ndarray,
+    X: np.ndarray,
+    head: EmbeddingClassifier | None,
+    scored: bool,
+    seed: int,
+) -> list[tuple[int, float, str | None, bool]]:
+    """Put gold items at seeded places of the ranking, looking like their neighbours.
+
+    ``ranked`` holds ``(item id, score, predicted, is_gold)`` in rank order. A gold item
+    gets the head's predicted class (when it has features and there is a head) and the
+    mean score of its neighbours; without a head every score is ``rank / batch size``.
+    """
+    rng = np.random.default_rng(zlib.crc32(f"{seed}:gold-places".encode()))
+    total = len(ranked) + len(gold)
+    places = set(rng.choice(total, size=len(gold), replace=False).tolist())
+    predicted: dict[int, str | None] = {}
+    if head is not None:
+        rows = {int(i): r for r, i in enumerate(ids.tolist())}
+        have = [g for g in gold if g in rows]
+        if have:
+            p = head.predict_proba(X[[rows[g] for g in have]])
+            predicted = {g: str(c) for g, c in zip(have, head.classes_[p.argmax(1)], strict=True)}
+    pool, golds = iter(ranked), iter(gold)
+    out = [next(golds) if r in places else next(pool) for r in range(total)]
+    mixed = [e if isinstance(e, tuple) else (e, float("nan"), predicted.get(e), True)
+             for e in out]
+    if not scored:
+        return [(i, r / total, p, g) for r, (i, _sc, p, g) in enumerate(mixed)]
+    scores = np.array([m[1] for m in mixed])
+    real = np.flatnonzero(~np.isnan(scores))
+    for r in np.flatnonzero(np.isnan(scores)):
+        before, after = real[real < r], real[real > r]
+        near = [scores[before[-1]]] if before.size else []
+        near += [scores[after[0]]] if after.size else []
+        scores[r] = float(np.mean(near)) if near else 0.5
+    return [(i, float(sc), p, g) for (i, _s, p, g), sc in zip(mixed, scores, strict=True)]
