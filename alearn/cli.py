@@ -496,7 +496,7 @@ def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
         if rnd is None:
             raise click.BadParameter(f"there is no round {number}", param_hint="--round")
     jobs.pull_job(str(ctx.project.root))
-    metrics = jobs.close_job(str(ctx.project.root), rnd.id)
+    metrics = jobs.close_job(str(ctx.project.root), rnd.id, force=True)
     if as_json:
         print_json(metrics)
         return
@@ -578,6 +578,14 @@ def status(ctx: Context, as_json: bool) -> None:
             print_table("Annotations by annotator", rows)
     if info["set_aside_annotations"]:
         print_table("Annotations set aside", info["set_aside_annotations"])
+    adj = info.get("adjudication") or {}
+    if adj.get("items") or adj.get("waiting_for_votes"):
+        console.print(f"Adjudication ({adj['mode']}): {adj['pending']} pending, "
+                      f"{adj['decided']} decided, {len(adj['set_aside'])} decisions set aside"
+                      + (f", {adj['waiting_for_votes']} items waiting for more votes"
+                         if adj.get("waiting_for_votes") else ""))
+        if adj["set_aside"]:
+            print_table("Adjudication decisions set aside", adj["set_aside"])
     q = info["queues"]
     if "error" in q:
         console.print(f"[yellow]queues unavailable:[/] {q['error']}")

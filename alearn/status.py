@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from alearn.adjudication import adjudication_status
 from alearn.project import Project
 from alearn.rounds import active_round, round_progress
 from alearn.store import Annotation, FileRecord, Item, Label, Round
@@ -52,6 +53,7 @@ def project_status(project: Project) -> dict[str, Any]:
         "current_round": round_progress(store, current.id).to_dict() if current else None,
         "set_aside_annotations": aside,
         "convergence": _convergence(project),
+        "adjudication": adjudication_status(project),
         "ls_project_id": store.get_meta("ls_project_id"),
     }
 

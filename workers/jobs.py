@@ -107,6 +107,7 @@ def push_job(project_dir: str, round_id: int) -> dict[str, Any]:
 
 def pull_job(project_dir: str) -> dict[str, Any]:
     """Mirror Label Studio's annotations; close the active round once it is complete."""
+    from labelstudio.adjudication import pull_adjudications
     from labelstudio.client import connect_label_studio
     from labelstudio.pull import pull_annotations
 
@@ -118,7 +119,10 @@ def pull_job(project_dir: str) -> dict[str, Any]:
             return _skipped("pull", key)
         client = connect_label_studio(project.settings)
         summary = pull_annotations(project.store, client, classes=project.config.classes)
-        out = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
+        out: dict[str, Any] = summary.to_dict()
+        out["adjudication"] = pull_adjudications(
+            project.store, client, project.config.classes,
+            reviewers=project.config.agreement.reviewers).to_dict()
         rnd = active_round(project.store)
         if rnd is not None and rnd.status in (PUSHED, COLLECTING):
             progress = round_progress(project.store, rnd.id)
@@ -129,28 +133,66 @@ def pull_job(project_dir: str) -> dict[str, Any]:
                 from workers.orchestrate import enqueue_close
 
                 enqueue_close(project, conn, rnd.id)
-    _report(**{k: v for k, v in out.items() if k != "round"})
+    _report(**{k: v for k, v in out.items() if k not in ("round", "adjudication")})
     return out
 
 
-def close_job(project_dir: str, round_id: int) -> dict[str, Any]:
-    """Close a round: agreement, consensus, metrics; maybe start the next one."""
+def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str, Any]:
+    """Close a round: agreement, consensus, metrics; maybe start the next one.
+
+    With ``agreement.adjudication = 'more_votes'`` (and not ``force``), a round with
+    unsettled items first asks Label Studio for more votes on them and stays open.
+    With 'review', unsettled items are then pushed to the adjudication project.
+    """
     from alearn.closing import close_round
 
     project = _open(project_dir)
     conn = queues.connect(project.settings)
+    mode = project.config.agreement.adjudication
     key = f"{queues.project_key(str(project.root))}:close:{round_id}"
     with queues.job_lock(conn, key) as got:
         if not got:
             return _skipped("close", key)
+        if mode == "more_votes" and not force:
+            from labelstudio.adjudication import ask_for_more_votes
+            from labelstudio.client import connect_label_studio
+
+            client = connect_label_studio(project.settings)
+            targets = ask_for_more_votes(project, client, round_id)
+            if targets:
+                _report(waiting_for_votes=len(targets))
+                return {"closed": False, "waiting_for_votes": len(targets)}
         result = close_round(project, round_id)
     _report(closed=True)
+    if mode == "review" and result.get("adjudication_items"):
+        from workers.orchestrate import enqueue_adjudication_push
+
+        enqueue_adjudication_push(project, conn, round_id)
     if project.config.rounds.auto_next and not result.get("converged", False):
         from workers.orchestrate import start_round
 
         nxt = start_round(project, conn)
         result["next_round"] = nxt.number
     return result
+
+
+def adjudication_push_job(project_dir: str, round_id: int) -> dict[str, Any]:
+    """Send a closed round's unsettled items to the Label Studio adjudication project."""
+    from labelstudio.adjudication import ensure_adjudication_project, push_adjudication
+    from labelstudio.client import connect_label_studio
+
+    project = _open(project_dir)
+    key = f"{queues.project_key(str(project.root))}:adjudication-push:{round_id}"
+    with queues.job_lock(queues.connect(project.settings), key) as got:
+        if not got:
+            return _skipped("adjudication push", key)
+        client = connect_label_studio(project.settings)
+        ensure_adjudication_project(project.store, client, project.config, project.image_root,
+                                    document_root=project.settings.ls_document_root)
+        created = push_adjudication(project.store, client, round_id,
+                                    classes=project.config.classes)
+    _report(created=created)
+    return {"created": created}
 
 
 def tick_job(project_dir: str) -> dict[str, Any]:

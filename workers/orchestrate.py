@@ -18,7 +18,15 @@ from rq.job import Job, JobStatus
 
 from alearn.config import Settings
 from alearn.project import Project
-from alearn.rounds import ACTIVE, COLLECTING, PLANNED, PUSHED, create_round, set_round_fields
+from alearn.rounds import (
+    ACTIVE,
+    CLOSED,
+    COLLECTING,
+    PLANNED,
+    PUSHED,
+    create_round,
+    set_round_fields,
+)
 from alearn.store import Round
 from workers import jobs, queues
 
@@ -103,6 +111,18 @@ def enqueue_close(project: Project, conn: Redis, round_id: int) -> Job:
     return job
 
 
+def enqueue_adjudication_push(project: Project, conn: Redis, round_id: int) -> bool:
+    """Enqueue the push of a round's unsettled items to the adjudication project, unless
+    one was enqueued in the last minute (the push is idempotent anyway)."""
+    key = f"alearn:debounce:adjudication:{queues.project_key(str(project.root))}:{round_id}"
+    if not conn.set(key, 1, nx=True, ex=60):
+        return False
+    queues.get_queue(conn, project.settings, "sync").enqueue(
+        jobs.adjudication_push_job, str(project.root), round_id, retry=RETRY,
+        job_timeout=1800, description=f"push round id {round_id} to adjudication")
+    return True
+
+
 def _job_alive(conn: Redis, job_id: str | None) -> bool:
     if not job_id:
         return False
@@ -121,7 +141,7 @@ def reconcile(project: Project, conn: Redis) -> list[str]:
     """
     from alearn.rounds import active_round
 
-    actions: list[str] = []
+    actions: list[str] = _reconcile_adjudication(project, conn)
     rnd = active_round(project.store)
     if rnd is None or rnd.status not in ACTIVE:
         return actions
@@ -133,6 +153,24 @@ def reconcile(project: Project, conn: Redis) -> list[str]:
             actions.append(f"round {rnd.number}: pull enqueued")
     for action in actions:
         log.info("round_event=reconcile round=%s action=%r", rnd.id, action)
+    return actions
+
+
+def _reconcile_adjudication(project: Project, conn: Redis) -> list[str]:
+    """Closed rounds whose unsettled items never reached the adjudication project."""
+    if project.config.agreement.adjudication != "review":
+        return []
+    from sqlalchemy import select
+
+    actions = []
+    with project.store.session() as s:
+        rounds = s.scalars(select(Round).where(Round.status == CLOSED)).all()
+    for rnd in rounds:
+        m = rnd.metrics or {}
+        if len(m.get("adjudication_items") or []) > int(
+                (m.get("adjudication") or {}).get("pushed") or 0):
+            if enqueue_adjudication_push(project, conn, rnd.id):
+                actions.append(f"round {rnd.number}: adjudication push enqueued")
     return actions
 
 

@@ -1,0 +1,322 @@
+"""Adjudication: settling the items whose consensus is a tie or low-confidence.
+
+Round close lists those items in ``Round.metrics['adjudication_items']`` and gives them
+no trusted label. ``agreement.adjudication`` says what happens next:
+
+``'review'``
+    They go to a separate Label Studio adjudication project (see
+    :mod:`labelstudio.adjudication`), which shows each image with the earlier votes
+    (:func:`votes_text`). A reviewer's decision, read back as a :class:`Decision`,
+    becomes the item's trusted label here (:func:`apply_decisions`): ``origin
+    'adjudicated'``, confidence 1.0, method ``'adjudication'``. Decisions by someone not
+    listed in ``agreement.reviewers`` (when that list is not empty), skipped ones, and
+    ones without exactly one known class are set aside with their reason, in
+    ``Round.metrics['adjudication']['set_aside']``, where ``alearn status`` shows them.
+    The adjudication project mirrors like the main one: a decision changed there
+    changes the label, and a decision deleted there withdraws it.
+
+``'more_votes'``
+    Before the round closes, :func:`more_votes_targets` lists them, each with the number
+    of annotations it should reach (the round's overlap plus :data:`EXTRA_VOTES`); Label
+    Studio is asked for that many annotators on their tasks, the targets are recorded in
+    ``Round.metrics['more_votes']`` (:func:`record_more_votes`), and the round keeps
+    collecting until they are reached (:func:`alearn.rounds.round_progress` counts
+    them). The close then recomputes the consensus over all the votes; items still
+    unsettled stay in ``adjudication_items``, without a label. Votes are only asked for
+    once per round, and only people who have not labeled a task yet can add to it, so
+    the team must be larger than the overlap.
+
+Nothing here talks to Label Studio; :mod:`labelstudio.adjudication` does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from alearn.exceptions import RoundError
+from alearn.project import Project
+from alearn.store import Annotation, Item, Label, Round, Store
+
+log = logging.getLogger(__name__)
+
+#: Annotations an unsettled item gets beyond the round's overlap in 'more_votes' mode.
+EXTRA_VOTES = 2
+METHOD = "adjudication"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One reviewer annotation in the adjudication project, as plain data."""
+
+    ls_annotation_id: int
+    ls_task_id: int
+    item_id: int
+    round_id: int | None
+    reviewer: str
+    labels: tuple[str, ...]
+    cancelled: bool = False
+    updated_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class AdjudicationSummary:
+    """What applying the decisions did. ``withdrawn``: labels removed because their
+    decision is gone; ``pending``: adjudication items still without a decision."""
+
+    tasks: int = 0
+    decided: int = 0
+    set_aside: int = 0
+    withdrawn: int = 0
+    pending: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def votes_text(votes: Iterable[tuple[str, str]], classes: Sequence[str]) -> str:
+    """The earlier votes as a reviewer reads them: ``"cat: 2 (ann-a, ann-b), dog: 1
+    (ann-c)"``, most votes first, then in class order; ``votes`` is (annotator, label)."""
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for who, label in votes:
+        by_label[label].append(who)
+    order = {c: i for i, c in enumerate(classes)}
+    ranked = sorted(by_label, key=lambda c: (-len(by_label[c]), order.get(c, len(order)), c))
+    text = ", ".join(f"{c}: {len(by_label[c])} ({', '.join(sorted(by_label[c]))})"
+                     for c in ranked)
+    return text or "no votes"
+
+
+def adjudication_queue(store: Store, round_id: int, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """The round's adjudication items still without a trusted label, each as
+    ``{item_id, path, votes_text}``, in the order close listed them."""
+    with store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"round id {round_id} does not exist in the store.")
+        wanted = [int(i) for i in (rnd.metrics or {}).get("adjudication_items") or []]
+        if not wanted:
+            return []
+        labeled = set(s.scalars(select(Label.item_id).where(Label.item_id.in_(wanted))))
+        paths = dict(s.execute(select(Item.id, Item.path).where(Item.id.in_(wanted))).all())
+        votes: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for item, who, label in s.execute(
+            select(Annotation.item_id, Annotation.annotator, Annotation.label).where(
+                Annotation.round_id == round_id, Annotation.item_id.in_(wanted),
+                Annotation.status == "ok", Annotation.label.is_not(None))
+        ):
+            votes[int(item)].append((str(who), str(label)))
+    return [{"item_id": i, "path": paths[i], "votes_text": votes_text(votes[i], classes)}
+            for i in wanted if i in paths and i not in labeled]
+
+
+def judge_decision(
+    decision: Decision, classes: Sequence[str], reviewers: Sequence[str]
+) -> str | None:
+    """Why a decision is set aside, or None if it counts."""
+    allowed = {r.strip().lower() for r in reviewers if r.strip()}
+    if allowed and decision.reviewer.strip().lower() not in allowed:
+        return (f"{decision.reviewer} is not a reviewer (agreement.reviewers: "
+                f"{', '.join(sorted(allowed))})")
+    if decision.cancelled:
+        return "skipped by the reviewer"
+    distinct = list(dict.fromkeys(decision.labels))
+    if not distinct:
+        return "no choice made"
+    if len(distinct) > 1:
+        return f"several choices {distinct}; a single class is expected"
+    if distinct[0] not in classes:
+        return f"label {distinct[0]!r} is not one of the classes {list(classes)}"
+    return None
+
+
+def apply_decisions(
+    store: Store,
+    decisions: Sequence[Decision],
+    *,
+    tasks: Iterable[tuple[int, int | None]],
+    classes: Sequence[str],
+    reviewers: Sequence[str] = (),
+) -> AdjudicationSummary:
+    """Mirror the adjudication project's decisions into trusted labels.
+
+    Parameters
+    ----------
+    decisions
+        Every annotation of the adjudication project.
+    tasks
+        ``(item id, round id)`` of every task of the adjudication project: an item whose
+        task holds no valid decision any more loses its adjudicated label.
+    classes, reviewers
+        The project's classes, and ``agreement.reviewers`` (empty: anyone counts).
+
+    Among an item's valid decisions the latest (``updated_at``, then annotation id) wins.
+    Running it twice with the same decisions changes nothing the second time.
+    """
+    tasks = set(tasks)
+    winners: dict[int, tuple[Decision, int | None]] = {}
+    aside: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
+    items = {item for item, _rnd in tasks} | {d.item_id for d in decisions}
+    for d in sorted(decisions, key=lambda d: (d.updated_at or dt.datetime.min,
+                                              d.ls_annotation_id)):
+        reason = judge_decision(d, classes, reviewers)
+        if reason is None:
+            winners[d.item_id] = (d, d.round_id)
+        else:
+            aside[d.round_id].append({
+                "ls_annotation_id": d.ls_annotation_id, "item_id": d.item_id,
+                "reviewer": d.reviewer, "label": ", ".join(d.labels) or None, "reason": reason})
+    decided = withdrawn = 0
+    with store.session() as s:
+        existing = {lab.item_id: lab for lab in s.scalars(
+            select(Label).where(Label.item_id.in_(items)))} if items else {}
+        for item, (d, rnd) in winners.items():
+            label = existing.get(item)
+            if label is not None and (label.is_gold or label.origin == "manifest"):
+                aside[rnd].append({
+                    "ls_annotation_id": d.ls_annotation_id, "item_id": item,
+                    "reviewer": d.reviewer, "label": d.labels[0],
+                    "reason": f"the item already has a {label.origin} label {label.label!r}"})
+                continue
+            label = label or Label(item_id=item)
+            if (label.origin, label.label, label.round_id, label.method) != (
+                    "adjudicated", d.labels[0], rnd, METHOD):
+                label.origin, label.label, label.confidence = "adjudicated", d.labels[0], 1.0
+                label.method, label.round_id = METHOD, rnd
+                s.add(label)
+            decided += 1
+        gone = [lab.id for item, lab in existing.items()
+                if item not in winners and lab.origin == "adjudicated" and lab.method == METHOD]
+        if gone:
+            s.execute(delete(Label).where(Label.id.in_(gone)))
+            withdrawn = len(gone)
+    pending = _update_rounds(store, tasks, aside)
+    summary = AdjudicationSummary(tasks=len(tasks), decided=decided,
+                                  set_aside=sum(len(v) for v in aside.values()),
+                                  withdrawn=withdrawn, pending=pending)
+    log.info("adjudication applied tasks=%s decided=%s set_aside=%s withdrawn=%s pending=%s",
+             summary.tasks, decided, summary.set_aside, withdrawn, pending)
+    return summary
+
+
+def _update_rounds(store: Store, tasks: set[tuple[int, int | None]],
+                   aside: dict[int | None, list[dict[str, Any]]]) -> int:
+    """Refresh ``metrics['adjudication']`` of every round concerned; return the pending
+    count over all rounds."""
+    pushed: dict[int, int] = defaultdict(int)
+    for _item, rid in tasks:
+        if rid is not None:
+            pushed[rid] += 1
+    pending = 0
+    with store.session() as s:
+        rounds = s.scalars(select(Round).where(Round.status == "closed")).all()
+        adjudicated = set(s.scalars(select(Label.item_id).where(Label.origin == "adjudicated")))
+        for rnd in rounds:
+            metrics = dict(rnd.metrics or {})
+            wanted = [int(i) for i in metrics.get("adjudication_items") or []]
+            if not wanted and rnd.id not in pushed and rnd.id not in aside:
+                continue
+            old = dict(metrics.get("adjudication") or {})
+            done = sum(i in adjudicated for i in wanted)
+            new = {**old, "items": len(wanted), "pushed": pushed.get(rnd.id, 0),
+                   "decided": done, "pending": len(wanted) - done,
+                   "set_aside": aside.get(rnd.id, [])}
+            pending += new["pending"]
+            if new != old:
+                metrics["adjudication"] = new
+                rnd.metrics = metrics
+    return pending
+
+
+def set_pushed(store: Store, round_id: int, pushed: int) -> None:
+    """Record how many of the round's items have a task in the adjudication project."""
+    with store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"round id {round_id} does not exist in the store.")
+        metrics = dict(rnd.metrics or {})
+        metrics["adjudication"] = {**(metrics.get("adjudication") or {}), "pushed": pushed}
+        rnd.metrics = metrics
+
+
+def adjudication_status(project: Project) -> dict[str, Any]:
+    """Totals over all rounds, for ``alearn status``. ``waiting_for_votes``: items of open
+    rounds that were asked for more votes ('more_votes' mode)."""
+    with project.store.session() as s:
+        rows = [(r.status, r.metrics or {})
+                for r in s.scalars(select(Round).order_by(Round.number))]
+    items = pushed = decided = waiting = 0
+    aside: list[dict[str, Any]] = []
+    for status, m in rows:
+        adj = m.get("adjudication") or {}
+        items += len(m.get("adjudication_items") or [])
+        pushed += int(adj.get("pushed") or 0)
+        decided += int(adj.get("decided") or 0)
+        aside += list(adj.get("set_aside") or [])
+        if status != "closed":
+            waiting += len(vote_targets(m))
+    return {
+        "mode": project.config.agreement.adjudication,
+        "items": items, "pushed": pushed, "decided": decided, "pending": items - decided,
+        "set_aside": aside, "waiting_for_votes": waiting,
+        "ls_project_id": project.store.get_meta("ls_adjudication_project_id"),
+    }
+
+
+# -- 'more_votes' ----------------------------------------------------------------------
+def more_votes_targets(project: Project, round_id: int) -> dict[int, int]:
+    """Unsettled items of an open round, each with the annotations it should reach.
+
+    Empty when more votes were already asked for this round, when the round is not
+    pushed or collecting, or when every item is settled. Gold items and items with a
+    trusted label are never listed.
+    """
+    from alearn.agreement import ratings_matrix
+    from alearn.closing import gold_labels, round_votes
+    from alearn.consensus import get_consensus
+
+    store, cfg = project.store, project.config
+    with store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"round id {round_id} does not exist in the store.")
+        overlap, metrics, status = rnd.overlap, dict(rnd.metrics or {}), rnd.status
+    if metrics.get("more_votes") or status not in ("pushed", "collecting"):
+        return {}
+    votes = round_votes(project, [round_id])
+    if not votes:
+        return {}
+    ratings = ratings_matrix([v[:3] for v in votes], cfg.classes)
+    items = [int(str(i)) for i in ratings.items]
+    cons = get_consensus(cfg.agreement.consensus)(
+        ratings.matrix, n_classes=len(cfg.classes), tie_policy="adjudicate",
+        min_confidence=cfg.agreement.min_confidence)
+    labeled = set(store.trusted_labels()) | set(gold_labels(project, items))
+    return {item: overlap + EXTRA_VOTES for row, item in enumerate(items)
+            if str(cons.status[row]) in ("tie", "low_confidence") and item not in labeled}
+
+
+def record_more_votes(store: Store, round_id: int, targets: dict[int, int]) -> None:
+    """Remember that more votes were asked for (targets: item id -> annotations)."""
+    with store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"round id {round_id} does not exist in the store.")
+        metrics = dict(rnd.metrics or {})
+        metrics["more_votes"] = {"extra": EXTRA_VOTES,
+                                 "targets": {str(i): int(n) for i, n in targets.items()}}
+        rnd.metrics = metrics
+    log.info("round_event=more_votes round=%s items=%s extra=%s", round_id, len(targets),
+             EXTRA_VOTES)
+
+
+def vote_targets(metrics: dict[str, Any] | None) -> dict[int, int]:
+    """item id -> annotations wanted, for items that were asked for more votes."""
+    targets = ((metrics or {}).get("more_votes") or {}).get("targets") or {}
+    return {int(i): int(n) for i, n in targets.items()}

@@ -1,0 +1,251 @@
+"""The adjudication project in Label Studio, and more votes on the main project's tasks.
+
+'review' mode (see :mod:`alearn.adjudication`): items whose consensus is a tie or
+low-confidence go to a separate Label Studio project, ``"<title> - adjudication"``, with
+one annotation per task. Its interface shows the image, the earlier votes as text
+(``"cat: 2 (ann-a, ann-b), dog: 1 (ann-c)"``) and the class choices, with the same
+names and hotkeys as the main project. Task data is ``{image, item_id, round,
+votes_text}``. The store's ``meta`` remembers:
+
+``ls_adjudication_project_id``       the project id
+``ls_adjudication_image_url_base``   what its tasks' image URLs start with
+
+:func:`pull_adjudications` reads every decision made there and hands it to
+:func:`alearn.adjudication.apply_decisions`, which keeps the reviewers' decisions as
+trusted labels and sets the others aside.
+
+'more_votes' mode: :func:`request_more_votes` raises the overlap of single tasks of the
+main project, so that Label Studio serves them to more annotators.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from sqlalchemy import select
+
+from alearn.adjudication import (
+    AdjudicationSummary,
+    Decision,
+    adjudication_queue,
+    apply_decisions,
+    more_votes_targets,
+    record_more_votes,
+    set_pushed,
+)
+from alearn.config import ProjectConfig
+from alearn.exceptions import LabelStudioError, RoundError
+from alearn.project import Project
+from alearn.store import Selection, Store
+from labelstudio.client import LSClient, _differs, _ensure_storage, project_title
+from labelstudio.convert import annotator_of, chosen_labels, parse_time
+from labelstudio.label_config import CHOICES_NAME, IMAGE_NAME, hotkeys
+from labelstudio.urls import image_url, image_url_base
+
+logger = logging.getLogger(__name__)
+
+META_PROJECT = "ls_adjudication_project_id"
+META_IMAGE_BASE = "ls_adjudication_image_url_base"
+VOTES_NAME = "votes"
+
+
+def adjudication_label_config(classes: Sequence[str]) -> str:
+    """Label Studio XML: the image, the earlier votes, and one Choice per class."""
+    names = [str(c) for c in classes]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"classes {names!r}: need at least two distinct class names.")
+    lines = [
+        "<View>",
+        f'  <Image name="{IMAGE_NAME}" value="$image" zoom="true"/>',
+        '  <Header value="Earlier votes"/>',
+        f'  <Text name="{VOTES_NAME}" value="$votes_text"/>',
+        '  <Header value="Your decision"/>',
+        f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single-radio" '
+        'required="true" showInline="true">',
+    ]
+    for name, key in zip(names, hotkeys(len(names)), strict=True):
+        hk = f" hotkey={quoteattr(key)}" if key else ""
+        lines.append(f"    <Choice value={quoteattr(name)}{hk}/>")
+    lines += ["  </Choices>", "</View>"]
+    return "\n".join(lines)
+
+
+def adjudication_title(cfg: ProjectConfig) -> str:
+    return f"{project_title(cfg)} - adjudication"
+
+
+def ensure_adjudication_project(
+    store: Store,
+    client: LSClient,
+    cfg: ProjectConfig,
+    image_root: Path | str,
+    *,
+    document_root: Path | str | None = None,
+) -> int:
+    """Create or update the adjudication project; return its id. Safe to call again.
+
+    One decision per task (``maximum_annotations=1``); reviewers may see the
+    predictions, since agreement is not measured there.
+    """
+    fields = {
+        "title": adjudication_title(cfg),
+        "label_config": adjudication_label_config(cfg.classes),
+        "maximum_annotations": 1,
+        "show_collab_predictions": True,
+    }
+    base = image_url_base(
+        image_root, prefix=cfg.labelstudio.image_url_prefix, document_root=document_root
+    )
+    project_id = store.get_meta(META_PROJECT)
+    if project_id is None:
+        project_id = client.create_project(**fields)
+        store.set_meta(META_PROJECT, project_id)
+        logger.info("ls adjudication project created ls_project_id=%s", project_id)
+    else:
+        project_id = int(project_id)
+        current = client.get_project(project_id)
+        if current is None:
+            raise LabelStudioError(
+                f"Label Studio adjudication project {project_id}, recorded in the store, "
+                f"does not exist at {client.url}. Point ALEARN_LS_URL at the server that "
+                "holds it, or restore that server's data."
+            )
+        changed = {k: v for k, v in fields.items() if _differs(current.get(k), v)}
+        if changed:
+            client.update_project(project_id, **changed)
+    store.set_meta(META_IMAGE_BASE, base)
+    if not cfg.labelstudio.image_url_prefix:
+        _ensure_storage(client, project_id, Path(image_root).resolve())
+    return project_id
+
+
+def _project(store: Store) -> tuple[int, str]:
+    pid, base = store.get_meta(META_PROJECT), store.get_meta(META_IMAGE_BASE)
+    if pid is None or base is None:
+        raise RoundError(
+            "there is no Label Studio adjudication project for this store yet; set it up "
+            "first with labelstudio.adjudication.ensure_adjudication_project."
+        )
+    return int(pid), str(base)
+
+
+def push_adjudication(
+    store: Store, client: LSClient, round_id: int, *, classes: Sequence[str] | None = None
+) -> int:
+    """Create adjudication tasks for the round's unsettled items; return how many.
+
+    Idempotent: items that already have a task for this round are skipped.
+    """
+    project_id, base = _project(store)
+    classes = list(classes if classes is not None else store.get_meta("ls_classes") or [])
+    queue = adjudication_queue(store, round_id, classes)
+    present = {
+        int(t["data"]["item_id"])
+        for t in client.iter_tasks(project_id)
+        if t["data"].get("round") == round_id and t["data"].get("item_id") is not None
+    }
+    todo = [q for q in queue if q["item_id"] not in present]
+    if todo:
+        client.import_tasks(project_id, [
+            {"data": {"image": image_url(base, q["path"]), "item_id": q["item_id"],
+                      "round": round_id, "votes_text": q["votes_text"]}}
+            for q in todo
+        ])
+    set_pushed(store, round_id, len(present) + len(todo))
+    logger.info("adjudication push round_id=%s ls_project_id=%s created=%s already=%s",
+                round_id, project_id, len(todo), len(present))
+    return len(todo)
+
+
+def decision_of(ls_annotation: dict[str, Any], task: dict[str, Any],
+                users: dict[int, str]) -> Decision:
+    """A :class:`~alearn.adjudication.Decision` from one annotation of an adjudication task.
+
+    Raises ValueError for an annotation that cannot be attributed.
+    """
+    data = task.get("data") or {}
+    if ls_annotation.get("id") is None or data.get("item_id") is None:
+        raise ValueError(f"task {task.get('id')}: annotation or item id missing")
+    try:
+        labels = tuple(chosen_labels(ls_annotation.get("result")))
+    except ValueError:
+        labels = ()
+    rnd = data.get("round")
+    return Decision(
+        ls_annotation_id=int(ls_annotation["id"]), ls_task_id=int(task["id"]),
+        item_id=int(data["item_id"]), round_id=None if rnd is None else int(rnd),
+        reviewer=annotator_of(ls_annotation, users), labels=labels,
+        cancelled=bool(ls_annotation.get("was_cancelled")),
+        updated_at=parse_time(ls_annotation.get("updated_at") or ls_annotation.get("created_at")),
+    )
+
+
+def pull_adjudications(
+    store: Store, client: LSClient, classes: Sequence[str], *, reviewers: Sequence[str] = ()
+) -> AdjudicationSummary:
+    """Mirror the adjudication project's decisions into trusted labels.
+
+    Cheap when there is no adjudication project: nothing is asked of Label Studio.
+    """
+    if store.get_meta(META_PROJECT) is None:
+        return AdjudicationSummary()
+    project_id = int(store.get_meta(META_PROJECT))
+    users = client.user_emails()
+    decisions: list[Decision] = []
+    tasks: set[tuple[int, int | None]] = set()
+    for task in client.iter_tasks(project_id, annotations=True):
+        data = task["data"]
+        try:
+            item = int(data["item_id"])
+            rnd = None if data.get("round") is None else int(data["round"])
+        except (KeyError, TypeError, ValueError):
+            logger.warning("adjudication pull ignored task %s: no item id", task["id"])
+            continue
+        tasks.add((item, rnd))
+        for ann in task["annotations"]:
+            try:
+                decisions.append(decision_of(ann, task, users))
+            except (ValueError, TypeError, KeyError) as exc:
+                logger.warning("adjudication pull skipped an annotation of task %s: %s",
+                               task["id"], exc)
+    return apply_decisions(store, decisions, tasks=tasks, classes=classes, reviewers=reviewers)
+
+
+def ask_for_more_votes(project: Project, client: LSClient, round_id: int) -> dict[int, int]:
+    """'more_votes' mode, before a round closes: ask Label Studio for more annotators on
+    the round's unsettled items and record it; return the targets (empty: close now)."""
+    targets = more_votes_targets(project, round_id)
+    if targets:
+        request_more_votes(project.store, client, targets, round_id)
+        record_more_votes(project.store, round_id, targets)
+    return targets
+
+
+def request_more_votes(store: Store, client: LSClient, targets: dict[int, int],
+                       round_id: int) -> int:
+    """Raise the overlap of the round's tasks of ``targets`` (item id -> annotations) in
+    the main project, so Label Studio serves them again; return the tasks changed.
+
+    Idempotent. Label Studio resets every task's overlap when the project's
+    ``maximum_annotations`` changes, which only a push of a later round does.
+    """
+    if not targets:
+        return 0
+    with store.session() as s:
+        rows = s.execute(select(Selection.item_id, Selection.ls_task_id).where(
+            Selection.round_id == round_id, Selection.item_id.in_(list(targets)))).all()
+    changed = 0
+    for item, task_id in rows:
+        if task_id is None:
+            continue
+        # LSClient has no task update yet; the SDK call stays behind its error handling
+        with client._calls(f"raise the overlap of task {task_id}"):
+            client._sdk.tasks.update(id=str(task_id), overlap=int(targets[int(item)]),
+                                     is_labeled=False)
+        changed += 1
+    logger.info("more votes requested round_id=%s tasks=%s", round_id, changed)
+    return changed
