@@ -227,3 +227,36 @@ def test_round_metrics_are_reassigned_not_mutated(proj: Project) -> None:
     proj.store.dispose()
     with proj.store.session() as s:
         assert s.get(Round, rid).metrics["adjudication"]["decided"] == 1
+
+
+def test_reconcile_enqueues_a_missing_adjudication_push_and_status_shows_it(
+    proj: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real Redis: a closed round whose unsettled items never reached Label Studio gets
+    its push enqueued (once a minute at most); ``alearn status`` prints the counts."""
+    from click.testing import CliRunner
+    from conftest import REDIS_TEST_URL
+    from redis import Redis
+
+    from alearn.cli import cli
+    from workers import queues
+    from workers.orchestrate import reconcile
+
+    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
+    monkeypatch.setenv("ALEARN_DATABASE_URL", proj.settings.database_url or "")
+    proj.settings = Settings()
+    conn = Redis.from_url(REDIS_TEST_URL)
+    conn.flushdb()
+    try:
+        rid, _ids = _round(proj, VOTES)
+        close_round(proj, rid)
+        assert reconcile(proj, conn) == ["round 1: adjudication push enqueued"]
+        assert reconcile(proj, conn) == []  # debounced
+        (job,) = queues.get_queue(conn, proj.settings, "sync").get_jobs()
+        assert job.func_name == "workers.jobs.adjudication_push_job"
+        assert job.args == (str(proj.root), rid)
+        out = CliRunner().invoke(cli, ["--project", str(proj.root), "status"])
+        assert out.exit_code == 0, out.output
+        assert "Adjudication (review): 3 pending, 0 decided, 0 decisions set aside" in out.output
+    finally:
+        conn.flushdb()
