@@ -8,8 +8,7 @@ import numpy as np
 from sqlalchemy import select
 
 from alearn.agreement import Estimate, agreement_report, ratings_matrix
-from alearn.annotator_quality import annotator_quality
-from alearn.closing import N_BOOT, gold_labels, lead_time_matrix, round_votes
+from alearn.closing import N_BOOT, annotator_report, gold_labels, lead_time_matrix, round_votes
 from alearn.exceptions import RoundError
 from alearn.project import Project
 from alearn.store import Round
@@ -47,20 +46,23 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
         out["pairwise"].append({"a": pair["a"], "b": pair["b"], **_cells(pair)})
     items = [int(i) for i in ratings.items]
     gold = gold_labels(project, items)
-    quality = annotator_quality(
+    # the same figures and flag rule as round close
+    quality = annotator_report(
         ratings, gold=np.array([gold.get(i, -1) for i in items]),
         lead_times=lead_time_matrix(ratings, votes), n_classes=len(cfg.classes),
         min_accuracy=cfg.agreement.annotator_min_accuracy,
     )
     for q in quality:
         out["annotators"].append({
-            "annotator": str(q.annotator), "items": q.n_items,
-            "accuracy vs others": _num(q.loo_accuracy), "peer kappa": _num(q.peer_kappa),
-            "gold accuracy": _num(q.gold_accuracy) + (f" ({q.n_gold})" if q.n_gold else ""),
-            "median s": _num(q.median_seconds, 1),
-            "flag": "; ".join(q.reasons) if q.flagged else "",
+            "annotator": q["annotator"], "items": q["n_items"],
+            "accuracy (Dawid-Skene)": _num(q["model_accuracy"]),
+            "accuracy vs others": _num(q["loo_accuracy"]), "peer kappa": _num(q["peer_kappa"]),
+            "gold accuracy": _num(q["gold_accuracy"])
+            + (f" ({q['n_gold']})" if q["n_gold"] else ""),
+            "median s": _num(q["median_seconds"], 1),
+            "flag": "; ".join(q["reasons"]) if q["flagged"] else "",
         })
-    out["quality"] = [q.to_dict() for q in quality]
+    out["quality"] = quality
     return out
 
 

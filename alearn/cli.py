@@ -531,8 +531,8 @@ def agreement_cmd(ctx: Context, number: int | None, as_json: bool) -> None:
                     ["a", "b", "value", "95% CI", "items", "note"])
     if summary["annotators"]:
         print_table("Annotators", summary["annotators"],
-                    ["annotator", "items", "accuracy vs others", "peer kappa", "gold accuracy",
-                     "median s", "flag"])
+                    ["annotator", "items", "accuracy (Dawid-Skene)", "accuracy vs others",
+                     "peer kappa", "gold accuracy", "median s", "flag"])
 
 
 def _redis(ctx: Context):  # noqa: ANN202 - redis.Redis, imported lazily
