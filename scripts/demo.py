@@ -178,7 +178,7 @@ class Demo:
             number = self.start_round()
             ls_project = self.wait_status(number, ("pushed", "collecting"))["ls_project_id"]
             panel.label(ls_project)
-            self.alearn("round", "sync")
+            self.alearn("round", "sync", capture=True)
             self.wait_status(number, ("closed",))
             row = evaluator.row(number)
             rows.append(row)
