@@ -8,8 +8,11 @@ directory and the database) can run them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from redis import Redis
 from rq import get_current_job
 
 from alearn.config import Settings
@@ -31,8 +34,20 @@ def _report(**meta: Any) -> None:
         job.save_meta()
 
 
-def _skipped(step: str, key: str) -> dict[str, Any]:
-    log.info("round_event=skipped step=%s lock=%s reason=held-by-another-worker", step, key)
+@contextmanager
+def _step(project_dir: str, step: str) -> Iterator[tuple[Project, Redis] | None]:
+    """Open the project and hold the step's lock; yields None when another worker
+    holds it (the caller then returns :func:`_skipped`)."""
+    project = _open(project_dir)
+    conn = queues.connect(project.settings)
+    key = f"{queues.project_key(str(project.root))}:{step}"
+    with queues.job_lock(conn, key) as got:
+        if not got:
+            log.info("round_event=skipped step=%s reason=held-by-another-worker", key)
+        yield (project, conn) if got else None
+
+
+def _skipped(step: str) -> dict[str, Any]:
     return {"skipped": True, "reason": f"another worker is running {step}"}
 
 
@@ -40,11 +55,10 @@ def embed_job(project_dir: str, shard: int = 0, n_shards: int = 1) -> dict[str, 
     """Embed the items of one shard that are not in the feature cache yet."""
     from alearn.features import embed_project
 
-    project = _open(project_dir)
-    key = f"{queues.project_key(str(project.root))}:embed:{shard}/{n_shards}"
-    with queues.job_lock(queues.connect(project.settings), key) as got:
-        if not got:
-            return _skipped("embed", key)
+    with _step(project_dir, f"embed:{shard}/{n_shards}") as held:
+        if held is None:
+            return _skipped("embed")
+        project, conn = held
         summary = embed_project(project, shard=(shard, n_shards), progress=False)
     _report(**summary.to_dict())
     return summary.to_dict()
@@ -54,11 +68,10 @@ def train_job(project_dir: str, round_id: int) -> dict[str, Any]:
     """Fit the head on the trusted labels so far."""
     from alearn.training import train_head
 
-    project = _open(project_dir)
-    key = f"{queues.project_key(str(project.root))}:train:{round_id}"
-    with queues.job_lock(queues.connect(project.settings), key) as got:
-        if not got:
-            return _skipped("train", key)
+    with _step(project_dir, f"train:{round_id}") as held:
+        if held is None:
+            return _skipped("train")
+        project, conn = held
         record = train_head(project, round_id=round_id)
     out = {"model_version": getattr(record, "version", None),
            "n_train": getattr(record, "n_train", 0),
@@ -72,11 +85,10 @@ def select_job(project_dir: str, round_id: int) -> dict[str, Any]:
     from alearn.rounds import get_round, record_plan
     from alearn.selection import plan_batch
 
-    project = _open(project_dir)
-    key = f"{queues.project_key(str(project.root))}:select:{round_id}"
-    with queues.job_lock(queues.connect(project.settings), key) as got:
-        if not got:
-            return _skipped("select", key)
+    with _step(project_dir, f"select:{round_id}") as held:
+        if held is None:
+            return _skipped("select")
+        project, conn = held
         rnd = get_round(project.store, round_id)
         # the head trained by train_job is found again by its training-set hash
         plan = plan_batch(project, batch_size=rnd.batch_size, strategy=rnd.strategy)
@@ -90,17 +102,16 @@ def push_job(project_dir: str, round_id: int) -> dict[str, Any]:
     from labelstudio.client import connect_label_studio, ensure_project
     from labelstudio.push import push_round
 
-    project = _open(project_dir)
-    key = f"{queues.project_key(str(project.root))}:push:{round_id}"
-    with queues.job_lock(queues.connect(project.settings), key) as got:
-        if not got:
-            return _skipped("push", key)
+    with _step(project_dir, f"push:{round_id}") as held:
+        if held is None:
+            return _skipped("push")
+        project, conn = held
         client = connect_label_studio(project.settings)
         ensure_project(project.store, client, project.config, project.image_root,
                        document_root=project.settings.ls_document_root)
         summary = push_round(project.store, client, round_id)
         transition(project.store, round_id, PUSHED)
-    out = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
+    out = summary.to_dict()
     _report(**out)
     return out
 
@@ -111,12 +122,10 @@ def pull_job(project_dir: str) -> dict[str, Any]:
     from labelstudio.client import connect_label_studio
     from labelstudio.pull import pull_annotations
 
-    project = _open(project_dir)
-    conn = queues.connect(project.settings)
-    key = f"{queues.project_key(str(project.root))}:pull"
-    with queues.job_lock(conn, key) as got:
-        if not got:
-            return _skipped("pull", key)
+    with _step(project_dir, "pull") as held:
+        if held is None:
+            return _skipped("pull")
+        project, conn = held
         client = connect_label_studio(project.settings)
         summary = pull_annotations(project.store, client, classes=project.config.classes)
         out: dict[str, Any] = summary.to_dict()
@@ -146,13 +155,11 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
     """
     from alearn.closing import close_round
 
-    project = _open(project_dir)
-    conn = queues.connect(project.settings)
-    mode = project.config.agreement.adjudication
-    key = f"{queues.project_key(str(project.root))}:close:{round_id}"
-    with queues.job_lock(conn, key) as got:
-        if not got:
-            return _skipped("close", key)
+    with _step(project_dir, f"close:{round_id}") as held:
+        if held is None:
+            return _skipped("close")
+        project, conn = held
+        mode = project.config.agreement.adjudication
         if mode == "more_votes" and not force:
             from labelstudio.adjudication import ask_for_more_votes
             from labelstudio.client import connect_label_studio
@@ -181,11 +188,10 @@ def adjudication_push_job(project_dir: str, round_id: int) -> dict[str, Any]:
     from labelstudio.adjudication import ensure_adjudication_project, push_adjudication
     from labelstudio.client import connect_label_studio
 
-    project = _open(project_dir)
-    key = f"{queues.project_key(str(project.root))}:adjudication-push:{round_id}"
-    with queues.job_lock(queues.connect(project.settings), key) as got:
-        if not got:
-            return _skipped("adjudication push", key)
+    with _step(project_dir, f"adjudication-push:{round_id}") as held:
+        if held is None:
+            return _skipped("adjudication push")
+        project, conn = held
         client = connect_label_studio(project.settings)
         ensure_adjudication_project(project.store, client, project.config, project.image_root,
                                     document_root=project.settings.ls_document_root)
