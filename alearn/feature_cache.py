@@ -119,11 +119,14 @@ class FeatureCache:
         X = np.empty((len(found), self.dim or 0), dtype=np.float32)
         if not found:
             return X, missing
-        chunks = np.array([c for c, _ in found])
+        # chunk names as small integer codes: comparing 100k strings per chunk is slow
+        codes_of: dict[str, int] = {}
+        codes = np.fromiter((codes_of.setdefault(c, len(codes_of)) for c, _ in found),
+                            dtype=np.int64, count=len(found))
         rows = np.fromiter((r for _, r in found), dtype=np.int64, count=len(found))
-        for chunk in np.unique(chunks):
-            sel = np.flatnonzero(chunks == chunk)
-            X[sel] = self._chunk_values(str(chunk))[rows[sel]]
+        for name, code in codes_of.items():
+            sel = np.flatnonzero(codes == code)
+            X[sel] = self._chunk_values(name)[rows[sel]]
         return X, missing
 
     # ------------------------------------------------------------------ writing

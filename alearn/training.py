@@ -11,30 +11,53 @@ import hashlib
 import logging
 import os
 import tempfile
+import weakref
 from collections import Counter
 from pathlib import Path
 
 import joblib
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from alearn.classifier import EmbeddingClassifier
 from alearn.exceptions import StoreError
 from alearn.project import Project
-from alearn.store import ModelRecord
+from alearn.store import Item, ModelRecord
 
 logger = logging.getLogger(__name__)
 
 CV_FOLDS = 5
 
 
-def pool_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
-    """Item ids (n,) and cached embeddings (n, dim) of every embedded item."""
-    from alearn.features import load_pool_features  # torch is heavy: import on use
+# project -> (fingerprint, ids, X): one job (train, select, close) reads the pool once
+_POOL: weakref.WeakKeyDictionary[Project, tuple[tuple, np.ndarray, np.ndarray]] = (
+    weakref.WeakKeyDictionary()
+)
 
-    ids, X = load_pool_features(project)
-    return np.asarray(ids, dtype=np.int64), np.asarray(X, dtype=np.float32)
+
+def pool_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
+    """Item ids (n,) and cached embeddings (n, dim) of every embedded item.
+
+    Kept in memory for the ``project`` object until its items or its feature cache
+    change (checked with one count query and a directory listing), since close,
+    convergence, training and selection all need the same arrays.
+    """
+    from alearn.features import cache_key_for, load_pool_features  # torch: import on use
+
+    key = cache_key_for(project.config.embed, root=project.root)
+    with project.store.session() as s:
+        n_items, last = s.execute(select(func.count(Item.id), func.max(Item.id))).one()
+    folder = project.features_dir / key
+    chunks = tuple(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else ()
+    fingerprint = (key, n_items, last, chunks)
+    hit = _POOL.get(project)
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1], hit[2]
+    ids, X = load_pool_features(project, backbone_key=key)
+    ids, X = np.asarray(ids, dtype=np.int64), np.asarray(X, dtype=np.float32)
+    _POOL[project] = (fingerprint, ids, X)
+    return ids, X
 
 
 def make_head(project: Project) -> EmbeddingClassifier:
