@@ -259,7 +259,7 @@ def _cv_accuracy(project: Project) -> float | None:
     from alearn import training
 
     try:
-        ids, X = training.pool_features(project)
+        ids, X = training.labeled_features(project)
     except AlearnError as exc:  # no features yet does not stop a close
         log.warning("cv accuracy skipped: %s", exc)
         return None

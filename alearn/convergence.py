@@ -325,14 +325,16 @@ def assess_round(project: Project, round_id: int,
                            "pool_remaining": None, "notes": []}
     ids: np.ndarray | None = None
     try:
-        ids, X = training.pool_features(project)
+        ids = training.embedded_ids(project)  # no feature values read for the whole pool
     except AlearnError as exc:
         out["notes"].append(f"no features: {exc}")
     if ids is not None:
         out["n_embedded"], out["pool_remaining"] = int(len(ids)), _pool_remaining(store, ids)
     if ids is not None and len(ids):
         stop = _stop_set(project, ids, round_number=rnd.number)
-        preds, version, note = _stop_predictions(project, training, ids, X, stop)
+        # features of the labeled items (to fit) and of the stop set (to predict) only
+        f_ids, f_X = training.features_for(project, {*store.trusted_labels(), *stop})
+        preds, version, note = _stop_predictions(project, training, f_ids, f_X, stop)
         out.update(stop_predictions=encode_predictions(preds), model_version=version)
         if note:
             out["notes"].append(note)

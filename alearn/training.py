@@ -13,6 +13,7 @@ import os
 import tempfile
 import weakref
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import joblib
@@ -58,6 +59,45 @@ def pool_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
     ids, X = np.asarray(ids, dtype=np.int64), np.asarray(X, dtype=np.float32)
     _POOL[project] = (fingerprint, ids, X)
     return ids, X
+
+
+def _items_with_features(project: Project, wanted: set[int] | None,
+                         *, values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    from alearn.feature_cache import FeatureCache
+    from alearn.features import cache_key_for
+
+    cache = FeatureCache(project.features_dir,
+                         cache_key_for(project.config.embed, root=project.root))
+    with project.store.session() as s:
+        rows = [(i, h) for i, h in s.execute(select(Item.id, Item.sha256).order_by(Item.id))
+                if wanted is None or i in wanted]
+    shas = [h for _, h in rows]
+    if values:
+        X, missing = cache.get(shas)
+    else:
+        X, missing = None, cache.missing(shas)
+    gone = set(missing)
+    return np.array([i for i, h in rows if h not in gone], dtype=np.int64), X
+
+
+def embedded_ids(project: Project) -> np.ndarray:
+    """Ids of the items that have cached features (no feature values are read)."""
+    return _items_with_features(project, None, values=False)[0]
+
+
+def features_for(project: Project, item_ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, X) for those of ``item_ids`` that have cached features, sorted by id.
+
+    Training and round close need only the labeled items (and a small stop set), not
+    the whole pool: at 100k cached items this saves most of their time.
+    """
+    ids, X = _items_with_features(project, {int(i) for i in item_ids}, values=True)
+    return ids, np.asarray(X, dtype=np.float32)
+
+
+def labeled_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, X) of the embedded items that have a trusted label."""
+    return features_for(project, project.store.trusted_labels())
 
 
 def make_head(project: Project) -> EmbeddingClassifier:
@@ -115,7 +155,7 @@ def train_head(project: Project, *, round_id: int | None = None) -> ModelRecord 
     training set was fitted before), or ``None`` when the labels cover fewer than two
     classes: planning then falls back to the cold-start strategy.
     """
-    ids, X = pool_features(project)
+    ids, X = labeled_features(project)
     ids, X, y = training_set(project, ids, X)
     n_classes = len(set(y.tolist()))
     if n_classes < 2:

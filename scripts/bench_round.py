@@ -12,7 +12,9 @@ timed part, done by the same library calls the workers make:
     select score the whole pool and store the next batch
     push   create the next batch's tasks with predictions
 
-Prints JSON. Queue latency between jobs (milliseconds on a local Redis) is not included.
+Each phase opens the project afresh, as a worker job does, so nothing read by one phase
+is reused by the next. Prints JSON. Queue latency between jobs (milliseconds on a local
+Redis) is not included.
 
     .venv/bin/python scripts/bench_round.py --pools 10000,100000
 """
@@ -83,18 +85,25 @@ def make_project(workdir: Path, n: int, n_labels: int, batch: int, seed: int) ->
     return project
 
 
+def fresh(project: Project) -> Project:
+    """A new Project object, as each worker job opens one: nothing is shared in memory."""
+    return Project.open(project.root, Settings())
+
+
 def plan_and_push(project: Project, client: LSClient) -> tuple[int, dict[str, float]]:
     times: dict[str, float] = {}
     t = time.perf_counter()
-    train_head(project)
+    train_head(fresh(project))
     times["train"] = time.perf_counter() - t
     t = time.perf_counter()
+    project = fresh(project)
     rnd = create_round(project.store, strategy="margin",
                        batch_size=project.config.rounds.batch_size, overlap=3)
     record_plan(project.store, rnd.id, plan_batch(project, batch_size=rnd.batch_size,
                                                   strategy="margin"))
     times["select"] = time.perf_counter() - t
     t = time.perf_counter()
+    project = fresh(project)
     push_round(project.store, client, rnd.id)
     transition(project.store, rnd.id, PUSHED)
     times["push"] = time.perf_counter() - t
@@ -130,10 +139,10 @@ def bench_pool(n: int, args: argparse.Namespace, client: LSClient, users: list[i
     # --- the timed turnaround starts at the last annotation ---
     phases: dict[str, float] = {}
     t = time.perf_counter()
-    pull = pull_annotations(project.store, client, classes=CLASSES)
+    pull = pull_annotations(fresh(project).store, client, classes=CLASSES)
     phases["pull"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics = close_round(project, round_id)
+    metrics = close_round(fresh(project), round_id)
     phases["close"] = time.perf_counter() - t
     _, times = plan_and_push(project, client)
     phases.update(times)
