@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 from alearn.exceptions import LabelStudioError
 
@@ -59,3 +60,30 @@ def live_ls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLabelStudi
         yield LiveLabelStudio(info.url, token, "admin@alearn.local", password, doc_root, data_dir)
     finally:
         stop_server(data_dir)
+
+
+@pytest.fixture
+def env(live_ls: LiveLabelStudio, monkeypatch: pytest.MonkeyPatch) -> Iterator[Redis]:
+    """The environment a worker sees: the live Label Studio and a flushed test Redis."""
+    from conftest import REDIS_TEST_URL
+
+    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
+    monkeypatch.setenv("ALEARN_LS_URL", live_ls.url)
+    monkeypatch.setenv("ALEARN_LS_TOKEN", live_ls.token)
+    monkeypatch.setenv("ALEARN_LS_DOCUMENT_ROOT", str(live_ls.document_root))
+    conn = Redis.from_url(REDIS_TEST_URL)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+def work(conn: Redis) -> None:
+    """Run every queued job on a real RQ worker, in this process, until the queues empty."""
+    from rq import SimpleWorker
+
+    from alearn.config import Settings
+    from workers import queues
+
+    settings = Settings()
+    qs = [queues.get_queue(conn, settings, n) for n in queues.QUEUE_NAMES]
+    SimpleWorker(qs, connection=conn).work(burst=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REDIS_TEST_URL, write_image
+from conftest import write_image
+from ls_server import work
 from redis import Redis
-from rq import SimpleWorker
 from sqlalchemy import select
 
 from alearn.adjudication import votes_text
@@ -30,7 +30,6 @@ from alearn.rounds import CLOSED, COLLECTING, PUSHED, get_round
 from alearn.status import project_status
 from alearn.store import Annotation, Item, Label, Selection
 from labelstudio.annotators import label_stream
-from workers import queues
 from workers.orchestrate import enqueue_pull, start_round
 
 pytestmark = pytest.mark.integration
@@ -55,24 +54,6 @@ def answer(who: int, path: str, *, seed: int = SEED) -> str:
         return CLASSES[int(rng.integers(0, k))]
     right = rng.random() < GOOD_ACCURACY
     return CLASSES[true if right else (true + int(rng.integers(1, k))) % k]
-
-
-@pytest.fixture
-def env(live_ls, monkeypatch: pytest.MonkeyPatch) -> Redis:
-    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
-    monkeypatch.setenv("ALEARN_LS_URL", live_ls.url)
-    monkeypatch.setenv("ALEARN_LS_TOKEN", live_ls.token)
-    monkeypatch.setenv("ALEARN_LS_DOCUMENT_ROOT", str(live_ls.document_root))
-    conn = Redis.from_url(REDIS_TEST_URL)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-
-
-def work(conn: Redis) -> None:
-    settings = Settings()
-    qs = [queues.get_queue(conn, settings, n) for n in queues.QUEUE_NAMES]
-    SimpleWorker(qs, connection=conn).work(burst=True)
 
 
 def make_project(tmp_path: Path, n_images: int, *, gold: int) -> Project:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REDIS_TEST_URL, write_image
+from conftest import write_image
+from ls_server import work
 from redis import Redis
-from rq import SimpleWorker
 from sqlalchemy import select
 
 from alearn.config import EmbedConfig, Settings
@@ -18,7 +18,6 @@ from alearn.project import Project
 from alearn.rounds import CLOSED, PUSHED, get_round
 from alearn.store import Annotation, Item, Label, Selection
 from labelstudio.annotators import label_stream
-from workers import queues
 from workers.orchestrate import enqueue_pull, start_round
 
 pytestmark = pytest.mark.integration
@@ -30,24 +29,6 @@ TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
 
 def truth_of(name: str) -> str:
     return CLASSES[int(Path(name).stem) % 3]
-
-
-@pytest.fixture
-def env(live_ls, monkeypatch: pytest.MonkeyPatch) -> Redis:
-    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
-    monkeypatch.setenv("ALEARN_LS_URL", live_ls.url)
-    monkeypatch.setenv("ALEARN_LS_TOKEN", live_ls.token)
-    monkeypatch.setenv("ALEARN_LS_DOCUMENT_ROOT", str(live_ls.document_root))
-    conn = Redis.from_url(REDIS_TEST_URL)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-
-
-def work(conn: Redis) -> None:
-    settings = Settings()
-    qs = [queues.get_queue(conn, settings, n) for n in queues.QUEUE_NAMES]
-    SimpleWorker(qs, connection=conn).work(burst=True)
 
 
 def test_a_whole_round_then_the_next(live_ls, env: Redis, tmp_path: Path) -> None:
@@ -107,7 +88,14 @@ def test_a_whole_round_then_the_next(live_ls, env: Redis, tmp_path: Path) -> Non
     assert set(labels) == set(chosen)
     for item, lab in labels.items():
         assert lab.label == truth_of(paths[item]) and lab.origin == "consensus"
-    assert rnd.metrics["kappa"] == pytest.approx(1.0)
+    # everyone agreed: percent agreement is 1; kappa is 1 too unless every item of the
+    # batch happens to have the same class (kappa is then undefined, and says so)
+    agreement = rnd.metrics["agreement"]
+    assert agreement["percent_agreement"]["value"] == pytest.approx(1.0)
+    if len({lab.label for lab in labels.values()}) > 1:
+        assert rnd.metrics["kappa"] == pytest.approx(1.0)
+    else:
+        assert rnd.metrics["kappa"] is None and agreement["fleiss_kappa"]["reason"]
     assert rnd.metrics["labels_spent"] == 18
 
     # the next round never selects labeled items
