@@ -13,8 +13,9 @@ import os
 import tempfile
 import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import joblib
 import numpy as np
@@ -37,6 +38,18 @@ _POOL: weakref.WeakKeyDictionary[Project, tuple[tuple, np.ndarray, np.ndarray]] 
 )
 
 
+def _pool_fingerprint(project: Project) -> tuple:
+    """What identifies the pool's features: cache key, item count and id, chunk files."""
+    from alearn.features import cache_key_for  # torch: import on use
+
+    key = cache_key_for(project.config.embed, root=project.root)
+    with project.store.session() as s:
+        n_items, last = s.execute(select(func.count(Item.id), func.max(Item.id))).one()
+    folder = project.features_dir / key
+    chunks = tuple(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else ()
+    return (key, n_items, last, chunks)
+
+
 def pool_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
     """Item ids (n,) and cached embeddings (n, dim) of every embedded item.
 
@@ -44,21 +57,41 @@ def pool_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
     change (checked with one count query and a directory listing), since close,
     convergence, training and selection all need the same arrays.
     """
-    from alearn.features import cache_key_for, load_pool_features  # torch: import on use
+    from alearn.features import load_pool_features  # torch: import on use
 
-    key = cache_key_for(project.config.embed, root=project.root)
-    with project.store.session() as s:
-        n_items, last = s.execute(select(func.count(Item.id), func.max(Item.id))).one()
-    folder = project.features_dir / key
-    chunks = tuple(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else ()
-    fingerprint = (key, n_items, last, chunks)
+    fingerprint = _pool_fingerprint(project)
     hit = _POOL.get(project)
     if hit is not None and hit[0] == fingerprint:
         return hit[1], hit[2]
-    ids, X = load_pool_features(project, backbone_key=key)
+    ids, X = load_pool_features(project, backbone_key=fingerprint[0])
     ids, X = np.asarray(ids, dtype=np.int64), np.asarray(X, dtype=np.float32)
     _POOL[project] = (fingerprint, ids, X)
     return ids, X
+
+
+def pool_stats(project: Project) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) of every embedded item's features, each of shape (dim,); None if none.
+
+    The head standardises with these. They are saved under ``models_dir`` keyed by the
+    pool's fingerprint, so the whole pool is read once per change of the pool (an
+    embed), not by every training or close.
+    """
+    fingerprint = _pool_fingerprint(project)
+    digest = hashlib.sha1(repr(fingerprint).encode()).hexdigest()[:12]
+    path = project.models_dir / f"pool-stats-{digest}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["mean"], z["std"]
+    _, X = pool_features(project)
+    if not len(X):
+        return None
+    mean = X.mean(axis=0, dtype=np.float64)
+    std = X.std(axis=0, dtype=np.float64)
+    _atomic_write(path, lambda f: np.savez(f, mean=mean, std=std))
+    for old in project.models_dir.glob("pool-stats-*.npz"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return mean, std
 
 
 def _items_with_features(project: Project, wanted: set[int] | None,
@@ -101,12 +134,13 @@ def labeled_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_head(project: Project) -> EmbeddingClassifier:
-    """An unfitted head with the project's ``[head]`` settings."""
+    """An unfitted head with the project's ``[head]`` settings and the pool's statistics."""
     cfg = project.config.head
     return EmbeddingClassifier(
         C=cfg.C,
         class_weight=None if cfg.class_weight == "none" else cfg.class_weight,
         max_iter=cfg.max_iter,
+        pool_stats=pool_stats(project),
     )
 
 
@@ -127,8 +161,11 @@ def training_set(
 
 
 def model_version(project: Project, ids: np.ndarray, X: np.ndarray, y: np.ndarray) -> str:
-    """``m-`` + 10 hex digits of sha1 over the training set, its features and the config."""
+    """``m-`` + 10 hex digits of sha1 over the training set, its features, the config
+    and the pool's feature statistics (which the head standardises with)."""
     h = hashlib.sha1()
+    for stat in pool_stats(project) or ():
+        h.update(np.ascontiguousarray(stat, dtype=np.float64).tobytes())
     h.update(project.config.head.model_dump_json().encode())
     h.update(project.config.embed.model_dump_json(include={"backbone", "weights",
                                                            "image_size"}).encode())
@@ -202,11 +239,16 @@ def load_head(project: Project, version: str) -> EmbeddingClassifier:
 
 
 def _atomic_dump(obj: object, path: Path) -> None:
+    _atomic_write(path, lambda f: joblib.dump(obj, f))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through a temp file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".joblib")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            joblib.dump(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -79,3 +79,17 @@ def test_joblib_round_trip(tmp_path):
     joblib.dump(clf, tmp_path / "m.joblib")
     back = joblib.load(tmp_path / "m.joblib")
     np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
+
+
+def test_pool_stats_standardise_instead_of_the_training_rows():
+    X, y = _blobs(n=150)
+    pool = np.vstack([X, _blobs(seed=5, n=300)[0] + 1.5])
+    mean, std = pool.mean(axis=0), pool.std(axis=0)
+    ours = EmbeddingClassifier(C=0.05, pool_stats=(mean, std)).fit(X, y)
+    ref = LogisticRegression(C=0.05, max_iter=500).fit((X - mean) / std, y)
+    np.testing.assert_allclose(ours.predict_proba(pool), ref.predict_proba((pool - mean) / std),
+                               atol=1e-5)
+    plain = EmbeddingClassifier(C=0.05).fit(X, y)
+    assert not np.allclose(plain.predict_proba(pool), ours.predict_proba(pool), atol=1e-3)
+    with pytest.raises(ValueError, match="pool_stats are for 5-d"):
+        EmbeddingClassifier(pool_stats=(mean[:5], std[:5])).fit(X, y)

@@ -1,7 +1,7 @@
 """Training the head and planning a batch on a tiny project.
 
-The feature boundary (``alearn.training.pool_features``) is stubbed with synthetic
-embeddings; the store, the head and the strategies are real.
+Synthetic embeddings go into the project's real feature cache (no backbone is run);
+the store, the head and the strategies are real.
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 from sqlalchemy import select
 
 from alearn import training
-from alearn.classifier import EmbeddingClassifier
 from alearn.cli import cli
 from alearn.exceptions import EmptyPoolError, UnknownNameError
+from alearn.feature_cache import FeatureCache
+from alearn.features import cache_key_for
 from alearn.selection import plan_batch
 from alearn.store import Item, Label, ModelRecord, Round, Selection
 from alearn.strategies import margin
@@ -27,17 +31,20 @@ N_ITEMS = 60
 
 
 @pytest.fixture
-def pool(project, monkeypatch):
-    """60 items in three Gaussian blobs (true class = blob), features stubbed."""
+def pool(project):
+    """60 items in three Gaussian blobs (true class = blob), in the feature cache."""
     rng = np.random.default_rng(0)
     truth = np.array(CLASSES)[np.arange(N_ITEMS) % 3]
     X = rng.normal(size=(N_ITEMS, 8)).astype(np.float32)
     X[:, :3] += 3 * np.eye(3, dtype=np.float32)[np.arange(N_ITEMS) % 3]
+    X = X.astype(np.float16).astype(np.float32)  # what the cache gives back
+    shas = [f"{i:064x}" for i in range(N_ITEMS + 1)]
     with project.store.session() as s:
-        for i in range(N_ITEMS):
-            s.add(Item(id=i + 1, sha256=f"{i:064x}", path=f"img/{i}.png", width=8, height=8))
+        for i in range(N_ITEMS + 1):  # the last item has no features: never in the pool
+            s.add(Item(id=i + 1, sha256=shas[i], path=f"img/{i}.png", width=8, height=8))
+    key = cache_key_for(project.config.embed, root=project.root)
+    FeatureCache(project.features_dir, key).put(shas[:N_ITEMS], X)
     ids = np.arange(1, N_ITEMS + 1, dtype=np.int64)
-    monkeypatch.setattr(training, "pool_features", lambda project: (ids, X))
     return {"ids": ids, "X": X, "truth": truth}
 
 
@@ -65,18 +72,36 @@ def test_train_head_records_deterministic_version_and_cv(project, pool):
     rec = training.train_head(project, round_id=None)
     assert rec.n_train == 30 and rec.version.startswith("m-") and len(rec.version) == 12
     X, y = pool["X"][:30], pool["truth"][:30]
-    head = training.make_head(project)
+    # reference: standardise with the whole pool's statistics, then logistic regression
+    mean, std = pool["X"].mean(axis=0), pool["X"].std(axis=0)
+    ref = make_pipeline(FunctionTransformer(lambda A: (A - mean) / std),
+                        LogisticRegression(C=project.config.head.C, max_iter=500))
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
-    assert rec.cv_accuracy == pytest.approx(cross_val_score(head, X, y, cv=folds).mean())
+    assert rec.cv_accuracy == pytest.approx(cross_val_score(ref, X, y, cv=folds).mean())
     assert training.train_head(project).version == rec.version  # same labels, same head
     with project.store.session() as s:
         assert s.scalar(select(ModelRecord.id).where(ModelRecord.version == rec.version))
     loaded = training.load_head(project, rec.version)
-    ref = EmbeddingClassifier(C=project.config.head.C).fit(X, y)
-    np.testing.assert_allclose(loaded.predict_proba(pool["X"]), ref.predict_proba(pool["X"]))
+    np.testing.assert_allclose(loaded.predict_proba(pool["X"]),
+                               ref.fit(X, y).predict_proba(pool["X"]), atol=1e-5)
     assert not list(project.models_dir.glob(".tmp-*"))
+    assert len(list(project.models_dir.glob("pool-stats-*.npz"))) == 1
     _label(project, [31], pool["truth"])
     assert training.train_head(project).version != rec.version
+
+
+def test_new_embeddings_change_the_pool_stats_and_the_version(project, pool):
+    _label(project, range(1, 13), pool["truth"])
+    before = training.train_head(project).version
+    with project.store.session() as s:
+        s.add(Item(id=100, sha256=f"{100:064x}", path="img/new.png", width=8, height=8))
+    key = cache_key_for(project.config.embed, root=project.root)
+    FeatureCache(project.features_dir, key).put([f"{100:064x}"], np.full((1, 8), 9.0))
+    mean, _ = training.pool_stats(project)
+    np.testing.assert_allclose(mean, np.vstack([pool["X"], np.full((1, 8), 9.0)]).mean(0),
+                               rtol=1e-6)
+    assert training.train_head(project).version != before
+    assert len(list(project.models_dir.glob("pool-stats-*.npz"))) == 1
 
 
 def test_cv_accuracy_none_when_a_class_has_one_label(project, pool):
@@ -93,7 +118,7 @@ def test_plan_excludes_labeled_selected_and_excluded_items(project, pool):
         s.add_all([Selection(round_id=1, item_id=i, rank=0, score=0.0) for i in (20, 21)])
     plan = plan_batch(project, batch_size=5, exclude=[30])
     assert plan.strategy == "margin" and plan.model_version.startswith("m-")
-    assert plan.n_pool == N_ITEMS - 12 - 2 - 1 and plan.n_train == 12
+    assert plan.n_pool == N_ITEMS - 12 - 2 - 1 and plan.n_train == 12  # item 61: no features
     chosen = [it.item_id for it in plan.items]
     assert len(chosen) == 5 and not set(chosen) & ({20, 21, 30} | set(range(1, 13)))
     # lower score = more uncertain: the picks are the pool's smallest margins, ascending
