@@ -40,9 +40,11 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.stats import entropy as _entropy
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.decomposition import PCA
 from sklearn.metrics import pairwise_distances_argmin_min
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import normalize
 
 from alearn.exceptions import EmptyPoolError, UnknownNameError
 
@@ -271,16 +273,21 @@ def typiclust(
 ) -> np.ndarray:
     """TypiClust cold start (Hacohen et al. 2022): typical items of uncovered clusters.
 
+    Embeddings are L2-normalised (cosine geometry) and reduced to 64 dimensions by PCA.
     k-means splits the pool into ``n_labeled + n`` clusters (at most 200); each pick is
     the most typical remaining item (1 / mean distance to its 20 nearest neighbours in
     its cluster) of the cluster with the fewest labeled or picked items, the largest
     such cluster first. ``probas`` is ignored.
     """
     n_pool, take = _pool_size("typiclust", None, n, embeddings, needs_embeddings=True)
-    X = np.asarray(embeddings, dtype=np.float32)
-    L = _labeled(labeled_embeddings, X.shape[1])
-    n_clusters = min((0 if L is None else len(L)) + take, TYPICLUST_MAX_CLUSTERS, n_pool)
+    L = _labeled(labeled_embeddings, np.shape(embeddings)[1])
     seed = int(np.random.default_rng(rng).integers(2**31 - 1))
+    Z = normalize(np.asarray(embeddings if L is None else np.vstack([embeddings, L]),
+                             dtype=np.float32))
+    if Z.shape[1] > TYPICLUST_DIM and len(Z) > TYPICLUST_DIM:
+        Z = PCA(TYPICLUST_DIM, random_state=seed).fit_transform(Z).astype(np.float32)
+    X, L = Z[:n_pool], (None if L is None else Z[n_pool:])
+    n_clusters = min((0 if L is None else len(L)) + take, TYPICLUST_MAX_CLUSTERS, n_pool)
     if n_pool > 20000:
         km: Any = MiniBatchKMeans(n_clusters, random_state=seed, n_init=3, batch_size=2048)
     else:
@@ -288,7 +295,7 @@ def typiclust(
     cluster = km.fit_predict(X)
     covered = np.zeros(n_clusters, dtype=np.int64)
     if L is not None:
-        covered += np.bincount(km.predict(L.astype(np.float32)), minlength=n_clusters)
+        covered += np.bincount(km.predict(L), minlength=n_clusters)
     sizes = np.bincount(cluster, minlength=n_clusters)
     queues = [_by_typicality(X, np.flatnonzero(cluster == c)) for c in range(n_clusters)]
     depth = np.zeros(n_clusters, dtype=np.int64)
@@ -306,6 +313,7 @@ def typiclust(
 
 TYPICLUST_MAX_CLUSTERS = 200
 TYPICLUST_KNN = 20
+TYPICLUST_DIM = 64
 
 
 def _by_typicality(X: np.ndarray, members: np.ndarray) -> np.ndarray:
