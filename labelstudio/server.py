@@ -83,7 +83,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:  # reap it if it is our own finished child
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -140,7 +140,7 @@ def server_status(data_dir: Path | str) -> ServerInfo | None:
     except (OSError, ValueError):
         return None
     pid = int(info["pid"])
-    if not (_pid_alive(pid) and _is_label_studio(pid)):
+    if not (pid_alive(pid) and _is_label_studio(pid)):
         return None
     return ServerInfo(
         url=info["url"], pid=pid, port=int(info["port"]), log_path=Path(data_dir) / LOG_FILE
@@ -268,12 +268,12 @@ def stop_server(data_dir: Path | str, *, timeout: float = 30.0) -> bool:
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _pid_alive(info.pid):
+        if not pid_alive(info.pid):
             logger.info("label studio stopped pid=%s", info.pid)
             return True
         time.sleep(0.2)
     os.kill(info.pid, signal.SIGKILL)
-    while _pid_alive(info.pid) and time.monotonic() < deadline + 5:
+    while pid_alive(info.pid) and time.monotonic() < deadline + 5:
         time.sleep(0.1)
     logger.warning("label studio killed pid=%s after %.0f s", info.pid, timeout)
     return True

@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _datasets import FASHION_DIR, load_split  # noqa: E402
 
+from labelstudio.server import pid_alive  # noqa: E402
+
 ALEARN = str(ROOT / ".venv" / "bin" / "alearn")
 
 
@@ -77,9 +79,9 @@ class Demo:
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and pid_alive(pid):
                 time.sleep(0.2)
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
             print(f"stopped {name} (pid {pid})")
         self.pids.unlink(missing_ok=True)
@@ -219,20 +221,6 @@ class Demo:
             time.sleep(2)
         raise SystemExit(f"round {number} did not reach {states} in {timeout:.0f} s; "
                          f"see the worker logs in {self.dir / 'logs'}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def configure_demo_project(project: Path, args: argparse.Namespace) -> None:
