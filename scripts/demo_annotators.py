@@ -8,11 +8,11 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from labelstudio.annotators import label_stream, signup_annotator
 from sqlalchemy import select
 
 from alearn.project import Project
 from alearn.store import Item
+from labelstudio.annotators import label_stream, signup_annotator
 
 
 class SimulatedPanel:
