@@ -24,7 +24,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 from sqlalchemy import select
 
@@ -38,12 +37,12 @@ from alearn.adjudication import (
     set_pushed,
 )
 from alearn.config import ProjectConfig
-from alearn.exceptions import LabelStudioError, RoundError
+from alearn.exceptions import RoundError
 from alearn.project import Project
 from alearn.store import Selection, Store
-from labelstudio.client import LSClient, _differs, _ensure_storage, project_title
+from labelstudio.client import LSClient, _ensure_storage, project_title, upsert_project
 from labelstudio.convert import annotator_of, chosen_labels, parse_time
-from labelstudio.label_config import CHOICES_NAME, IMAGE_NAME, hotkeys
+from labelstudio.label_config import label_config
 from labelstudio.urls import image_url, image_url_base
 
 logger = logging.getLogger(__name__)
@@ -55,23 +54,11 @@ VOTES_NAME = "votes"
 
 def adjudication_label_config(classes: Sequence[str]) -> str:
     """Label Studio XML: the image, the earlier votes, and one Choice per class."""
-    names = [str(c) for c in classes]
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise ValueError(f"classes {names!r}: need at least two distinct class names.")
-    lines = [
-        "<View>",
-        f'  <Image name="{IMAGE_NAME}" value="$image" zoom="true"/>',
+    return label_config(classes, between=[
         '  <Header value="Earlier votes"/>',
         f'  <Text name="{VOTES_NAME}" value="$votes_text"/>',
         '  <Header value="Your decision"/>',
-        f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single-radio" '
-        'required="true" showInline="true">',
-    ]
-    for name, key in zip(names, hotkeys(len(names)), strict=True):
-        hk = f" hotkey={quoteattr(key)}" if key else ""
-        lines.append(f"    <Choice value={quoteattr(name)}{hk}/>")
-    lines += ["  </Choices>", "</View>"]
-    return "\n".join(lines)
+    ])
 
 
 def adjudication_title(cfg: ProjectConfig) -> str:
@@ -100,23 +87,8 @@ def ensure_adjudication_project(
     base = image_url_base(
         image_root, prefix=cfg.labelstudio.image_url_prefix, document_root=document_root
     )
-    project_id = store.get_meta(META_PROJECT)
-    if project_id is None:
-        project_id = client.create_project(**fields)
-        store.set_meta(META_PROJECT, project_id)
-        logger.info("ls adjudication project created ls_project_id=%s", project_id)
-    else:
-        project_id = int(project_id)
-        current = client.get_project(project_id)
-        if current is None:
-            raise LabelStudioError(
-                f"Label Studio adjudication project {project_id}, recorded in the store, "
-                f"does not exist at {client.url}. Point ALEARN_LS_URL at the server that "
-                "holds it, or restore that server's data."
-            )
-        changed = {k: v for k, v in fields.items() if _differs(current.get(k), v)}
-        if changed:
-            client.update_project(project_id, **changed)
+    project_id = upsert_project(store, client, META_PROJECT, fields,
+                                what="adjudication project")
     store.set_meta(META_IMAGE_BASE, base)
     if not cfg.labelstudio.image_url_prefix:
         _ensure_storage(client, project_id, Path(image_root).resolve())

@@ -298,34 +298,46 @@ def ensure_project(
     base = image_url_base(
         image_root, prefix=cfg.labelstudio.image_url_prefix, document_root=document_root
     )
-    project_id = store.get_meta("ls_project_id")
-    if project_id is None:
-        project_id = client.create_project(**fields)
-        logger.info("ls project created ls_project_id=%s url=%s", project_id, client.url)
-        store.set_meta("ls_project_id", project_id)
+    recorded = store.get_meta("ls_project_id")
+    if recorded is not None:  # refuse a class change before touching Label Studio
+        _check_classes(store, cfg, int(recorded))
+    project_id = upsert_project(store, client, "ls_project_id", fields, what="project")
+    if recorded is None:
         store.set_meta("ls_url", client.url)
-    else:
-        project_id = int(project_id)
-        reordered = _check_classes(store, cfg, project_id)
-        current = client.get_project(project_id)
-        if current is None:
-            raise LabelStudioError(
-                f"Label Studio project {project_id}, recorded in the store, does not exist at "
-                f"{client.url} (it was created at {store.get_meta('ls_url')}). Point "
-                "ALEARN_LS_URL at the server that holds it, or restore that server's data."
-            )
-        changed = {k: v for k, v in fields.items() if _differs(current.get(k), v)}
-        if changed:
-            client.update_project(project_id, **changed)
-            logger.info(
-                "ls project updated ls_project_id=%s fields=%s reordered=%s",
-                project_id, ",".join(sorted(changed)), reordered,
-            )
     store.set_meta("ls_classes", list(cfg.classes))
     store.set_meta("ls_classes_hash", config_hash(cfg.classes))
     store.set_meta("ls_image_url_base", base)
     if not cfg.labelstudio.image_url_prefix:
         _ensure_storage(client, project_id, Path(image_root).resolve())
+    return project_id
+
+
+def upsert_project(
+    store: Store, client: LSClient, meta_key: str, fields: dict[str, Any], *, what: str
+) -> int:
+    """Create the Label Studio project whose id the store keeps under ``meta_key``, or
+    bring the existing one's ``fields`` up to date; return its id."""
+    project_id = store.get_meta(meta_key)
+    if project_id is None:
+        project_id = client.create_project(**fields)
+        store.set_meta(meta_key, project_id)
+        logger.info("ls %s created ls_project_id=%s url=%s", what, project_id, client.url)
+        return int(project_id)
+    project_id = int(project_id)
+    current = client.get_project(project_id)
+    if current is None:
+        created_at = store.get_meta("ls_url")
+        raise LabelStudioError(
+            f"Label Studio {what} {project_id}, recorded in the store, does not exist at "
+            f"{client.url}" + (f" (it was created at {created_at})" if created_at else "")
+            + ". Point ALEARN_LS_URL at the server that holds it, or restore that "
+            "server's data."
+        )
+    changed = {k: v for k, v in fields.items() if _differs(current.get(k), v)}
+    if changed:
+        client.update_project(project_id, **changed)
+        logger.info("ls %s updated ls_project_id=%s fields=%s", what, project_id,
+                    ",".join(sorted(changed)))
     return project_id
 
 

@@ -38,12 +38,17 @@ def _check(classes: Sequence[str]) -> list[str]:
     return out
 
 
-def label_config(classes: Sequence[str]) -> str:
-    """Label Studio XML: an Image plus single-choice Choices, one Choice per class."""
+def label_config(classes: Sequence[str], *, between: Sequence[str] = ()) -> str:
+    """Label Studio XML: an Image plus single-choice Choices, one Choice per class.
+
+    ``between`` are XML lines shown between the image and the choices (the
+    adjudication project shows the earlier votes there).
+    """
     names = _check(classes)
     lines = [
         "<View>",
         f'  <Image name="{IMAGE_NAME}" value="$image" zoom="true"/>',
+        *between,
         f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single-radio" '
         'required="true" showInline="true">',
     ]
