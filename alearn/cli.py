@@ -467,7 +467,14 @@ def round_sync(ctx: Context, wait: bool) -> None:
     from workers.orchestrate import enqueue_pull
 
     if wait:
-        print_json(jobs.pull_job(str(ctx.project.root)))
+        from workers.orchestrate import progress_round
+
+        out = jobs.pull_job(str(ctx.project.root))
+        if not isinstance(out, dict):
+            raise click.ClickException("a worker is pulling right now; try again in a few "
+                                       "seconds, or drop --wait.")
+        out["round"] = progress_round(ctx.project, _redis(ctx))
+        print_json(out)
     elif enqueue_pull(ctx.project, _redis(ctx), delay=0):
         console.print("Pull enqueued.")
     else:
@@ -480,29 +487,66 @@ def round_sync(ctx: Context, wait: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
 def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
-    """Close a round now: pull, then agreement, consensus and metrics."""
-    from sqlalchemy import select
+    """Close a round now: pull, then agreement, consensus and metrics. A closed round
+    marked stale (a vote changed after it closed) is recomputed."""
+    from workers.orchestrate import close_now
 
-    from alearn.rounds import get_round
-    from alearn.store import Round
-    from workers import jobs
-
-    store = ctx.project.store
-    if number is None:
-        rnd = get_round(store)
-    else:
-        with store.session() as s:
-            rnd = s.scalar(select(Round).where(Round.number == number))
-        if rnd is None:
-            raise click.BadParameter(f"there is no round {number}", param_hint="--round")
-    jobs.pull_job(str(ctx.project.root))
-    metrics = jobs.close_job(str(ctx.project.root), rnd.id, force=True)
+    rnd = _round_by_number(ctx, number)
+    metrics = close_now(ctx.project, _redis(ctx), rnd.id)
     if as_json:
         print_json(metrics)
         return
     console.print(f"Round {rnd.number} closed: {metrics.get('labels_spent')} labels, "
-                  f"kappa {_fmt(metrics.get('kappa'))}, cv accuracy "
-                  f"{_fmt(metrics.get('cv_accuracy'))}, consensus {metrics.get('consensus')}.")
+                  f"mean pairwise Cohen's kappa {_fmt(metrics.get('kappa'))}, cv accuracy "
+                  f"{_fmt(metrics.get('cv_accuracy'))}, consensus {metrics.get('consensus')}."
+                  + (f" Round {metrics['next_round']} started." if metrics.get("next_round")
+                     else ""))
+
+
+def _round_by_number(ctx: Context, number: int | None) -> Any:
+    from sqlalchemy import select
+
+    from alearn.rounds import get_round
+    from alearn.store import Round
+
+    store = ctx.project.store
+    if number is None:
+        return get_round(store)
+    with store.session() as s:
+        rnd = s.scalar(select(Round).where(Round.number == number))
+    if rnd is None:
+        raise click.BadParameter(f"there is no round {number}", param_hint="--round")
+    return rnd
+
+
+@round.command("retry")
+@click.option("--round", "number", type=int, default=None,
+              help="Round number (default: the active round, else the latest).")
+@pass_ctx
+def round_retry(ctx: Context, number: int | None) -> None:
+    """Resume a failed or stuck round from its first unfinished step, on the workers."""
+    from workers.orchestrate import retry_round
+
+    rnd = _round_by_number(ctx, number)
+    step = retry_round(ctx.project, _redis(ctx), rnd.id)
+    console.print(f"Round {rnd.number} resumes at {step} on the workers. Watch it with "
+                  "'alearn status'.")
+
+
+@round.command("abort")
+@click.option("--round", "number", type=int, default=None,
+              help="Round number (default: the active round, else the latest).")
+@pass_ctx
+def round_abort(ctx: Context, number: int | None) -> None:
+    """End a round: keep its votes, take its unlabeled tasks out of Label Studio."""
+    from workers.orchestrate import abort_round
+
+    rnd = _round_by_number(ctx, number)
+    done = abort_round(ctx.project, _redis(ctx), rnd.id)
+    console.print(f"Round {rnd.number} aborted; votes already given are kept"
+                  + (f" ({done['deleted']} unlabeled tasks removed from Label Studio, "
+                     f"{done['locked']} partly labeled tasks locked)." if done else ".")
+                  + " Start the next one with 'alearn round start'.")
 
 
 def _fmt(value: Any) -> str:
@@ -547,11 +591,13 @@ def _redis(ctx: Context):  # noqa: ANN202 - redis.Redis, imported lazily
 def status(ctx: Context, as_json: bool) -> None:
     """Pool, trusted labels, rounds, the current round's progress, queues and workers."""
     from alearn.status import project_status
-    from workers.orchestrate import queue_info
+    from workers.orchestrate import ensure_tick, queue_info
 
     info = project_status(ctx.project)
     try:
-        info["queues"] = queue_info(_redis(ctx), ctx.settings)
+        conn = _redis(ctx)
+        ensure_tick(ctx.project, conn)  # the safety net is re-armed by every status
+        info["queues"] = queue_info(conn, ctx.settings)
     except AlearnError as exc:
         info["queues"] = {"error": str(exc)}
     if as_json:
@@ -591,8 +637,18 @@ def status(ctx: Context, as_json: bool) -> None:
         console.print(f"[yellow]queues unavailable:[/] {q['error']}")
     else:
         print_table("Queues", [{"queue": k, **v} for k, v in q["queues"].items()])
-        console.print(f"Live workers: {len(q['workers'])} "
-                      + (", ".join(w["name"] for w in q["workers"]) if q["workers"] else ""))
+        live = [w["name"] for w in q["workers"] if w["alive"]]
+        dead = [w["name"] for w in q["workers"] if not w["alive"]]
+        console.print(f"Live workers: {len(live)} " + ", ".join(live)
+                      + (f" (dead, not yet expired: {', '.join(dead)})" if dead else ""))
+        if not live:
+            console.print("[yellow]No live worker:[/] start one with 'alearn worker &'.")
+    if info["quarantined_annotations"]:
+        console.print("Annotations in Label Studio that alearn does not count: "
+                      + ", ".join(f"{n} {k}" for k, n in
+                                  info["quarantined_annotations"].items()))
+    for line in info["attention"]:
+        console.print(f"[yellow]needs attention:[/] {line}", highlight=False)
     conv = info.get("convergence") or {}
     if conv.get("summary"):
         console.print(f"[bold]{conv['summary']}[/]", highlight=False)
@@ -614,9 +670,12 @@ def worker(ctx: Context, queue_names: str, burst: bool, name: str | None) -> Non
     if bad or not names:
         raise click.BadParameter(
             f"unknown queue(s) {bad}; valid: {', '.join(QUEUE_NAMES)}", param_hint="--queues")
-    if ctx.settings.database_url is None and ctx.project_dir is None:
+    projects = []
+    try:
+        projects.append(str(ctx.project.root))
+    except AlearnError:
         console.print("Worker serving any project whose jobs reach these queues.")
-    run_worker(ctx.settings, names, burst=burst, name=name)
+    run_worker(ctx.settings, names, burst=burst, name=name, projects=projects)
 
 
 @cli.group()

@@ -24,7 +24,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from alearn.agreement import agreement_report as _agreement_report
 from alearn.agreement import ratings_matrix
@@ -32,7 +32,7 @@ from alearn.annotator_quality import annotator_quality
 from alearn.consensus import dawid_skene, get_consensus
 from alearn.exceptions import AlearnError, RoundError
 from alearn.project import Project
-from alearn.rounds import CLOSED, COLLECTING, PUSHED, get_round, transition
+from alearn.rounds import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
 from alearn.store import Annotation, Label, Round, Selection
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,22 @@ def round_votes(
         return [(int(i), str(a), str(lab), t) for i, a, lab, t in s.execute(query).all()]
 
 
-def close_round(project: Project, round_id: int) -> dict[str, Any]:
-    """Compute and store the round's consensus labels and metrics, then close it."""
+def close_round(project: Project, round_id: int, *, recompute: bool = False) -> dict[str, Any]:
+    """Compute and store the round's consensus labels and metrics, then close it.
+
+    A closed round returns its stored metrics, unless ``recompute``: then its consensus
+    labels and metrics are computed again from the votes as they are now (a round marked
+    stale by a vote changed after close).
+    """
     store, cfg = project.store, project.config
     rnd = get_round(store, round_id)
-    if rnd.status == CLOSED:
+    if rnd.status == CLOSED and not recompute:
         return dict(rnd.metrics or {})
-    if rnd.status not in (PUSHED, COLLECTING):
+    if rnd.status == CLOSED:
+        with store.session() as s:
+            s.execute(delete(Label).where(Label.round_id == round_id,
+                                          Label.origin == "consensus"))
+    elif rnd.status not in (PUSHED, COLLECTING):
         raise RoundError(
             f"round {rnd.number} is {rnd.status}; only a pushed or collecting round can "
             "be closed. Wait for its batch to reach Label Studio."
@@ -135,7 +144,10 @@ def close_round(project: Project, round_id: int) -> dict[str, Any]:
         if row is None:
             raise RoundError(f"round {round_id} vanished while closing")
         row.metrics = metrics
-    transition(store, round_id, CLOSED)
+    if rnd.status == CLOSED:
+        record_event(store, round_id, "recomputed", labels_spent=metrics["labels_spent"])
+    else:
+        transition(store, round_id, CLOSED)
     log.info("round_event=closed round=%s labels_spent=%s kappa=%s cv_accuracy=%s",
              round_id, metrics["labels_spent"], metrics.get("kappa"), metrics["cv_accuracy"])
     return metrics

@@ -78,6 +78,11 @@ class RoundsConfig(_Section):
     gold_rate: float = Field(
         0.0, ge=0, le=0.5, description="Share of each batch made of gold (known) items."
     )
+    tick_seconds: int = Field(
+        30, ge=2, le=3600,
+        description="Period of the workers' safety net: pull, close full rounds, and "
+                    "resume rounds whose job died.",
+    )
 
 
 class AgreementConfig(_Section):

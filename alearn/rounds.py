@@ -1,11 +1,21 @@
 """The round state machine, kept in the store.
 
     planned --push--> pushed --first annotation--> collecting --close--> closed
-       \\________________________\\___________________________--> failed
+       |                 |                            |
+       +-----------------+----------------------------+--> failed --retry--> (resume)
+       +-----------------+----------------------------+--> aborted
 
-One active (not closed, not failed) round per project. Every transition is checked
-here, so a worker that retries a step, or two workers racing, cannot move a round
-backwards or skip a step.
+One active (planned, pushed or collecting) round per project. Every transition is
+checked here, so a worker that retries a step, or two workers racing, cannot move a
+round backwards or skip a step.
+
+A round ends ``closed``, ``failed`` (with the step and the reason, once the step's
+retries are spent) or ``aborted`` (by the operator; the votes already given are kept).
+``alearn round retry`` resumes a failed round from its first unfinished step, which
+:func:`resume_point` reads from the store's facts (selections, pushed tasks, votes),
+never from Redis. What happened off the happy path is kept as :class:`RoundEvent` rows:
+failed, retried, aborted, stale (an annotation changed after the round closed) and
+recomputed.
 """
 
 from __future__ import annotations
@@ -17,19 +27,23 @@ from typing import Any
 from sqlalchemy import func, select
 
 from alearn.exceptions import RoundError
-from alearn.store import Annotation, Round, Selection, Store, utcnow
+from alearn.store import Annotation, Round, RoundEvent, Selection, Store, utcnow
 
 log = logging.getLogger(__name__)
 
-PLANNED, PUSHED, COLLECTING, CLOSED, FAILED = "planned", "pushed", "collecting", "closed", "failed"
+PLANNED, PUSHED, COLLECTING = "planned", "pushed", "collecting"
+CLOSED, FAILED, ABORTED = "closed", "failed", "aborted"
 ACTIVE = (PLANNED, PUSHED, COLLECTING)
 _NEXT = {
-    PLANNED: {PUSHED, FAILED},
-    PUSHED: {COLLECTING, CLOSED, FAILED},
-    COLLECTING: {CLOSED, FAILED},
-    FAILED: {PLANNED},  # a failed round may be retried from the start
+    PLANNED: {PUSHED, FAILED, ABORTED},
+    PUSHED: {COLLECTING, CLOSED, FAILED, ABORTED},
+    COLLECTING: {CLOSED, FAILED, ABORTED},
+    FAILED: {PLANNED, PUSHED, COLLECTING, ABORTED},  # retry resumes where it stopped
     CLOSED: set(),
+    ABORTED: set(),
 }
+#: The steps of a round, in order; a failure names one of them.
+STEPS = ("embed", "train", "select", "push", "pull", "close")
 
 
 def active_round(store: Store) -> Round | None:
@@ -63,7 +77,8 @@ def create_round(store: Store, *, strategy: str, batch_size: int, overlap: int) 
         if current is not None:
             raise RoundError(
                 f"round {current.number} is still {current.status}; only one round may be "
-                "active. Wait for it to close, or close it with 'alearn round close'."
+                "active. Wait for it to close, close it with 'alearn round close', or end "
+                "it with 'alearn round abort'."
             )
         number = (s.scalar(select(func.max(Round.number))) or 0) + 1
         rnd = Round(number=number, status=PLANNED, strategy=strategy,
@@ -96,6 +111,81 @@ def transition(store: Store, round_id: int, to: str, *, error: str | None = None
             rnd.closed_at = utcnow()
     log.info("round_event=status round=%s status=%s", round_id, to)
     return True
+
+
+def record_event(store: Store, round_id: int, kind: str, **detail: Any) -> None:
+    """Keep one event of a round's life (failed, retried, aborted, stale, recomputed)."""
+    with store.session() as s:
+        s.add(RoundEvent(round_id=round_id, kind=kind, detail=detail))
+    log.info("round_event=%s round=%s detail=%s", kind, round_id, detail)
+
+
+def round_events(store: Store, round_id: int) -> list[dict[str, Any]]:
+    with store.session() as s:
+        rows = s.scalars(select(RoundEvent).where(RoundEvent.round_id == round_id)
+                         .order_by(RoundEvent.id)).all()
+    return [{"kind": e.kind, "at": e.at.isoformat(timespec="seconds"), **(e.detail or {})}
+            for e in rows]
+
+
+def fail_round(store: Store, round_id: int, step: str, reason: str) -> bool:
+    """Mark an active round failed at ``step``; False if it was not active (a late
+    failure of a duplicate job never fails a closed round)."""
+    with store.session() as s:
+        rnd = s.get(Round, round_id, with_for_update=True)
+        if rnd is None or rnd.status not in ACTIVE:
+            return False
+        rnd.status, rnd.error = FAILED, f"{step}: {reason}"
+        s.add(RoundEvent(round_id=round_id, kind="failed", detail={"step": step,
+                                                                    "reason": reason}))
+    log.warning("round_event=failed round=%s step=%s reason=%s", round_id, step, reason)
+    return True
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a round stands by the store's facts: the status it belongs in and the
+    first step that is not done."""
+
+    status: str
+    step: str
+
+
+def resume_point(store: Store, round_id: int) -> ResumePoint:
+    with store.session() as s:
+        selected = s.scalar(select(func.count()).where(Selection.round_id == round_id)) or 0
+        unpushed = s.scalar(select(func.count()).where(
+            Selection.round_id == round_id, Selection.ls_task_id.is_(None))) or 0
+        votes = s.scalar(select(func.count()).where(Annotation.round_id == round_id)) or 0
+    if not selected:
+        return ResumePoint(PLANNED, "embed")
+    if unpushed:
+        return ResumePoint(PLANNED, "push")
+    return ResumePoint(COLLECTING if votes else PUSHED, "pull")
+
+
+def reopen(store: Store, round_id: int) -> ResumePoint:
+    """Put a failed round back where its facts say it stands (for ``round retry``)."""
+    rnd = get_round(store, round_id)
+    point = resume_point(store, round_id)
+    if rnd.status == FAILED:
+        transition(store, round_id, point.status)
+        record_event(store, round_id, "retried", step=point.step, was=rnd.error)
+    elif rnd.status not in ACTIVE:
+        raise RoundError(f"round {rnd.number} is {rnd.status}; only a failed or stuck "
+                         "round can be retried.")
+    return point
+
+
+def is_stale(store: Store, round_id: int) -> list[dict[str, Any]]:
+    """The changes since a closed round was last computed (empty: not stale)."""
+    changes: list[dict[str, Any]] = []
+    for event in round_events(store, round_id):
+        if event["kind"] == "stale":
+            changes.append(event)
+        elif event["kind"] == "recomputed":
+            changes = []
+    return changes
 
 
 def set_round_fields(store: Store, round_id: int, **values: Any) -> None:

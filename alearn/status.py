@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from alearn.adjudication import adjudication_status
 from alearn.project import Project
-from alearn.rounds import active_round, round_progress
-from alearn.store import Annotation, FileRecord, Item, Label, Round
+from alearn.rounds import ABORTED, ACTIVE, FAILED, active_round, is_stale, round_progress
+from alearn.store import Annotation, FileRecord, Item, Label, QuarantinedAnnotation, Round
 
 
 def project_status(project: Project) -> dict[str, Any]:
@@ -39,8 +39,12 @@ def project_status(project: Project) -> dict[str, Any]:
                 select(Annotation).where(Annotation.status != "ok").order_by(Annotation.id)
             )
         ]
+        quarantined = dict(s.execute(select(QuarantinedAnnotation.kind, func.count())
+                                     .group_by(QuarantinedAnnotation.kind)).all())
     current = active_round(store)
     return {
+        "attention": _attention(project, rounds),
+        "quarantined_annotations": quarantined,
         "project": project.config.name,
         "classes": project.config.classes,
         "pool_size": pool,
@@ -56,6 +60,32 @@ def project_status(project: Project) -> dict[str, Any]:
         "adjudication": adjudication_status(project),
         "ls_project_id": store.get_meta("ls_project_id"),
     }
+
+
+def _attention(project: Project, rounds: list[dict[str, Any]]) -> list[str]:
+    """Rounds that need a person, each with the command that fixes it."""
+    out = []
+    by_number = {r["number"]: r for r in rounds}
+    with project.store.session() as s:
+        ids = dict(s.execute(select(Round.number, Round.id)).all())
+    for number, r in by_number.items():
+        if r["status"] == FAILED:
+            out.append(f"round {number} failed at {r['error']}. Fix the cause, then run "
+                       f"'alearn round retry --round {number}' to resume it, or 'alearn "
+                       f"round abort --round {number}' to end it.")
+        elif r["status"] == "closed":
+            changes = is_stale(project.store, ids[number])
+            r["stale"] = bool(changes)
+            if changes:
+                n = sum(len(c.get("changes") or []) for c in changes)
+                out.append(f"round {number} is stale: {n} vote(s) changed in Label Studio "
+                           f"after it closed. Run 'alearn round close --round {number}' to "
+                           "recompute it.")
+        elif r["status"] in ACTIVE and r.get("error"):
+            out.append(f"round {number}: {r['error']}")
+        elif r["status"] == ABORTED:
+            continue
+    return out
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

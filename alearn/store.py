@@ -14,6 +14,10 @@ selections   the items a round chose, with score, rank and predicted class
 annotations  Label Studio annotations mirrored into the store (or set aside, with reason)
 models       trained heads: version, training size, cross-validated accuracy
 meta         small key/value facts (Label Studio project id, config hash...)
+quarantine   Label Studio annotations that could not be mirrored (foreign task, no
+             author, unreadable record), kept raw with their reason: none is ever lost
+round_events what happened to a round off the happy path: failed (step, reason),
+             retried, aborted, stale (an annotation changed after close), recomputed
 """
 
 from __future__ import annotations
@@ -167,6 +171,38 @@ class ModelRecord(Base):
     cv_accuracy: Mapped[float | None] = mapped_column(Float)
     path: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class QuarantinedAnnotation(Base):
+    """An annotation Label Studio holds that alearn does not count, kept as it came.
+
+    ``kind``: 'foreign' (a task alearn did not push, or whose item or round does not
+    match what alearn recorded), 'unreadable' (no id, no author, a malformed record).
+    Re-seen on every pull: ``updated_at`` moves, nothing is duplicated.
+    """
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ls_project_id: Mapped[int | None] = mapped_column(Integer)
+    ls_task_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    ls_annotation_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[Any] = mapped_column(JSON)
+    first_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RoundEvent(Base):
+    """One event off a round's happy path (see :mod:`alearn.rounds`)."""
+
+    __tablename__ = "round_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Meta(Base):

@@ -214,10 +214,7 @@ def request_more_votes(store: Store, client: LSClient, targets: dict[int, int],
     for item, task_id in rows:
         if task_id is None:
             continue
-        # LSClient has no task update yet; the SDK call stays behind its error handling
-        with client._calls(f"raise the overlap of task {task_id}"):
-            client._sdk.tasks.update(id=str(task_id), overlap=int(targets[int(item)]),
-                                     is_labeled=False)
+        client.update_task(task_id, overlap=int(targets[int(item)]), is_labeled=False)
         changed += 1
     logger.info("more votes requested round_id=%s tasks=%s", round_id, changed)
     return changed

@@ -175,6 +175,22 @@ class LSClient:
             for t in pager:
                 yield {"id": t.id, "data": dict(t.data or {}), "annotations": t.annotations or []}
 
+    def update_task(self, task_id: int, **fields: Any) -> None:
+        """Change a task's fields (``overlap``, ``is_labeled``...)."""
+        with self._calls(f"update task {task_id} ({', '.join(sorted(fields))})"):
+            self._sdk.tasks.update(id=str(task_id), **fields)
+
+    def delete_task(self, task_id: int) -> bool:
+        """Delete a task; False if it was already gone."""
+        with self._calls(f"delete task {task_id}"):
+            try:
+                self._sdk.tasks.delete(id=str(task_id))
+            except ApiError as exc:
+                if exc.status_code == 404:
+                    return False
+                raise
+        return True
+
     # -- annotations (admin side: tests, demo, repairs) ------------------------------
     def create_annotation(self, task_id: int, result: list[dict], **fields: Any) -> int:
         with self._calls(f"create an annotation on task {task_id}"):

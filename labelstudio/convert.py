@@ -70,7 +70,13 @@ def chosen_labels(result: Any) -> list[str]:
             continue
         if region.get("from_name", CHOICES_NAME) != CHOICES_NAME:
             continue
-        choices = (region.get("value") or {}).get("choices") or []
+        value = region.get("value") or {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"a choices region's 'value' should be an object, got "
+                             f"{type(value).__name__}")
+        choices = value.get("choices") or []
+        if not isinstance(choices, list):
+            raise ValueError(f"'choices' should be a list, got {type(choices).__name__}")
         labels.extend(str(c) for c in choices)
     return labels
 

@@ -73,7 +73,7 @@ def _project_id(store: Store) -> tuple[int, str]:
     if pid is None or base is None:
         raise RoundError(
             "there is no Label Studio project for this store yet. Set it up first "
-            "(labelstudio.ensure_project, which 'alearn round push' runs)."
+            "(labelstudio.ensure_project, which the push step of 'alearn round start' runs)."
         )
     return int(pid), str(base)
 
@@ -171,4 +171,47 @@ def push_round(
         "push done round_id=%s ls_project_id=%s created=%s already_present=%s",
         round_id, project_id, summary.created, summary.already_present,
     )
+    return summary
+
+
+@dataclass(frozen=True)
+class WithdrawSummary:
+    """What withdrawing a round's open tasks did."""
+
+    deleted: int
+    locked: int
+    complete: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def withdraw_round(store: Store, client: LSClient, round_id: int) -> WithdrawSummary:
+    """Stop Label Studio serving a round's tasks (``alearn round abort``), keeping every
+    vote already given: a task nobody labeled is deleted; a task with some votes but
+    fewer than the round asked for is locked (its overlap set to the votes it has, and
+    marked labeled). Idempotent.
+    """
+    project_id, _base = _project_id(store)
+    with store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"round id {round_id} does not exist in the store.")
+        recorded = dict(s.execute(select(Selection.ls_task_id, Selection.item_id).where(
+            Selection.round_id == round_id, Selection.ls_task_id.is_not(None))).all())
+    deleted = locked = complete = 0
+    for task in client.iter_tasks(project_id, annotations=True):
+        if task["id"] not in recorded:
+            continue
+        votes = len(task["annotations"])
+        if votes == 0:
+            deleted += client.delete_task(task["id"])
+        elif votes < rnd.overlap:
+            client.update_task(task["id"], overlap=votes, is_labeled=True)
+            locked += 1
+        else:
+            complete += 1
+    summary = WithdrawSummary(deleted=deleted, locked=locked, complete=complete)
+    logger.info("round withdrawn round_id=%s ls_project_id=%s %s", round_id, project_id,
+                summary.to_dict())
     return summary

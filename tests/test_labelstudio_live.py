@@ -224,7 +224,8 @@ def test_annotators_label_through_the_stream_and_pull_mirrors(live_ls, setup) ->
 
     second = pull_annotations(store, client)
     assert second.to_dict() == {"new": 0, "updated": 0, "deleted": 0, "unchanged": 12,
-                                "set_aside": 0, "tasks": 6}
+                                "set_aside": 0, "tasks": 6, "quarantined": 0,
+                                "superseded": 0, "stale_rounds": 0}
     assert {k: (a.label, a.updated_at) for k, a in annotations(store).items()} == {
         k: (a.label, a.updated_at) for k, a in rows.items()
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import REDIS_TEST_URL, write_image
 from redis import Redis
-from rq import SimpleWorker
+from rq import Retry, SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
 from alearn.config import EmbedConfig, Settings
@@ -76,7 +76,7 @@ def test_reconcile_requeues_a_round_whose_jobs_vanished(pool_project: Project,
     lost_job = get_round(pool_project.store, rnd.id).job_id
     redis_conn.flushdb()  # Redis lost every queue
     assert reconcile(pool_project, redis_conn) == [
-        f"round {rnd.number}: job {lost_job} vanished; chain re-enqueued"
+        f"round {rnd.number}: job {lost_job} died; resumed at embed"
     ]
     assert get_round(pool_project.store, rnd.id).job_id != lost_job
     work(redis_conn, settings, "embed", "train")
@@ -86,13 +86,13 @@ def test_reconcile_requeues_a_round_whose_jobs_vanished(pool_project: Project,
     assert reconcile(pool_project, redis_conn) == []
 
 
-def test_a_step_held_by_another_worker_is_skipped(pool_project: Project,
-                                                  redis_conn: Redis) -> None:
+def test_a_step_held_by_another_worker_is_retried_not_reported_done(
+        pool_project: Project, redis_conn: Redis) -> None:
     key = f"{queues.project_key(str(pool_project.root))}:embed:0/1"
     with queues.job_lock(redis_conn, key) as got:
         assert got
         out = jobs.embed_job(str(pool_project.root))
-    assert out["skipped"] is True
+    assert isinstance(out, Retry) and out is jobs.BUSY
     out = jobs.embed_job(str(pool_project.root))
     assert out["computed"] == 24
 

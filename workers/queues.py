@@ -7,14 +7,20 @@ Redis holds only queues and locks: losing it loses no data (see ``reconcile``).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 from rq import Queue
 
 from alearn.config import Settings
@@ -58,19 +64,184 @@ def project_key(project_dir: str) -> str:
     return hashlib.sha1(project_dir.encode()).hexdigest()[:10]
 
 
-@contextmanager
-def job_lock(conn: Redis, name: str, *, timeout: int = 900) -> Iterator[bool]:
-    """Hold a Redis lock while a step runs; yields False if another worker holds it.
+#: A step's lease lasts this long unless renewed; its holder renews it every third of it.
+LEASE_SECONDS = 20
+#: A scheduler whose heartbeat is older than this is dead: another worker takes over.
+SCHEDULER_STALE_SECONDS = 10
+_HOST = socket.gethostname()
 
-    The timeout frees the lock if its holder is killed.
+
+def alive_key(job_id: str) -> str:
+    """Present while the job's process is running it (renewed with its lease)."""
+    return f"alearn:alive:{job_id}"
+
+
+def job_is_running(conn: Redis, job_id: str) -> bool:
+    """True while a worker process is still running ``job_id`` (its lease is renewed)."""
+    holder = conn.get(alive_key(job_id))
+    if holder is None:
+        return False
+    host, _, pid = holder.decode().rpartition(":")
+    if host == _HOST and pid.isdigit():
+        return _pid_alive(int(pid))  # same host: a killed process is seen at once
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 1:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (killed, not yet reaped) is dead too
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Lease:
+    """A Redis lock that outlives the work it guards: a thread renews it every third of
+    its TTL while the step runs, so a step of any length keeps it, and a killed worker
+    loses it within :data:`LEASE_SECONDS`.
+
+    With ``job_id``, the lease also keeps :func:`alive_key` for that job, which is how
+    the reconciler tells a running job from one whose worker died.
     """
-    lock = conn.lock(f"alearn:lock:{name}", timeout=timeout, blocking=False)
-    acquired = lock.acquire(blocking=False)
+
+    def __init__(self, conn: Redis, name: str, *, ttl: int = LEASE_SECONDS,
+                 job_id: str | None = None) -> None:
+        self.conn, self.name, self.ttl, self.job_id = conn, name, ttl, job_id
+        self._lock = conn.lock(f"alearn:lock:{name}", timeout=ttl, thread_local=False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def acquire(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False
+        self._mark_alive()
+        self._thread = threading.Thread(target=self._renew, name=f"lease:{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return True
+
+    def _mark_alive(self) -> None:
+        if self.job_id:
+            self.conn.set(alive_key(self.job_id), f"{_HOST}:{os.getpid()}", ex=self.ttl)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                if not self._lock.reacquire():
+                    raise LockError("not owned")
+                self._mark_alive()
+            except (LockError, RedisError) as exc:
+                if not self.lost:
+                    log.warning("lease %s could not be renewed (%s)", self.name, exc)
+                self.lost = True
+                try:  # Redis lost it (flushed, restarted): take it again if free
+                    if self._lock.acquire(blocking=False):
+                        self.lost = False
+                        self._mark_alive()
+                except RedisError:
+                    pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self._lock.release()
+        except LockError:
+            log.warning("lease %s had expired before its step finished", self.name)
+        except RedisError as exc:
+            log.warning("lease %s not released (%s); it expires by itself", self.name, exc)
+        if self.job_id:
+            try:
+                self.conn.delete(alive_key(self.job_id))
+            except RedisError:
+                pass
+
+
+@contextmanager
+def job_lock(conn: Redis, name: str, *, ttl: int = LEASE_SECONDS,
+             job_id: str | None = None) -> Iterator[bool]:
+    """Hold a step's :class:`Lease` while it runs; yields False if another worker holds it."""
+    lease = Lease(conn, name, ttl=ttl, job_id=job_id)
+    acquired = lease.acquire()
     try:
         yield acquired
     finally:
         if acquired:
-            try:
-                lock.release()
-            except LockError:
-                log.warning("lock %s expired before its step finished", name)
+            lease.release()
+
+
+_RELEASE_IF_HOLDER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def take_over_dead_schedulers(conn: Redis, queue_names: list[str]) -> list[str]:
+    """Free the scheduler locks of queues whose scheduler is dead, so that a live worker
+    takes them within seconds (RQ alone waits for the lock to expire and then for its
+    next maintenance, which can take minutes). Returns the queues freed.
+
+    A scheduler is dead when its heartbeat is older than :data:`SCHEDULER_STALE_SECONDS`,
+    or, on this host, when its process is gone.
+    """
+    from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+
+    freed = []
+    now = time.time()
+    for queue in queue_names:
+        key = RQScheduler.get_locking_key(queue)
+        holder = conn.get(key)
+        if holder is None:
+            continue
+        info = {k.decode(): v.decode() for k, v in
+                conn.hgetall(SCHEDULER_KEY_TEMPLATE % holder.decode()).items()}
+        beat = _parse_utc(info.get("last_heartbeat"))
+        dead = beat is None or now - beat > SCHEDULER_STALE_SECONDS
+        if not dead and info.get("hostname") == _HOST and info.get("pid", "").isdigit():
+            dead = not _pid_alive(int(info["pid"]))
+        if dead and conn.eval(_RELEASE_IF_HOLDER, 1, key, holder):
+            freed.append(queue)
+            log.warning("worker_event=scheduler_taken_over queue=%s dead_scheduler=%s",
+                        queue, holder.decode())
+    return freed
+
+
+#: A worker with no heartbeat for this long is dead (ours beat every 15 s when idle and
+#: every 5 s while a job runs).
+WORKER_STALE_SECONDS = 60
+
+
+def worker_alive(worker: Any) -> bool:
+    """Whether an RQ worker is alive: on this host its process must exist; anywhere, its
+    heartbeat must be recent."""
+    pid = getattr(worker, "pid", None)
+    if getattr(worker, "hostname", None) == _HOST and pid and not _pid_alive(int(pid)):
+        return False
+    beat = getattr(worker, "last_heartbeat", None)
+    if beat is None:
+        return True
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=dt.UTC)
+    return time.time() - beat.timestamp() < WORKER_STALE_SECONDS
+
+
+def _parse_utc(text: str | None) -> float | None:
+    if not text:
+        return None
+    from rq.utils import utcparse
+
+    try:
+        return utcparse(text).replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
