@@ -121,9 +121,10 @@ def judge_decision(
 ) -> str | None:
     """Why a decision is set aside, or None if it counts."""
     allowed = {r.strip().lower() for r in reviewers if r.strip()}
-    if allowed and decision.reviewer.strip().lower() not in allowed:
-        return (f"{decision.reviewer} is not a reviewer (agreement.reviewers: "
-                f"{', '.join(sorted(allowed))})")
+    if decision.reviewer.strip().lower() not in allowed:  # no reviewers: nobody decides
+        return (f"{decision.reviewer} is not a reviewer (reviewers: "
+                f"{', '.join(sorted(allowed)) or 'none'}; add one with 'alearn ls users "
+                "add NAME --role reviewer')")
     if decision.cancelled:
         return "skipped by the reviewer"
     distinct = list(dict.fromkeys(decision.labels))
@@ -154,7 +155,7 @@ def apply_decisions(
         ``(item id, round id)`` of every task of the adjudication project: an item whose
         task holds no valid decision any more loses its adjudicated label.
     classes, reviewers
-        The project's classes, and ``agreement.reviewers`` (empty: anyone counts).
+        The project's classes, and who may decide (empty: nobody's decision counts).
 
     Among an item's valid decisions the latest (``updated_at``, then annotation id) wins.
     Running it twice with the same decisions changes nothing the second time.

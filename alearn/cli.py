@@ -30,7 +30,7 @@ class Context:
 
     def __init__(self, project_dir: Path | None) -> None:
         self.project_dir = project_dir
-        self.settings = Settings()
+        self.settings = Settings.load()
         self._project: Project | None = None
 
     @property
@@ -115,21 +115,30 @@ def _ls_data_dir(ctx: Context) -> Path:
 @ls_group.command("up")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="Port on 127.0.0.1.")
+@click.option("--allow-webhook-host", "allow_hosts", multiple=True, metavar="HOST",
+              help="An address Label Studio may call (the webhook receiver's); SSRF "
+                   "protection keeps every other private or local address out.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
-def ls_up(ctx: Context, port: int, as_json: bool) -> None:
+def ls_up(ctx: Context, port: int, allow_hosts: tuple[str, ...], as_json: bool) -> None:
     """Start a local Label Studio (loopback only) and set this project up in it."""
     from labelstudio.client import LSClient, ensure_project
-    from labelstudio.server import ADMIN_FILE, admin_credentials, start_server
+    from labelstudio.server import (
+        ADMIN_FILE,
+        admin_credentials,
+        local_document_root,
+        start_server,
+    )
 
     project, data_dir = ctx.project, _ls_data_dir(ctx)
     creds = admin_credentials(data_dir)
     with console.status("Starting Label Studio (30-90 s the first time)..."):
         info = start_server(data_dir, image_root=project.image_root, port=port,
                             username=creds["email"], password=creds["password"],
-                            token=creds["token"])
+                            token=creds["token"], allow_hosts=allow_hosts)
     client = LSClient(info.url, creds["token"])
-    ls_project = ensure_project(project.store, client, project.config, project.image_root)
+    ls_project = ensure_project(project.store, client, project.config, project.image_root,
+                                document_root=local_document_root(data_dir))
     out = {"url": info.url, "pid": info.pid, "ls_project_id": ls_project,
            "project_url": f"{info.url}/projects/{ls_project}/", "email": creds["email"],
            "credentials_file": str(data_dir / ADMIN_FILE)}
@@ -170,40 +179,97 @@ def ls_status(ctx: Context, as_json: bool) -> None:
 
 @ls_group.group("users")
 def ls_users() -> None:
-    """Annotator accounts."""
+    """The team: Label Studio accounts and the project's roster (only they label)."""
+
+
+def _admin_token(ctx: Context, url: str) -> str:
+    """The admin token for ``url``: ALEARN_LS_TOKEN, else the local server's."""
+    token = ctx.settings.label_studio_token()
+    if token:
+        return token
+    from labelstudio.server import ADMIN_FILE, admin_credentials, server_status
+
+    data_dir = _ls_data_dir(ctx)
+    local = server_status(data_dir)
+    if local is not None and local.url.rstrip("/") == url.rstrip("/") and (
+            data_dir / ADMIN_FILE).exists():
+        return admin_credentials(data_dir)["token"]
+    raise click.UsageError(f"no admin token for {url}: set ALEARN_LS_TOKEN (an admin's "
+                           "token), or start the local server with 'alearn ls up'.")
 
 
 @ls_users.command("add")
 @click.argument("name")
+@click.option("--role", type=click.Choice(("annotator", "reviewer")), default="annotator",
+              show_default=True, help="Annotators' votes count; reviewers decide adjudication.")
+@click.option("--existing", is_flag=True,
+              help="Only put an existing Label Studio account (NAME is its email) on the roster.")
 @click.option("--password", default=None, help="At least 8 characters; generated if omitted.")
 @click.option("--url", default=None,
               help="Label Studio URL (default: this project's local server, else ALEARN_LS_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
-def ls_users_add(ctx: Context, name: str, password: str | None, url: str | None,
-                 as_json: bool) -> None:
-    """Create an annotator account NAME (a name or an email) and say how to log in."""
-    from alearn.exceptions import ProjectNotFound
-    from labelstudio.annotators import annotator_email, new_password, signup_annotator
+def ls_users_add(ctx: Context, name: str, role: str, existing: bool, password: str | None,
+                 url: str | None, as_json: bool) -> None:
+    """Add NAME (a name or an email) to the team: a Label Studio account made through a
+    one-time invite (sign-up is closed), and a place on the project's roster. Prints how
+    to log in, once."""
+    from alearn.team import add_member
+    from labelstudio.annotators import annotator_email, invite_annotator, new_password
     from labelstudio.server import server_status
 
+    email = annotator_email(name)
+    if existing:
+        add_member(ctx.project.store, email, role)
+        out = {"email": email, "role": role}
+        print_json(out) if as_json else click.echo(f"{email} is on the roster as {role}.")
+        return
     if url is None:
-        try:
-            local = server_status(_ls_data_dir(ctx))
-        except ProjectNotFound:
-            local = None
+        local = server_status(_ls_data_dir(ctx))
         url = local.url if local else ctx.settings.ls_url
     if password is not None and len(password) < 8:
         raise click.BadParameter("must have at least 8 characters.", param_hint="--password")
-    email, password = annotator_email(name), password or new_password()
-    who = signup_annotator(url, email, password)
+    password = password or new_password()
+    who = invite_annotator(url, _admin_token(ctx, url), email, password)
+    add_member(ctx.project.store, who.email, role)
     out = {"login_url": f"{url.rstrip('/')}/user/login/", "email": who.email,
-           "password": password, "user_id": who.user_id}
+           "password": password, "user_id": who.user_id, "role": role}
     if as_json:
         print_json(out)
     else:
-        click.echo(f"Annotator account ready. Log in at {out['login_url']}\n"
-                   f"  email:    {who.email}\n  password: {password}")
+        click.echo(f"{role.capitalize()} account ready and on the roster. Log in at "
+                   f"{out['login_url']}\n  email:    {who.email}\n  password: {password}\n"
+                   "(shown once: alearn keeps no copy of it)")
+
+
+@ls_users.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def ls_users_list(ctx: Context, as_json: bool) -> None:
+    """The project's roster: whose votes and decisions count."""
+    from alearn.team import roster
+
+    rows = [{"email": e, "role": r} for e, r in roster(ctx.project.store).items()]
+    if as_json:
+        print_json(rows)
+    elif rows:
+        print_table("Roster", rows, ["email", "role"])
+    else:
+        click.echo("The roster is empty: no vote counts. Add people with 'alearn ls users "
+                   "add NAME'.")
+
+
+@ls_users.command("remove")
+@click.argument("email")
+@pass_ctx
+def ls_users_remove(ctx: Context, email: str) -> None:
+    """Take EMAIL off the roster; their votes are set aside from the next pull on."""
+    from alearn.team import remove_member
+
+    if not remove_member(ctx.project.store, email):
+        raise click.BadParameter(f"{email} is not on the roster ('alearn ls users list').",
+                                 param_hint="EMAIL")
+    click.echo(f"{email} is off the roster; their votes no longer count.")
 
 
 
@@ -443,19 +509,22 @@ def _check_strategy_flag(strategy: str | None) -> None:
 def round_start(ctx: Context, batch_size: int | None, strategy: str | None,
                 overlap: int | None, embed_shards: int, as_json: bool) -> None:
     """Start a round: the workers embed, train, select and push the batch."""
-    from workers.orchestrate import ensure_tick, start_round
+    from workers.orchestrate import ensure_tick, start_round, team_warnings
 
     _check_strategy_flag(strategy)
     conn = _redis(ctx)
     rnd = start_round(ctx.project, conn, batch_size=batch_size, strategy=strategy,
                       overlap=overlap, embed_shards=embed_shards)
     ensure_tick(ctx.project, conn)
+    warnings = team_warnings(ctx.project)
     if as_json:
         print_json({"round": rnd.number, "round_id": rnd.id, "status": rnd.status,
-                    "job_id": rnd.job_id})
+                    "job_id": rnd.job_id, "warnings": warnings})
         return
     console.print(f"Round {rnd.number} planned: the workers now embed, train, select and "
                   "push it. Watch it with 'alearn status'.")
+    for line in warnings:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
 
 
 @round.command("sync")

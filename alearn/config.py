@@ -247,6 +247,22 @@ def _render_field(description: str | None, key: str, value: Any) -> list[str]:
     return out
 
 
+def safe_url(url: str) -> str:
+    """A URL with any password (and any user) replaced by ``***``, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(str(url))
+        if parts.username is None and parts.password is None:
+            return str(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    except ValueError:
+        return "<unparseable URL>"
+
+
 def write_config(cfg: ProjectConfig, path: Path) -> None:
     tmp = path.with_suffix(".toml.tmp")
     tmp.write_text(render_config(cfg), encoding="utf-8")
@@ -276,6 +292,69 @@ class Settings(BaseSettings):
         None, description="Shared secret Label Studio sends to the webhook receiver."
     )
     queue_prefix: str = Field("alearn", description="Prefix of the RQ queue names.")
+
+    @classmethod
+    def load(cls, **values: Any) -> Settings:
+        """The settings from the environment; a bad value is a one-line ConfigError that
+        names the variable and never echoes a password."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"ALEARN_{str(e['loc'][0]).upper() if e['loc'] else '?'}: "
+                f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors())
+            raise ConfigError(f"{problems}. Fix the environment variable and retry.") from None
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"{safe_url(value)!r} is not a database URL; use e.g. "
+                             "postgresql+psycopg://user@host/db or sqlite:///path.db") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(f"{safe_url(value)!r}: alearn supports sqlite and postgresql")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or (
+                parts.scheme != "unix" and not parts.hostname):
+            raise ValueError(f"{safe_url(value)!r} is not a Redis URL; use e.g. "
+                             "redis://127.0.0.1:6379/0")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError(f"{safe_url(value)!r} has a bad port") from None
+        return value
+
+    @field_validator("ls_url")
+    @classmethod
+    def _check_ls_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        try:
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise ValueError(f"{safe_url(value)!r} is not a Label Studio URL; use e.g. "
+                             "http://127.0.0.1:8080")
+        if parts.username or parts.password:
+            raise ValueError("the Label Studio URL must not carry a user or password; put "
+                             "the API token in ALEARN_LS_TOKEN")
+        return value.strip().rstrip("/")
 
     def label_studio_token(self) -> str | None:
         """The token from ALEARN_LS_TOKEN, else from ALEARN_LS_TOKEN_FILE."""

@@ -20,7 +20,7 @@ class Project:
     def __init__(self, root: Path, config: ProjectConfig, settings: Settings | None = None):
         self.root = root.resolve()
         self.config = config
-        self.settings = settings if settings is not None else Settings()
+        self.settings = settings if settings is not None else Settings.load()
 
     @classmethod
     def open(cls, start: Path | str | None = None, settings: Settings | None = None) -> Project:

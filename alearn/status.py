@@ -85,7 +85,24 @@ def _attention(project: Project, rounds: list[dict[str, Any]]) -> list[str]:
             out.append(f"round {number}: {r['error']}")
         elif r["status"] == ABORTED:
             continue
+    from alearn.team import reviewers, roster
+
+    if not roster(project.store):
+        out.append("the roster is empty, so no vote counts. Add annotators with 'alearn ls "
+                   "users add NAME'.")
+    agreement = project.config.agreement
+    if agreement.adjudication == "review" and not reviewers(project.store, agreement.reviewers):
+        waiting = sum(len((r.metrics or {}).get("adjudication_items") or [])
+                      for r in _closed(project))
+        if waiting:
+            out.append(f"{waiting} item(s) wait for adjudication but the project has no "
+                       "reviewer. Add one with 'alearn ls users add NAME --role reviewer'.")
     return out
+
+
+def _closed(project: Project) -> list[Round]:
+    with project.store.session() as s:
+        return list(s.scalars(select(Round).where(Round.status == "closed")))
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

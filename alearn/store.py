@@ -16,6 +16,8 @@ models       trained heads: version, training size, cross-validated accuracy
 meta         small key/value facts (Label Studio project id, config hash...)
 quarantine   Label Studio annotations that could not be mirrored (foreign task, no
              author, unreadable record), kept raw with their reason: none is ever lost
+team         the roster: the people whose votes count (annotators) and whose decisions
+             count (reviewers), by their Label Studio email
 round_events what happened to a round off the happy path: failed (step, reason),
              retried, aborted, stale (an annotation changed after close), recomputed
 """
@@ -192,6 +194,16 @@ class QuarantinedAnnotation(Base):
     raw: Mapped[Any] = mapped_column(JSON)
     first_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TeamMember(Base):
+    """Someone on the project's roster. ``role``: 'annotator' or 'reviewer'."""
+
+    __tablename__ = "team"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(256), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class RoundEvent(Base):

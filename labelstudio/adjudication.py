@@ -37,18 +37,22 @@ from alearn.adjudication import (
     set_pushed,
 )
 from alearn.config import ProjectConfig
-from alearn.exceptions import RoundError
+from alearn.exceptions import ConfigError, RoundError
 from alearn.project import Project
 from alearn.store import Selection, Store
-from labelstudio.client import LSClient, _ensure_storage, project_title, upsert_project
+from alearn.team import reviewers
+from labelstudio.client import LSClient, ensure_storage, project_title, upsert_project
 from labelstudio.convert import annotator_of, chosen_labels, parse_time
 from labelstudio.label_config import label_config
-from labelstudio.urls import image_url, image_url_base
+from labelstudio.urls import image_url, image_url_base, storage_path
 
 logger = logging.getLogger(__name__)
 
 META_PROJECT = "ls_adjudication_project_id"
 META_IMAGE_BASE = "ls_adjudication_image_url_base"
+#: Adjudication task id -> [item id, round id], for every task alearn created: decisions
+#: on any other task do not count.
+META_TASKS = "ls_adjudication_tasks"
 VOTES_NAME = "votes"
 
 
@@ -78,6 +82,12 @@ def ensure_adjudication_project(
     One decision per task (``maximum_annotations=1``); reviewers may see the
     predictions, since agreement is not measured there.
     """
+    if not reviewers(store, cfg.agreement.reviewers):
+        raise ConfigError(
+            "agreement.adjudication is 'review' but the project has no reviewer, so no "
+            "decision could count. Add one with 'alearn ls users add NAME --role "
+            "reviewer' (or list emails in agreement.reviewers), or set "
+            "agreement.adjudication to 'more_votes'.")
     fields = {
         "title": adjudication_title(cfg),
         "label_config": adjudication_label_config(cfg.classes),
@@ -91,7 +101,7 @@ def ensure_adjudication_project(
                                 what="adjudication project")
     store.set_meta(META_IMAGE_BASE, base)
     if not cfg.labelstudio.image_url_prefix:
-        _ensure_storage(client, project_id, Path(image_root).resolve())
+        ensure_storage(client, project_id, storage_path(image_root, document_root))
     return project_id
 
 
@@ -115,18 +125,26 @@ def push_adjudication(
     project_id, base = _project(store)
     classes = list(classes if classes is not None else store.get_meta("ls_classes") or [])
     queue = adjudication_queue(store, round_id, classes)
+    created = dict(store.get_meta(META_TASKS) or {})
     present = {
-        int(t["data"]["item_id"])
+        int(t["data"]["item_id"]): int(t["id"])
         for t in client.iter_tasks(project_id)
         if t["data"].get("round") == round_id and t["data"].get("item_id") is not None
+        and (str(t["id"]) in created or t["data"]["item_id"] in {q["item_id"] for q in queue})
     }
+    for item, task_id in present.items():  # an interrupted push's tasks are adopted
+        created.setdefault(str(task_id), [item, round_id])
+    store.set_meta(META_TASKS, created)
     todo = [q for q in queue if q["item_id"] not in present]
     if todo:
-        client.import_tasks(project_id, [
+        ids = client.import_tasks(project_id, [
             {"data": {"image": image_url(base, q["path"]), "item_id": q["item_id"],
                       "round": round_id, "votes_text": q["votes_text"]}}
             for q in todo
         ])
+        created.update({str(t): [q["item_id"], round_id] for t, q in zip(ids, todo,
+                                                                         strict=True)})
+        store.set_meta(META_TASKS, created)
     set_pushed(store, round_id, len(present) + len(todo))
     logger.info("adjudication push round_id=%s ls_project_id=%s created=%s already=%s",
                 round_id, project_id, len(todo), len(present))
@@ -157,7 +175,8 @@ def decision_of(ls_annotation: dict[str, Any], task: dict[str, Any],
 
 
 def pull_adjudications(
-    store: Store, client: LSClient, classes: Sequence[str], *, reviewers: Sequence[str] = ()
+    store: Store, client: LSClient, classes: Sequence[str], *,
+    reviewers: Sequence[str] | set[str] = (),
 ) -> AdjudicationSummary:
     """Mirror the adjudication project's decisions into trusted labels.
 
@@ -169,6 +188,7 @@ def pull_adjudications(
     users = client.user_emails()
     decisions: list[Decision] = []
     tasks: set[tuple[int, int | None]] = set()
+    created = {int(t): (int(i), r) for t, (i, r) in (store.get_meta(META_TASKS) or {}).items()}
     for task in client.iter_tasks(project_id, annotations=True):
         data = task["data"]
         try:
@@ -176,6 +196,11 @@ def pull_adjudications(
             rnd = None if data.get("round") is None else int(data["round"])
         except (KeyError, TypeError, ValueError):
             logger.warning("adjudication pull ignored task %s: no item id", task["id"])
+            continue
+        if created.get(int(task["id"])) != (item, rnd):  # only tasks alearn created count
+            if task["annotations"]:
+                logger.warning("adjudication pull set aside %s decisions on task %s: alearn "
+                               "did not create it", len(task["annotations"]), task["id"])
             continue
         tasks.add((item, rnd))
         for ann in task["annotations"]:

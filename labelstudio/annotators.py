@@ -121,6 +121,39 @@ def signup_annotator(
         ) from None
 
 
+def invite_annotator(
+    base_url: str, admin_token: str, email: str, password: str, *, timeout: float = 30.0,
+) -> Annotator:
+    """Sign a person up through a fresh invite link, then rotate the link.
+
+    Label Studio runs with ``LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK`` (alearn's local
+    launcher and docker-compose set it), so the sign-up form refuses anyone without the
+    organization's invite token. The admin token reads it (``GET /api/invite``), the
+    person signs up with it, and ``POST /api/invite/reset-token`` makes a new one at once,
+    so the link that was used opens nothing. An existing account just logs in.
+    """
+    headers = {"Authorization": f"Token {admin_token}"}
+    try:
+        with httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
+                          timeout=timeout) as http:
+            r = http.get("/api/invite")
+            _raise_for(r, base_url, "read the organization's invite link")
+            token = str(r.json().get("token") or "")
+            if not token:
+                raise LabelStudioError(f"{base_url}: the invite link carries no token.")
+            try:
+                return signup_annotator(base_url, email, password, invite_token=token,
+                                        timeout=timeout)
+            finally:
+                r = http.post("/api/invite/reset-token")
+                _raise_for(r, base_url, "rotate the invite link")
+    except httpx.TransportError as exc:
+        raise LabelStudioError(
+            f"cannot reach Label Studio at {base_url} ({type(exc).__name__}). Is it "
+            "running? Start a local one with 'alearn ls up'."
+        ) from None
+
+
 def label_stream(
     base_url: str,
     token: str,

@@ -32,7 +32,7 @@ from alearn.config import ProjectConfig, Settings
 from alearn.exceptions import ConfigError, LabelStudioError
 from alearn.store import Store
 from labelstudio.label_config import config_hash, label_config
-from labelstudio.urls import image_url_base
+from labelstudio.urls import image_url_base, storage_path
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def ensure_project(
     store.set_meta("ls_classes_hash", config_hash(cfg.classes))
     store.set_meta("ls_image_url_base", base)
     if not cfg.labelstudio.image_url_prefix:
-        _ensure_storage(client, project_id, Path(image_root).resolve())
+        ensure_storage(client, project_id, storage_path(image_root, document_root))
     return project_id
 
 
@@ -357,9 +357,10 @@ def upsert_project(
     return project_id
 
 
-def _ensure_storage(client: LSClient, project_id: int, image_root: Path) -> None:
+def ensure_storage(client: LSClient, project_id: int, image_root: Path) -> None:
+    """Register ``image_root`` (as Label Studio sees it) as the project's local storage."""
     for s in client.local_storages(project_id):
-        if s["path"] and Path(s["path"]).resolve() == image_root:
+        if s["path"] and Path(s["path"]) == image_root:
             return
     client.create_local_storage(project_id, str(image_root), title=STORAGE_TITLE)
     logger.info("ls local storage registered ls_project_id=%s path=%s", project_id, image_root)

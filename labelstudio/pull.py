@@ -4,7 +4,8 @@ Every annotation Label Studio holds on the project's tasks ends up in one place:
 
 - mirrored in ``annotations``: status 'ok', or 'set_aside' with a reason (a label that
   is not a class, a skip, an earlier vote superseded by the same annotator's later one
-  on the same task, a record Label Studio can no longer attribute);
+  on the same task, a record Label Studio can no longer attribute, a voter who is not on
+  the project's roster: only the team labels, see :mod:`alearn.team`);
 - or kept as it came in ``quarantine`` with its reason: ``foreign`` (a task alearn did
   not record at push, or whose data names another item or round than alearn recorded)
   or ``unreadable`` (no id, no author, a malformed record).
@@ -36,6 +37,7 @@ from sqlalchemy import select
 from alearn.exceptions import LabelStudioError
 from alearn.rounds import CLOSED, record_event
 from alearn.store import Annotation, QuarantinedAnnotation, Round, Selection, Store, utcnow
+from alearn.team import voters
 from labelstudio.client import LSClient
 from labelstudio.convert import SET_ASIDE, annotation_to_record
 
@@ -206,6 +208,7 @@ def pull_annotations(
                 continue
             records[rec["ls_annotation_id"]] = rec
     superseded = _supersede(records)
+    _off_roster(records, voters(store))
     summary = _mirror(store, records, unreadable, tasks_seen, _rounds(store))
     _keep_quarantine(store, quarantine, set(records))
     summary = PullSummary(**{**summary.to_dict(), "quarantined": len(quarantine.rows),
@@ -218,6 +221,15 @@ def pull_annotations(
         summary.stale_rounds,
     )
     return summary
+
+
+def _off_roster(records: dict[int, dict[str, Any]], team: set[str]) -> None:
+    """Only the team labels: a vote by anyone off the roster is set aside."""
+    for rec in records.values():
+        if rec["status"] != SET_ASIDE and rec["annotator"].strip().lower() not in team:
+            rec["status"] = SET_ASIDE
+            rec["reason"] = (f"{rec['annotator']} is not on the project's roster; votes "
+                             "count only from annotators added with 'alearn ls users add'")
 
 
 def _supersede(records: dict[int, dict[str, Any]]) -> int:

@@ -5,11 +5,12 @@ runs as a separate, detached process: ``label-studio start`` with a data directo
 pid file and a log file in that directory. Production deployments run Label Studio on
 their own (see docker-compose.yml) and only need :mod:`labelstudio.client`.
 
-The server listens on loopback only (``--internal-host 127.0.0.1``). Because it is
-private to this machine, it runs with Label Studio's SSRF protection off, so that it
-may call a webhook receiver on 127.0.0.1 (with protection on, Label Studio refuses
-webhook URLs on reserved addresses). The admin's password and token are passed in the
-environment, not on the command line, so ``ps`` does not show them.
+The server listens on loopback only (``--internal-host 127.0.0.1``). Sign-up is closed
+(only an invite link signs a person up, see :mod:`labelstudio.annotators`), SSRF
+protection is on with only the webhook receiver's host allowed, and it serves local
+files from a document root that holds the image root and nothing else. Its process gets
+only the environment it needs: the admin's password and token (in the environment, so
+``ps`` does not show them), never alearn's own variables.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from alearn.exceptions import ConfigError, LabelStudioError
+from labelstudio.urls import served_link
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +107,63 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_label_studio(pid: int) -> bool:
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not cmdline.exists():  # no /proc (macOS): trust the pid file
-        return True
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), or None without /proc."""
     try:
-        return b"label-studio" in cmdline.read_bytes() or b"label_studio" in cmdline.read_bytes()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return False
+        return None
+
+
+def _is_our_label_studio(pid: int, data_dir: Path, started: int | None) -> str | None:
+    """None if ``pid`` is the Label Studio alearn started for ``data_dir``; else why not.
+
+    Checked: the pid is a real process id (> 1), its command line runs label-studio on
+    this data directory, and it started when the recorded process started.
+    """
+    if pid <= 1:
+        return f"pid {pid} is not a process alearn could have started"
+    cmd = _cmdline(pid)
+    if cmd is None:
+        return f"there is no process {pid} to check"
+    if b"label-studio" not in cmd and b"label_studio" not in cmd:
+        return f"process {pid} is not Label Studio"
+    if str(data_dir).encode() not in cmd:
+        return f"process {pid} is a Label Studio for another data directory"
+    now = _start_time(pid)
+    if started is not None and now is not None and now != started:
+        return f"process {pid} started after the Label Studio alearn recorded (pid reused)"
+    return None
+
+
+def _read_state(data_dir: Path) -> dict | None:
+    """server.json, checked; None if absent. A corrupt one raises a one-line error."""
+    state = data_dir / STATE_FILE
+    try:
+        text = state.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LabelStudioError(f"{state}: cannot read it ({exc.strerror}).") from None
+    try:
+        info = json.loads(text)
+        info["pid"], info["port"] = int(info["pid"]), int(info["port"])
+        if not isinstance(info["url"], str):
+            raise TypeError("url")
+    except (ValueError, TypeError, KeyError):
+        raise LabelStudioError(
+            f"{state} is not a record alearn wrote (corrupt or edited). Nothing was "
+            "signalled. If no Label Studio is running for this project, delete that file."
+        ) from None
+    return info
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -133,18 +184,52 @@ def log_tail(data_dir: Path | str, n: int = 30) -> str:
 
 
 def server_status(data_dir: Path | str) -> ServerInfo | None:
-    """The server recorded in ``data_dir`` if its process is alive, else None."""
-    state = Path(data_dir) / STATE_FILE
-    try:
-        info = json.loads(state.read_text())
-    except (OSError, ValueError):
+    """The server recorded in ``data_dir`` if it is alive and is the Label Studio alearn
+    started there, else None."""
+    data_dir = Path(data_dir).resolve()
+    info = _read_state(data_dir)
+    if info is None:
         return None
-    pid = int(info["pid"])
-    if not (pid_alive(pid) and _is_label_studio(pid)):
+    pid = info["pid"]
+    if pid <= 1 or not pid_alive(pid):
+        return None
+    if _is_our_label_studio(pid, data_dir, info.get("started")) is not None:
         return None
     return ServerInfo(
-        url=info["url"], pid=pid, port=int(info["port"]), log_path=Path(data_dir) / LOG_FILE
+        url=info["url"], pid=pid, port=info["port"], log_path=data_dir / LOG_FILE
     )
+
+
+#: The only variables of the caller's environment Label Studio's process gets; alearn's
+#: own (tokens, database URLs) never reach it.
+_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE",
+             "REQUESTS_CA_BUNDLE", "PYTHONIOENCODING")
+
+
+def banned_subnets(allow_hosts: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+    """Label Studio's default banned (reserved) subnets, less the given hosts' addresses:
+    SSRF protection stays on, and only a webhook receiver's host is reachable."""
+    import ipaddress
+
+    reserved = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24",
+                "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+                "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32", "::/128", "::1/128",
+                "::ffff:0:0/96", "64:ff9b::/96", "100::/64", "2001::/32", "2001:10::/28",
+                "2001:20::/28", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10",
+                "ff00::/8"]
+    nets = [ipaddress.ip_network(n) for n in reserved]
+    for host in allow_hosts:
+        addr = ipaddress.ip_network(socket.gethostbyname(host) if not host[0].isdigit()
+                                    else host)
+        out = []
+        for net in nets:
+            if addr.version == net.version and addr.subnet_of(net):  # type: ignore[arg-type]
+                out += list(net.address_exclude(addr))  # type: ignore[arg-type]
+            else:
+                out.append(net)
+        nets = out
+    return [str(n) for n in nets]
 
 
 def start_server(
@@ -158,6 +243,7 @@ def start_server(
     document_root: Path | str | None = None,
     ls_bin: str | Path | None = None,
     timeout: float = 180.0,
+    allow_hosts: tuple[str, ...] | list[str] = (),
 ) -> ServerInfo:
     """Start Label Studio detached and wait until ``/health`` answers.
 
@@ -166,10 +252,9 @@ def start_server(
     data_dir
         Label Studio's data directory (database, uploads); the pid and log files go here.
     image_root
-        Folder of the images to serve. Label Studio serves files below its document root
-        only, and a storage may not be the document root itself, so the document root
-        defaults to the parent of ``image_root``. May be None if ``document_root`` is
-        given.
+        Folder of the images to serve. By default the document root is made by
+        :func:`serve_only`: it holds a link to the image root and nothing else. May be
+        None if ``document_root`` is given.
     username, password, token
         The admin account (email, password, API token), created on the first start.
     port
@@ -186,8 +271,11 @@ def start_server(
     if image_root is None and document_root is None:
         raise ConfigError("start_server needs image_root (or document_root).")
     root = Path(image_root).resolve() if image_root is not None else None
-    doc_root = Path(document_root).resolve() if document_root else root.parent  # type: ignore[union-attr]
-    if root is not None and doc_root not in root.parents:
+    if document_root is None and root is not None:
+        doc_root = serve_only(data_dir, root)  # the image root and nothing else
+    else:
+        doc_root = Path(document_root).resolve()  # type: ignore[arg-type]
+    if root is not None and doc_root not in root.parents and not served_link(root, doc_root):
         raise ConfigError(
             f"image root {root} is not strictly below the document root {doc_root}; "
             "pass a document_root that contains the image root."
@@ -212,13 +300,16 @@ def start_server(
     data_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
+        **{k: os.environ[k] for k in _PASS_ENV if k in os.environ},
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(doc_root),
         "LABEL_STUDIO_USERNAME": username,
         "LABEL_STUDIO_PASSWORD": password,
         "LABEL_STUDIO_USER_TOKEN": token,
-        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        "SSRF_PROTECTION_ENABLED": "true",
+        "USE_DEFAULT_BANNED_SUBNETS": "false",
+        "USER_ADDITIONAL_BANNED_SUBNETS": ",".join(banned_subnets(list(allow_hosts))),
         "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
         "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
         "LABEL_STUDIO_SENTRY_DSN": "",
@@ -235,7 +326,8 @@ def start_server(
             cmd, cwd=data_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
-    state = {"pid": proc.pid, "port": port, "url": url, "document_root": str(doc_root)}
+    state = {"pid": proc.pid, "port": port, "url": url, "document_root": str(doc_root),
+             "started": _start_time(proc.pid)}
     tmp = data_dir / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state))
     tmp.replace(data_dir / STATE_FILE)
@@ -259,24 +351,74 @@ def start_server(
 
 
 def stop_server(data_dir: Path | str, *, timeout: float = 30.0) -> bool:
-    """Stop the server recorded in ``data_dir``; True if one was running."""
-    data_dir = Path(data_dir)
-    info = server_status(data_dir)
-    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    """Stop the server recorded in ``data_dir``; True if one was running.
+
+    Signals only a process verified as the Label Studio alearn started there (pid > 1,
+    its command line, its start time); otherwise refuses with a message and signals
+    nothing. A record of a process that is gone is removed.
+    """
+    data_dir = Path(data_dir).resolve()
+    info = _read_state(data_dir)
     if info is None:
         return False
-    os.kill(info.pid, signal.SIGTERM)
+    pid = info["pid"]
+    if pid > 1 and not pid_alive(pid):
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+        return False
+    why = _is_our_label_studio(pid, data_dir, info.get("started"))
+    if why is not None:
+        raise LabelStudioError(
+            f"{data_dir / STATE_FILE} names a process alearn will not stop: {why}. Nothing "
+            "was signalled. Stop Label Studio yourself, then delete that file."
+        )
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not pid_alive(info.pid):
-            logger.info("label studio stopped pid=%s", info.pid)
+        if not pid_alive(pid):
+            logger.info("label studio stopped pid=%s", pid)
             return True
         time.sleep(0.2)
-    os.kill(info.pid, signal.SIGKILL)
-    while pid_alive(info.pid) and time.monotonic() < deadline + 5:
+    if _is_our_label_studio(pid, data_dir, info.get("started")) is None:
+        os.kill(pid, signal.SIGKILL)
+    while pid_alive(pid) and time.monotonic() < deadline + 5:
         time.sleep(0.1)
-    logger.warning("label studio killed pid=%s after %.0f s", info.pid, timeout)
+    logger.warning("label studio killed pid=%s after %.0f s", pid, timeout)
     return True
+
+
+SERVED_DIR = "served"
+SERVED_LINK = "images"
+
+
+def serve_only(data_dir: Path | str, image_root: Path | str) -> Path:
+    """A document root for Label Studio that holds one link, to the image root, and
+    nothing else: ``<data_dir>/served/images -> image_root``. Returns the document root.
+
+    Label Studio serves local files below its document root and registers storages only
+    below it; with this root, no file beside the images (the store, token files, Label
+    Studio's own database) can be served or registered.
+    """
+    served = Path(data_dir).resolve() / SERVED_DIR
+    served.mkdir(parents=True, exist_ok=True)
+    link = served / SERVED_LINK
+    target = Path(image_root).resolve()
+    if link.is_symlink() and link.resolve() == target:
+        return served
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target, target_is_directory=True)
+    for extra in served.iterdir():  # nothing else is ever served
+        if extra != link:
+            raise ConfigError(f"{served} must hold only the link {SERVED_LINK}; remove "
+                              f"{extra.name} from it.")
+    return served
+
+
+def local_document_root(data_dir: Path | str) -> Path | None:
+    """The served root of the local server, if ``alearn ls up`` made one."""
+    served = Path(data_dir).resolve() / SERVED_DIR
+    return served if (served / SERVED_LINK).is_symlink() else None
 
 
 def admin_credentials(data_dir: Path | str) -> dict[str, str]:

@@ -23,6 +23,9 @@ def image_url_base(
     if prefix:
         return prefix.rstrip("/") + "/"
     root = Path(image_root).resolve()
+    link = served_link(root, document_root)
+    if link is not None:
+        return LOCAL_FILES_URL + quote(link.name) + "/"
     doc = Path(document_root).resolve() if document_root else root.parent
     try:
         rel = root.relative_to(doc)
@@ -38,6 +41,33 @@ def image_url_base(
             "refuses as a storage. Use the image root's parent as the document root."
         )
     return LOCAL_FILES_URL + quote(rel.as_posix()) + "/"
+
+
+def served_link(image_root: Path | str, document_root: Path | str | None) -> Path | None:
+    """The link in ``document_root`` that stands for the image root, if there is one.
+
+    alearn's local Label Studio serves a document root that holds one link to the image
+    root and nothing else (see :func:`labelstudio.server.serve_only`), so no file beside
+    the images (the store, tokens, Label Studio's own database) can be reached.
+    """
+    if not document_root:
+        return None
+    root = Path(image_root).resolve()
+    doc = Path(document_root)
+    try:
+        entries = list(doc.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.is_symlink() and entry.resolve() == root:
+            return entry
+    return None
+
+
+def storage_path(image_root: Path | str, document_root: Path | str | None) -> Path:
+    """The image root as Label Studio must register it: the served link when there is
+    one (Label Studio refuses a storage outside its document root), else the folder."""
+    return served_link(image_root, document_root) or Path(image_root).resolve()
 
 
 def image_url(base: str, item_path: str) -> str:

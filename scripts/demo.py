@@ -162,10 +162,11 @@ class Demo:
         ls.update(token=admin["token"], username=admin["email"], password=admin["password"])
         self.env["ALEARN_LS_URL"] = ls["url"]
         self.env["ALEARN_LS_TOKEN"] = ls["token"]
+        reviewer = self.reviewer()
         self.start_workers(2)
         from demo_annotators import SimulatedPanel
 
-        panel = SimulatedPanel(ls["url"], self.dir / "annotators.json",
+        panel = SimulatedPanel(ls["url"], ls["token"], self.dir / "annotators.json",
                                n=args.annotators, accuracies=args.accuracy, classes=classes,
                                truth=truth, project=self.project, seed=args.seed)
         from demo_eval import Evaluator
@@ -201,9 +202,26 @@ class Demo:
         print(f"  admin login: {ls['username']} / {ls['password']}")
         for who in panel.logins():
             print(f"  annotator login: {who['email']} / {who['password']}")
+        print(f"  reviewer login: {reviewer['email']} / {reviewer['password']} (decides the "
+              "items in the adjudication project)")
         print("Workers keep running: start the next round with\n"
               f"  ALEARN_PROJECT={self.project} ALEARN_LS_TOKEN=... {ALEARN} round start\n"
               "and label it in the browser. Stop everything with ./scripts/demo --stop")
+
+    def reviewer(self) -> dict:
+        """The demo's reviewer (an account made through an invite, on the roster), made
+        once and kept in .demo/reviewer.json (mode 0600)."""
+        path = self.dir / "reviewer.json"
+        if path.exists():
+            who = json.loads(path.read_text())
+            self.alearn("ls", "users", "add", who["email"], "--role", "reviewer",
+                        "--existing", capture=True)
+            return who
+        who = json.loads(self.alearn("ls", "users", "add", "reviewer", "--role", "reviewer",
+                                     "--json", capture=True))
+        path.write_text(json.dumps({"email": who["email"], "password": who["password"]}))
+        path.chmod(0o600)
+        return who
 
     def start_round(self) -> int:
         out = json.loads(self.alearn("round", "start", "--json", capture=True))

@@ -1,5 +1,6 @@
 """Simulated annotators for the demo: real Label Studio users who label through the
-label stream as themselves, each wrong at a given rate."""
+label stream as themselves, each wrong at a given rate. They join through invite links
+and are on the project's roster, like a real team."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from sqlalchemy import select
 
 from alearn.project import Project
 from alearn.store import Item
-from labelstudio.annotators import label_stream, signup_annotator
+from alearn.team import add_member
+from labelstudio.annotators import invite_annotator, label_stream
 
 
 class SimulatedPanel:
-    def __init__(self, url: str, creds_file: Path, *, n: int, accuracies: str,
+    def __init__(self, url: str, admin_token: str, creds_file: Path, *, n: int, accuracies: str,
                  classes: list[str], truth: dict[str, int], project: Path, seed: int) -> None:
         self.url, self.classes, self.truth = url, classes, truth
         accs = [float(a) for a in accuracies.split(",")]
@@ -27,11 +29,13 @@ class SimulatedPanel:
         while len(creds) < n:
             email = f"annotator{len(creds) + 1}@demo.local"
             password = f"demo-{self.rng.randrange(10**8):08d}"
-            who = signup_annotator(url, email, password)
+            who = invite_annotator(url, admin_token, email, password)  # sign-up is closed
             creds.append({"email": email, "password": password, "token": who.token})
         creds_file.write_text(json.dumps(creds, indent=2))
         creds_file.chmod(0o600)
         self.creds = creds[:n]
+        for c in self.creds:  # only the team labels: the panel is the project's roster
+            add_member(self.project.store, c["email"])
 
     def logins(self) -> list[dict[str, str]]:
         return [{"email": c["email"], "password": c["password"]} for c in self.creds]

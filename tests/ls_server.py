@@ -34,11 +34,17 @@ class LiveLabelStudio:
 
         return LSClient(self.url, self.token)
 
-    def new_annotator(self, prefix: str = "ann"):  # noqa: ANN201
-        from labelstudio.annotators import signup_annotator
+    def new_annotator(self, prefix: str = "ann", *, store=None, role: str = "annotator"):  # noqa: ANN001, ANN201
+        """A Label Studio account made through an invite link (sign-up is closed), put
+        on ``store``'s roster when given (else it labels as an outsider)."""
+        from alearn.team import add_member
+        from labelstudio.annotators import invite_annotator
 
         email = f"{prefix}-{uuid.uuid4().hex[:8]}@alearn.local"
-        return signup_annotator(self.url, email, "pw-" + secrets.token_hex(8))
+        who = invite_annotator(self.url, self.token, email, "pw-" + secrets.token_hex(8))
+        if store is not None:
+            add_member(store, who.email, role)
+        return who
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +61,7 @@ def live_ls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLabelStudi
     info = start_server(
         data_dir, image_root=None, document_root=doc_root, port=free_port(),
         username="admin@alearn.local", password=password, token=token, timeout=240,
+        allow_hosts=["127.0.0.1"],  # the tests' webhook receivers listen there
     )
     try:
         yield LiveLabelStudio(info.url, token, "admin@alearn.local", password, doc_root, data_dir)

@@ -27,6 +27,7 @@ from alearn.project import Project
 from alearn.rounds import PUSHED, create_round, get_round, round_progress, transition
 from alearn.status import project_status
 from alearn.store import Annotation, Item, Label, Round, Selection
+from alearn.team import add_member
 from labelstudio.adjudication import adjudication_label_config, decision_of
 
 CLASSES = ["cat", "dog", "bird"]
@@ -86,15 +87,17 @@ def test_votes_text() -> None:
 
 def test_judge_decision_reviewer_filter_and_labels() -> None:
     ok = _decision(1, 5, 1, "Rev@Team.org", "dog")
-    assert judge_decision(ok, CLASSES, []) is None                       # anyone counts
+    nobody = judge_decision(ok, CLASSES, [])                              # no reviewers:
+    assert "is not a reviewer (reviewers: none" in nobody                 # nobody decides
     assert judge_decision(ok, CLASSES, ["rev@team.org"]) is None         # case-insensitive
     why = judge_decision(ok, CLASSES, ["boss@team.org"])
     assert "Rev@Team.org is not a reviewer" in why and "boss@team.org" in why
-    assert "not one of the classes" in judge_decision(_decision(2, 5, 1, "r", "fish"), CLASSES, [])
-    assert "several choices" in judge_decision(_decision(3, 5, 1, "r", "cat", "dog"), CLASSES, [])
-    assert judge_decision(_decision(4, 5, 1, "r"), CLASSES, []) == "no choice made"
+    r = ["r"]
+    assert "not one of the classes" in judge_decision(_decision(2, 5, 1, "r", "fish"), CLASSES, r)
+    assert "several choices" in judge_decision(_decision(3, 5, 1, "r", "cat", "dog"), CLASSES, r)
+    assert judge_decision(_decision(4, 5, 1, "r"), CLASSES, r) == "no choice made"
     skipped = _decision(5, 5, 1, "r", cancelled=True)
-    assert judge_decision(skipped, CLASSES, []) == "skipped by the reviewer"
+    assert judge_decision(skipped, CLASSES, r) == "skipped by the reviewer"
 
 
 def test_queue_lists_unsettled_items_with_their_votes(proj: Project) -> None:
@@ -155,7 +158,7 @@ def test_decision_on_a_gold_item_is_set_aside(proj: Project) -> None:
     rid, ids = _round(proj, VOTES, gold={1: "cat"})
     close_round(proj, rid)
     s = apply_decisions(proj.store, [_decision(1, ids[1], rid, "r", "dog")],
-                        tasks={(ids[1], rid)}, classes=CLASSES)
+                        tasks={(ids[1], rid)}, classes=CLASSES, reviewers=["r"])
     assert s.decided == 0 and s.set_aside == 1
     assert proj.store.trusted_labels()[ids[1]] == "cat"
 
@@ -223,7 +226,7 @@ def test_round_metrics_are_reassigned_not_mutated(proj: Project) -> None:
     rid, ids = _round(proj, VOTES)
     close_round(proj, rid)
     apply_decisions(proj.store, [_decision(1, ids[2], rid, "r", "cat")],
-                    tasks={(ids[2], rid)}, classes=CLASSES)
+                    tasks={(ids[2], rid)}, classes=CLASSES, reviewers=["r"])
     proj.store.dispose()
     with proj.store.session() as s:
         assert s.get(Round, rid).metrics["adjudication"]["decided"] == 1
@@ -250,6 +253,8 @@ def test_reconcile_enqueues_a_missing_adjudication_push_and_status_shows_it(
     try:
         rid, _ids = _round(proj, VOTES)
         close_round(proj, rid)
+        assert reconcile(proj, conn) == []  # no reviewer: nothing could decide them
+        add_member(proj.store, "rev@team.org", "reviewer")
         assert reconcile(proj, conn) == ["round 1: adjudication push enqueued"]
         assert reconcile(proj, conn) == []  # debounced
         (job,) = queues.get_queue(conn, proj.settings, "sync").get_jobs()

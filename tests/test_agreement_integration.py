@@ -86,7 +86,7 @@ def test_flags_dawid_skene_and_adjudication_through_label_studio(
     live_ls, env: Redis, tmp_path: Path
 ) -> None:
     project = make_project(tmp_path, N_GOLD + N_POOL, gold=N_GOLD)
-    team = [live_ls.new_annotator(f"ann{j}") for j in range(3)]
+    team = [live_ls.new_annotator(f"ann{j}", store=project.store) for j in range(3)]
     reviewer, outsider = live_ls.new_annotator("reviewer"), live_ls.new_annotator("outsider")
     cfg = project.config
     cfg.rounds.batch_size, cfg.rounds.overlap, cfg.rounds.gold_rate = 80, 3, 0.1
@@ -216,7 +216,7 @@ def test_more_votes_keeps_the_round_open_until_the_extra_votes_arrive(
             return CLASSES[(true + j) % 4] if item in split else CLASSES[true]
         return choose
 
-    team = [live_ls.new_annotator(f"mv{j}") for j in range(5)]
+    team = [live_ls.new_annotator(f"mv{j}", store=project.store) for j in range(5)]
     assert [label_stream(live_ls.url, a.token, pid, first_three(j), lead_time=1.0)
             for j, a in enumerate(team[:3])] == [6, 6, 6]
     assert enqueue_pull(project, env, delay=0)

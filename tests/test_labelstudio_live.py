@@ -19,7 +19,8 @@ from werkzeug.serving import make_server
 from alearn.config import ProjectConfig
 from alearn.exceptions import ConfigError, LabelStudioError
 from alearn.store import Annotation, Item, Round, Selection, Store
-from labelstudio.annotators import label_stream, signup_annotator
+from alearn.team import add_member
+from labelstudio.annotators import invite_annotator, label_stream, signup_annotator
 from labelstudio.client import LSClient, ensure_project
 from labelstudio.label_config import choice_result
 from labelstudio.pull import pull_annotations
@@ -195,7 +196,7 @@ def _truth(item_id: int) -> str:
 def test_annotators_label_through_the_stream_and_pull_mirrors(live_ls, setup) -> None:
     store, client, _cfg, pid = setup
     push_round(store, client, 1)
-    team = [live_ls.new_annotator() for _ in range(3)]
+    team = [live_ls.new_annotator(store=store) for _ in range(3)]
     given: dict[tuple[str, int], str] = {}
 
     def chooser(email: str, wrong_on: int):
@@ -235,7 +236,8 @@ def test_pull_sets_aside_unknown_labels_and_follows_updates_and_deletes(live_ls,
     store, client, _cfg, pid = setup
     push_round(store, client, 1)
     task_of = {s.item_id: s.ls_task_id for s in selections(store)}
-    ann = live_ls.new_annotator()
+    ann = live_ls.new_annotator(store=store)
+    add_member(store, live_ls.admin_email)  # the admin labels too, on the roster
     label_stream(live_ls.url, ann.token, pid, lambda d: "cat", max_tasks=2)
     # an admin posts a label that is not a class, and several choices at once
     zebra = client.create_annotation(task_of[5], choice_result("zebra"), project=pid)
@@ -263,7 +265,7 @@ def test_pull_sets_aside_unknown_labels_and_follows_updates_and_deletes(live_ls,
 def test_stream_serves_lowest_score_first_and_round_pull_is_scoped(live_ls, setup) -> None:
     store, client, _cfg, pid = setup
     push_round(store, client, 1)
-    ann = live_ls.new_annotator()
+    ann = live_ls.new_annotator(store=store)
     served: list[int] = []
 
     def choose(data: dict) -> str:
@@ -281,7 +283,7 @@ def test_push_and_pull_on_sqlite_and_postgresql(live_ls, db_url: str, tmp_path) 
     client = live_ls.client()
     pid = ensure_project(store, client, config(), images, document_root=live_ls.document_root)
     assert push_round(store, client, 1).created == 4
-    for ann in (live_ls.new_annotator(), live_ls.new_annotator()):
+    for ann in (live_ls.new_annotator(store=store), live_ls.new_annotator(store=store)):
         label_stream(live_ls.url, ann.token, pid, lambda d: _truth(int(d["item_id"])))
     assert pull_annotations(store, client).new == 8
     assert pull_annotations(store, client).unchanged == 8
@@ -292,10 +294,20 @@ def test_push_and_pull_on_sqlite_and_postgresql(live_ls, db_url: str, tmp_path) 
 
 
 # -- accounts -------------------------------------------------------------------------
-def test_signup_twice_logs_in_and_a_wrong_password_is_refused(live_ls) -> None:
+def test_signup_is_closed_and_an_invite_signs_up_once_then_is_rotated(live_ls) -> None:
+    import httpx
+
     email = f"twice-{uuid.uuid4().hex[:6]}@alearn.local"
-    first = signup_annotator(live_ls.url, email, "password-one")
-    again = signup_annotator(live_ls.url, email, "password-one")
+    with pytest.raises(LabelStudioError, match="could not sign up"):
+        signup_annotator(live_ls.url, email, "password-one")  # no invite: refused
+    admin = {"Authorization": f"Token {live_ls.token}"}
+    old_token = httpx.get(f"{live_ls.url}/api/invite", headers=admin).json()["token"]
+    first = invite_annotator(live_ls.url, live_ls.token, email, "password-one")
+    new_token = httpx.get(f"{live_ls.url}/api/invite", headers=admin).json()["token"]
+    assert new_token != old_token  # the link that was used opens nothing any more
+    with pytest.raises(LabelStudioError, match="could not sign up"):
+        signup_annotator(live_ls.url, f"late-{email}", "password-two", invite_token=old_token)
+    again = signup_annotator(live_ls.url, email, "password-one")  # logs in
     assert (again.user_id, again.token) == (first.user_id, first.token)
     assert "token" not in repr(first)
     with pytest.raises(LabelStudioError, match="could not sign up"):
@@ -323,7 +335,7 @@ def test_webhook_is_registered_once_and_delivered_with_the_secret(live_ls, setup
         assert register_webhook(client, pid, url, "hook-secret-123") == hook_id
         (hook,) = client.webhooks(pid)
         assert sorted(hook["actions"]) == sorted(EVENTS)
-        ann = live_ls.new_annotator()
+        ann = live_ls.new_annotator(store=store)
         label_stream(live_ls.url, ann.token, pid, lambda d: "cat", max_tasks=1)
         assert delivered.wait(10)
         assert got[0]["action"] == "ANNOTATION_CREATED"
@@ -345,17 +357,24 @@ def test_cli_ls_users_add_and_status(live_ls, project) -> None:
     from click.testing import CliRunner
 
     from alearn.cli import cli
+    from alearn.team import roster
 
     runner = CliRunner()
     base = ["--project", str(project.root), "ls"]
     r = runner.invoke(cli, [*base, "users", "add", "Test Person", "--url", live_ls.url,
-                            "--password", "pw-12345678", "--json"])
+                            "--password", "pw-12345678", "--json"],
+                      env={"ALEARN_LS_TOKEN": live_ls.token})
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["email"] == "test-person@alearn.local"
     assert out["login_url"] == f"{live_ls.url}/user/login/"
     again = signup_annotator(live_ls.url, out["email"], "pw-12345678")
     assert again.user_id == out["user_id"]
+    assert roster(project.store) == {"test-person@alearn.local": "annotator"}
+    r = runner.invoke(cli, [*base, "users", "list", "--json"])
+    assert json.loads(r.output) == [{"email": "test-person@alearn.local", "role": "annotator"}]
+    r = runner.invoke(cli, [*base, "users", "remove", "test-person@alearn.local"])
+    assert r.exit_code == 0 and roster(project.store) == {}
     r = runner.invoke(cli, [*base, "users", "add", "x", "--password", "short"])
     assert r.exit_code == 2 and "--password" in r.output
     r = runner.invoke(cli, [*base, "status"])

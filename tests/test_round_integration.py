@@ -69,7 +69,7 @@ def test_a_whole_round_then_the_next(live_ls, env: Redis, tmp_path: Path) -> Non
     # three annotators label as themselves through the label stream, all correctly
     with project.store.session() as s:
         paths = dict(s.execute(select(Item.id, Item.path)).all())
-    team = [live_ls.new_annotator("round") for _ in range(3)]
+    team = [live_ls.new_annotator("round", store=project.store) for _ in range(3)]
     done = [label_stream(live_ls.url, a.token, pid,
                          lambda d: truth_of(paths[int(d["item_id"])]), lead_time=1.5)
             for a in team]

@@ -32,7 +32,17 @@ BUSY = Retry(max=120, interval=5)
 
 
 def _open(project_dir: str) -> Project:
-    return Project.open(project_dir, Settings())
+    return Project.open(project_dir, Settings.load())
+
+
+def document_root(project: Project) -> Any:
+    """Label Studio's document root as this host sees it: ALEARN_LS_DOCUMENT_ROOT, else
+    the served root of the project's local server (alearn ls up), else None (the image
+    root's parent)."""
+    from labelstudio.server import local_document_root
+
+    return project.settings.ls_document_root or local_document_root(
+        project.data_dir / "labelstudio")
 
 
 def _report(**meta: Any) -> None:
@@ -113,7 +123,7 @@ def push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
         project, _conn = held
         client = connect_label_studio(project.settings)
         ensure_project(project.store, client, project.config, project.image_root,
-                       document_root=project.settings.ls_document_root)
+                       document_root=document_root(project))
         summary = push_round(project.store, client, round_id)
     out = summary.to_dict()
     _report(**out)
@@ -122,6 +132,7 @@ def push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
 
 def pull_job(project_dir: str) -> dict[str, Any] | Retry:
     """Mirror Label Studio's annotations (main and adjudication projects)."""
+    from alearn.team import reviewers
     from labelstudio.adjudication import pull_adjudications
     from labelstudio.client import connect_label_studio
     from labelstudio.pull import pull_annotations
@@ -135,7 +146,7 @@ def pull_job(project_dir: str) -> dict[str, Any] | Retry:
         out: dict[str, Any] = summary.to_dict()
         out["adjudication"] = pull_adjudications(
             project.store, client, project.config.classes,
-            reviewers=project.config.agreement.reviewers).to_dict()
+            reviewers=reviewers(project.store, project.config.agreement.reviewers)).to_dict()
     _report(**{k: v for k, v in out.items() if k != "adjudication"})
     return out
 
@@ -181,7 +192,7 @@ def adjudication_push_job(project_dir: str, round_id: int) -> dict[str, Any] | R
         project, _conn = held
         client = connect_label_studio(project.settings)
         ensure_adjudication_project(project.store, client, project.config, project.image_root,
-                                    document_root=project.settings.ls_document_root)
+                                    document_root=document_root(project))
         created = push_adjudication(project.store, client, round_id,
                                     classes=project.config.classes)
     _report(created=created)

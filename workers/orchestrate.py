@@ -28,7 +28,7 @@ from typing import Any
 
 from redis import Redis
 from rq import Callback, Retry
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from alearn.config import Settings
@@ -57,14 +57,16 @@ from workers import jobs, queues
 
 log = logging.getLogger(__name__)
 
-RETRY = Retry(max=3, interval=[5, 30, 120])
+#: Transient failures (Label Studio or the database away for a moment) are retried at
+#: 5, 15 and 30 s; then the round fails with the step and the reason.
+RETRY = Retry(max=3, interval=[5, 15, 30])
 #: A started job whose lease has not appeared after this long is dead.
 START_GRACE_SECONDS = 15
 CHAIN = ("embed", "train", "select", "push")
 
 
 def _open(project_dir: str) -> Project:
-    return Project.open(project_dir, Settings())
+    return Project.open(project_dir, Settings.load())
 
 
 def _one_line(exc: BaseException | None) -> str:
@@ -97,6 +99,22 @@ def start_round(
     rnd.job_id = _enqueue_chain(project, conn, rnd.id, embed_shards=embed_shards)
     ensure_tick(project, conn)
     return rnd
+
+
+def team_warnings(project: Project) -> list[str]:
+    """What keeps a round from ending in trusted labels for want of people."""
+    from alearn.team import reviewers, roster
+
+    out = []
+    if not roster(project.store):
+        out.append("the roster is empty, so no vote will count. Add annotators with "
+                   "'alearn ls users add NAME'.")
+    agreement = project.config.agreement
+    if agreement.adjudication == "review" and not reviewers(project.store, agreement.reviewers):
+        out.append("agreement.adjudication is 'review' but the project has no reviewer, so "
+                   "doubtful items will wait. Add one with 'alearn ls users add NAME --role "
+                   "reviewer', or set agreement.adjudication to 'more_votes'.")
+    return out
 
 
 def _enqueue_chain(project: Project, conn: Redis, round_id: int, *, from_step: str = "embed",
@@ -194,7 +212,8 @@ def follow_close(project: Project, conn: Redis, round_id: int,
     if rnd.status != CLOSED:
         return None
     if project.config.agreement.adjudication == "review" and result.get("adjudication_items"):
-        enqueue_adjudication_push(project, conn, round_id)
+        if _has_reviewers(project):
+            enqueue_adjudication_push(project, conn, round_id)
     if not project.config.rounds.auto_next or result.get("converged", False):
         return None
     latest = get_round(project.store)  # the active round, else the latest one
@@ -305,13 +324,13 @@ def _drop(conn: Redis, job_id: str | None) -> None:
         job = Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
         return
-    for dep in job.dependency_ids:
-        if _job_state(conn, dep) != "done":
-            _drop(conn, dep)
+    deps = [d for d in job.dependency_ids if _job_state(conn, d) != "done"]
     try:
         job.delete(remove_from_queue=True, delete_dependents=True)
-    except NoSuchJobError:
-        pass
+    except (NoSuchJobError, InvalidJobOperation):
+        pass  # already deleted as the dependent of another
+    for dep in deps:
+        _drop(conn, dep)
 
 
 # -- the safety net ------------------------------------------------------------------
@@ -361,9 +380,15 @@ def _exists(conn: Redis, job_id: str) -> bool:
     return bool(Job.exists(job_id, connection=conn))
 
 
+def _has_reviewers(project: Project) -> bool:
+    from alearn.team import reviewers
+
+    return bool(reviewers(project.store, project.config.agreement.reviewers))
+
+
 def _reconcile_adjudication(project: Project, conn: Redis) -> list[str]:
     """Closed rounds whose unsettled items never reached the adjudication project."""
-    if project.config.agreement.adjudication != "review":
+    if project.config.agreement.adjudication != "review" or not _has_reviewers(project):
         return []
     from sqlalchemy import select
 
@@ -404,7 +429,11 @@ def tick(project_dir: str) -> dict[str, Any]:
     project = _open(project_dir)
     conn = queues.connect(project.settings)
     ensure_tick(project, conn)
-    return {"reconciled": reconcile(project, conn)}
+    # one reconcile at a time per project: two would both resume the same dead chain
+    with queues.job_lock(conn, f"{queues.project_key(str(project.root))}:reconcile") as got:
+        if not got:
+            return {"reconciled": [], "note": "another reconcile is running"}
+        return {"reconciled": reconcile(project, conn)}
 
 
 def kick(project: Project, conn: Redis) -> None:

@@ -50,7 +50,7 @@ class AlearnWorker(Worker):
         if not isinstance(project_dir, str) or project_dir in self.projects:
             return self.projects.get(project_dir) if isinstance(project_dir, str) else None
         try:  # config only: the store is opened by the jobs, never in this process
-            project = Project.open(Path(project_dir), Settings())
+            project = Project.open(Path(project_dir), Settings.load())
         except AlearnError:
             return None
         self.projects[project_dir] = project
