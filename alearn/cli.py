@@ -336,12 +336,14 @@ def _parse_split_option(_ctx: click.Context, _param: click.Parameter,
 @click.option("--near-duplicate-distance", type=click.IntRange(0, 32), default=4,
               show_default=True, help="Hash bits within which images share a split.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export at --out.")
+@click.option("--annotator-names", is_flag=True,
+              help="Write annotators' emails in the votes (default: stable pseudonyms).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
 def export_cmd(ctx: Context, out: Path, fmt: str, split: tuple[float, float, float], seed: int,
                balance: str, augment_minority: bool, resize: int | None, fit: str,
                min_confidence: float, min_agreement: float, near_duplicate_distance: int,
-               overwrite: bool, as_json: bool) -> None:
+               overwrite: bool, annotator_names: bool, as_json: bool) -> None:
     """Write the trusted labels, images, splits and a dataset card to --out."""
     from alearn.dataset_export import export_dataset
 
@@ -352,7 +354,7 @@ def export_cmd(ctx: Context, out: Path, fmt: str, split: tuple[float, float, flo
         augment_minority=augment_minority, resize=resize, fit=fit,
         min_confidence=min_confidence, min_agreement=min_agreement,
         near_duplicate_distance=near_duplicate_distance, overwrite=overwrite,
-        progress=not as_json and sys.stderr.isatty())
+        progress=not as_json and sys.stderr.isatty(), annotator_names=annotator_names)
     if as_json:
         print_json(summary.to_dict())
         return
@@ -765,13 +767,13 @@ def _webhook_secret(ctx: Context) -> str:
 @pass_ctx
 def webhook_serve(ctx: Context, host: str, port: int) -> None:
     """Serve POST /webhook; each accepted call enqueues a debounced pull."""
-    from labelstudio.webhook import create_app
+    from labelstudio.webhook import create_app, serve
     from workers.orchestrate import enqueue_pull
 
     project, conn = ctx.project, _redis(ctx)
     app = create_app(_webhook_secret(ctx), lambda _event: enqueue_pull(project, conn))
     console.print(f"Webhook receiver on http://{host}:{port}/webhook")
-    app.run(host=host, port=port)
+    serve(app, host=host, port=port)
 
 
 @webhook.command("register")

@@ -121,7 +121,8 @@ def render_card(info: dict[str, Any]) -> str:
     lines += ["", "## Labels and agreement", "",
               "Only trusted labels are exported: manifest (gold) labels, consensus of the "
               "annotators' votes, and adjudicated labels. Each record has the label, its "
-              "confidence and method, the votes per annotator, the item's agreement (share "
+              "confidence and method, the votes per annotator (stable pseudonyms unless "
+              "exported with --annotator-names), the item's agreement (share "
               "of votes matching the label), and the round and model version that chose it.",
               ""]
     by_origin = info["by_origin"]

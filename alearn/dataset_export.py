@@ -64,6 +64,7 @@ def export_dataset(
     augment_minority: bool = False, resize: int | None = None, fit: str = "pad",
     min_confidence: float = 0.0, min_agreement: float = 0.0,
     near_duplicate_distance: int = 4, overwrite: bool = False, progress: bool = False,
+    annotator_names: bool = False,
 ) -> ExportSummary:
     """Write the project's trusted labels and images to ``out``.
 
@@ -93,6 +94,8 @@ def export_dataset(
         Hashes within this many bits are near-duplicates and share a split.
     overwrite : bool
     progress : bool
+    annotator_names : bool
+        Write annotators' emails in the votes; by default each is a stable pseudonym.
         Show a progress bar on stderr.
 
     Returns
@@ -102,9 +105,10 @@ def export_dataset(
     opts = _check_options(format, split, seed, balance, augment_minority, resize, fit,
                           min_confidence, min_agreement, near_duplicate_distance)
     out = Path(out).expanduser().resolve()
-    export_io.check_out(out, overwrite)  # fail before the slow part
+    export_io.check_out(out, overwrite, image_root=project.image_root)  # before the slow part
     records, removed = export_records.load_records(
-        project, min_confidence=opts["min_confidence"], min_agreement=opts["min_agreement"])
+        project, min_confidence=opts["min_confidence"], min_agreement=opts["min_agreement"],
+        annotator_names=annotator_names)
     if not records:
         raise EmptyPoolError(
             f"nothing to export: {removed['labeled']} trusted labels in the store, of which "
@@ -114,7 +118,8 @@ def export_dataset(
             "Label more items, or lower the thresholds."
         )
     plan = _plan(project, records, opts)
-    with export_io.atomic_folder(out, overwrite=overwrite) as tmp:
+    with export_io.atomic_folder(out, overwrite=overwrite, image_root=project.image_root) as tmp:
+        export_io.write_marker(tmp, project.config.name)
         summary = _write(project, tmp, records, removed, plan, opts, progress)
     summary.out = str(out)
     log.info("export_event=written out=%s format=%s files=%s", out, format, summary.n_files)

@@ -16,24 +16,44 @@ from alearn.exceptions import ConfigError
 CHECKSUMS = "checksums.sha256"
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``out`` unless ``overwrite``, and even then anything but an
-    empty folder or an earlier export (one with a checksum manifest)."""
+#: Every export carries this file; --overwrite replaces only a folder that has it.
+MARKER = ".alearn-export.json"
+
+
+def check_out(out: Path, overwrite: bool, *, image_root: Path | None = None) -> None:
+    """Refuse an export folder inside the image root (the next ingest would take the
+    export's images for new ones), and an existing ``out`` unless ``overwrite``, and
+    even then anything but an empty folder or an earlier alearn export (its marker)."""
+    if image_root is not None:
+        root = image_root.resolve()
+        if out == root or root in out.parents:
+            raise ConfigError(
+                f"the export folder {out} is inside the image root {root}: the next ingest "
+                "would add the exported images to the pool. Choose a folder outside it.")
     if not out.exists():
         return
     if not overwrite:
-        raise ConfigError(f"--out {out} already exists. Choose a new folder, or pass "
-                          "--overwrite to replace it.")
-    if not out.is_dir() or not ((out / CHECKSUMS).is_file() or not any(out.iterdir())):
-        raise ConfigError(f"--out {out} is not an earlier export (no {CHECKSUMS}) nor an empty "
-                          "folder; --overwrite only replaces those. Choose another folder.")
+        raise ConfigError(f"the export folder {out} already exists. Choose a new folder, "
+                          "or pass --overwrite to replace an earlier export.")
+    if not out.is_dir() or not ((out / MARKER).is_file() or not any(out.iterdir())):
+        raise ConfigError(f"{out} is not an earlier alearn export (no {MARKER}) nor an empty "
+                          "folder; only those are replaced. Choose another folder.")
+
+
+def write_marker(root: Path, project_name: str) -> None:
+    import datetime as dt
+
+    write_json(root / MARKER, {"alearn_export": 1, "project": project_name,
+                               "written_at": dt.datetime.now(dt.UTC).isoformat(
+                                   timespec="seconds")})
 
 
 @contextmanager
-def atomic_folder(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_folder(out: Path, *, overwrite: bool = False,
+                  image_root: Path | None = None) -> Iterator[Path]:
     """Yield a temp folder ``<out>.tmp-<pid>`` next to ``out``; on success write the
     checksum manifest and rename it to ``out``, on any error or interrupt delete it."""
-    check_out(out, overwrite)
+    check_out(out, overwrite, image_root=image_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     if tmp.exists():  # left by a killed run of a process with our pid
@@ -42,7 +62,7 @@ def atomic_folder(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         write_checksums(tmp)
-        check_out(out, overwrite)  # it may have appeared meanwhile
+        check_out(out, overwrite, image_root=image_root)  # it may have appeared meanwhile
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -39,8 +39,26 @@ def check_threshold(name: str, value: float) -> float:
     return value
 
 
+def pseudonymizer(project: Project) -> Any:
+    """annotator -> ``annotator-<10 hex>``: stable within the project (a keyed hash with
+    a random key kept in the store), so votes stay comparable across exports, but not
+    reversible by hashing guessed emails."""
+    import hashlib
+    import hmac
+    import secrets
+
+    key = project.store.get_meta("export_pseudonym_key")
+    if key is None:
+        key = secrets.token_hex(32)
+        project.store.set_meta("export_pseudonym_key", key)
+    raw = bytes.fromhex(str(key))
+    return lambda who: "annotator-" + hmac.new(raw, str(who).encode(), hashlib.sha256
+                                               ).hexdigest()[:10]
+
+
 def load_records(
-    project: Project, *, min_confidence: float = 0.0, min_agreement: float = 0.0
+    project: Project, *, min_confidence: float = 0.0, min_agreement: float = 0.0,
+    annotator_names: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The trusted-label records that pass the filters, and how many each filter removed.
 
@@ -60,7 +78,10 @@ def load_records(
         rows = s.execute(select(Item, Label).join(Label, Label.item_id == Item.id)
                          .order_by(Item.id)).all()
         votes = _votes(s)
-        records = [_record(item, label, rounds, votes.get(item.id, {})) for item, label in rows]
+    if not annotator_names:  # who voted stays with the team; the export shows pseudonyms
+        name = pseudonymizer(project)
+        votes = {i: {name(a): lab for a, lab in v.items()} for i, v in votes.items()}
+    records = [_record(item, label, rounds, votes.get(item.id, {})) for item, label in rows]
     removed = {"labeled": len(records), **dict.fromkeys(FILTERS, 0)}
     keep: list[dict[str, Any]] = []
     for rec in records:

@@ -203,12 +203,14 @@ def train_head(project: Project, *, round_id: int | None = None) -> ModelRecord 
     store = project.store
     with store.session() as s:
         existing = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
-    if existing is not None and existing.path and Path(existing.path).is_file():
+    if existing is not None and existing.path and Path(existing.path).is_file() and \
+            store.get_meta(f"model_sha256:{version}") == _sha256(Path(existing.path)):
         return existing
     head = make_head(project).fit(X, y)
     cv = cv_accuracy(make_head(project), X, y)
     path = project.models_dir / f"{version}.joblib"
     _atomic_dump(head, path)
+    store.set_meta(f"model_sha256:{version}", _sha256(path))
     with store.session() as s:
         record = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
         if record is None:
@@ -229,13 +231,32 @@ def load_head(project: Project, version: str) -> EmbeddingClassifier:
     if record is None:
         raise StoreError(f"no model {version!r} in the store. Train one first "
                          "(alearn round start, or alearn.training.train_head).")
-    path = Path(record.path or project.models_dir / f"{version}.joblib")
+    path = Path(record.path or project.models_dir / f"{version}.joblib").resolve()
+    models = project.models_dir.resolve()
+    if models not in path.parents:
+        raise StoreError(f"model {version!r}: its file {path} is outside the project's "
+                         f"models folder {models}; alearn loads models only from there.")
     if not path.is_file():
         raise StoreError(f"model {version!r}: file {path} is missing. Retrain the head.")
-    head = joblib.load(path)
+    expected = project.store.get_meta(f"model_sha256:{version}")
+    if expected is None or _sha256(path) != expected:
+        raise StoreError(f"model file {path} is not the one alearn saved (its sha256 "
+                         f"{'is unrecorded' if expected is None else 'differs'}); it is not "
+                         "loaded. Delete it and the next round retrains the head.")
+    head = joblib.load(path)  # noqa: S301 - our own file, checked by hash above
     if not isinstance(head, EmbeddingClassifier):
         raise StoreError(f"model file {path} does not hold an EmbeddingClassifier.")
     return head
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _atomic_dump(obj: object, path: Path) -> None:

@@ -34,6 +34,19 @@ def _presented_secret(req: Request) -> str:
     return req.headers.get("X-Alearn-Secret", "").strip()
 
 
+#: Label Studio's annotation events are a few kB; anything past this is refused (413).
+MAX_BODY_BYTES = 1 << 20
+
+
+def serve(app: Flask, host: str = "127.0.0.1", port: int = 8800) -> None:
+    """Serve the receiver with waitress, a production WSGI server (bounded bodies, no
+    debugger), on loopback unless told otherwise."""
+    from waitress import serve as waitress_serve
+
+    waitress_serve(app, host=host, port=port, max_request_body_size=MAX_BODY_BYTES,
+                   threads=4, ident="alearn-webhook")
+
+
 def create_app(secret: str, on_event: Callable[[dict[str, Any]], None]) -> Flask:
     """A Flask app with ``POST /webhook`` (secret-checked) and ``GET /health``."""
     if not secret:
@@ -42,6 +55,7 @@ def create_app(secret: str, on_event: Callable[[dict[str, Any]], None]) -> Flask
         )
     expected = secret.encode("utf-8")
     app = Flask("alearn_webhook")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # larger bodies get 413
 
     @app.post("/webhook")
     def webhook() -> Any:

@@ -69,3 +69,21 @@ def test_service_commands_are_real_cli_commands() -> None:
         assert result.exit_code == 0, result.output
         for opt in [w for w in cmd[1:] if w.startswith("--")]:
             assert opt in result.output, f"{opt} is not an option of alearn {' '.join(path)}"
+
+
+def test_label_studio_is_closed_and_ssrf_protected_but_for_the_webhook() -> None:
+    from labelstudio.server import banned_subnets
+
+    env = COMPOSE["services"]["label-studio"]["environment"]
+    assert env["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "true"
+    assert env["SSRF_PROTECTION_ENABLED"] == "true"
+    assert env["USE_DEFAULT_BANNED_SUBNETS"] == "false"
+    hook = COMPOSE["services"]["webhook"]["networks"]["alearn"]["ipv4_address"]
+    assert env["USER_ADDITIONAL_BANNED_SUBNETS"].split(",") == banned_subnets([hook])
+    import ipaddress
+
+    banned = [ipaddress.ip_network(n) for n in env["USER_ADDITIONAL_BANNED_SUBNETS"].split(",")]
+    addr = ipaddress.ip_address(hook)
+    assert not any(addr in n for n in banned)  # the receiver is reachable...
+    for other in ("10.77.0.11", "127.0.0.1", "169.254.169.254", "192.168.1.1", "::1"):
+        assert any(ipaddress.ip_address(other) in n for n in banned), other  # ...nothing else

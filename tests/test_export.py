@@ -147,7 +147,7 @@ def train_counts(summary: Any) -> dict[str, int]:
 def test_csv_reads_back_with_pandas(built, tmp_path):
     project, facts = built
     out = tmp_path / "out"
-    summary = export_dataset(project, out, format="csv")
+    summary = export_dataset(project, out, format="csv", annotator_names=True)
     df = pd.read_csv(out / "dataset.csv")
     assert list(df.columns) == list(export_formats.COLUMN_NAMES)
     assert len(df) == summary.n_files == facts["n_items"] == 22
@@ -184,7 +184,7 @@ def test_parquet_reads_back_with_native_types(built, tmp_path):
     project, facts = built
     out = tmp_path / "out"
     summary = export_dataset(project, out, format="parquet", balance="oversample",
-                             augment_minority=True, resize=32)
+                             augment_minority=True, resize=32, annotator_names=True)
     df = pd.read_parquet(out / "dataset.parquet")
     assert len(df) == summary.n_files
     assert pd.api.types.is_datetime64_any_dtype(df["captured_at"])
@@ -205,7 +205,7 @@ def test_parquet_reads_back_with_native_types(built, tmp_path):
 def test_jsonl_has_nested_fields_native(built, tmp_path):
     project, facts = built
     out = tmp_path / "out"
-    export_dataset(project, out, format="jsonl")
+    export_dataset(project, out, format="jsonl", annotator_names=True)
     rows = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
     assert len(rows) == facts["n_items"]
     adj = next(r for r in rows if r["id"] == facts["adjudicated"])
@@ -237,7 +237,8 @@ def test_hf_loads_with_datasets(built, tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     project, facts = built
     out = tmp_path / "out"
-    summary = export_dataset(project, out, format="hf", resize=24, fit="crop")
+    summary = export_dataset(project, out, format="hf", resize=24, fit="crop",
+                             annotator_names=True)
     ds = datasets.load_dataset("imagefolder", data_dir=str(out),
                                cache_dir=str(tmp_path / "hf-cache"))
     assert set(ds) == set(summary.counts)
@@ -305,9 +306,36 @@ def test_existing_out_is_refused_unless_overwrite(built, tmp_path, monkeypatch):
     other = tmp_path / "precious"
     other.mkdir()
     (other / "thesis.tex").write_text("years of work")
-    with pytest.raises(ConfigError, match="not an earlier export"):
+    with pytest.raises(ConfigError, match="not an earlier alearn export"):
         export_dataset(project, other, format="csv", overwrite=True)
     assert (other / "thesis.tex").read_text() == "years of work"
+    # a folder that merely holds a checksum manifest is not an alearn export
+    (other / "checksums.sha256").write_text("")
+    with pytest.raises(ConfigError, match="not an earlier alearn export"):
+        export_dataset(project, other, format="csv", overwrite=True)
+    assert (other / "thesis.tex").read_text() == "years of work"
+
+
+def test_annotators_are_pseudonymised_unless_asked(built, tmp_path):
+    project, facts = built
+    rows = {}
+    for name in ("a", "b"):
+        export_dataset(project, tmp_path / name, format="jsonl")
+        text = (tmp_path / name / "dataset.jsonl").read_text()
+        assert not any(f'"{who}"' in text for who in ANNOTATORS)
+        rows[name] = [json.loads(x) for x in text.splitlines()]
+    two = next(r for r in rows["a"] if r["id"] == facts["two_of_three"])
+    assert sorted(two["votes"].values()) == ["cat", "cat", "dog"]
+    assert all(k.startswith("annotator-") for k in two["votes"])
+    assert rows["a"] == rows["b"]  # stable: the same person has the same pseudonym
+
+
+def test_an_export_inside_the_image_root_is_refused(built, tmp_path):
+    project, _ = built
+    inside = project.image_root / "export"
+    with pytest.raises(ConfigError, match="inside the image root"):
+        export_dataset(project, inside, format="csv")
+    assert not inside.exists()
 
 
 # --- splits and near-duplicates ----------------------------------------------------------
