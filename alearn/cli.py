@@ -438,7 +438,8 @@ def ingest_cmd(ctx: Context, images: Path | None, manifest: Path | None, workers
     console.print(f"added {summary.added}, duplicate {summary.duplicate}, rejected "
                   f"{summary.rejected}, skipped {summary.skipped} (seen before), updated "
                   f"{summary.updated}")
-    for title, entries in (("Rejected", summary.rejections), ("Warnings", summary.warnings)):
+    for title, entries in (("Rejected", summary.rejections), ("Warnings", summary.warnings),
+                           ("Changed files, refused", summary.changed)):
         if entries:
             print_table(title, [{"path": escape(p), "reason": escape(r)} for p, r in entries[:100]],
                         ["path", "reason"])

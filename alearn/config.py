@@ -46,6 +46,11 @@ class EmbedConfig(_Section):
     num_workers: int = Field(2, ge=0, description="DataLoader processes decoding images.")
 
 
+class IngestConfig(_Section):
+    max_file_mb: float = Field(
+        256.0, gt=0, description="Files larger than this (MiB) are rejected unread.")
+
+
 class HeadConfig(_Section):
     C: float = Field(
         0.003, gt=0, description="Inverse L2 strength of the logistic-regression head."
@@ -172,6 +177,7 @@ class ProjectConfig(_Section):
     image_root: str = Field(
         "images", description="Folder holding the images; relative paths are to this file."
     )
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     rounds: RoundsConfig = Field(default_factory=RoundsConfig)

@@ -15,6 +15,8 @@ place at the end; an error or interrupt leaves neither ``out`` nor the temp fold
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import re
 from collections import Counter
@@ -27,7 +29,7 @@ from PIL import Image, ImageOps
 
 from alearn import balance as _balance
 from alearn import dataset_card, export_formats, export_images, export_io, export_records, splits
-from alearn.exceptions import ConfigError, EmptyPoolError, StoreError
+from alearn.exceptions import ConfigError, EmptyPoolError, FileChangedError, StoreError
 from alearn.project import Project
 
 log = logging.getLogger(__name__)
@@ -281,14 +283,19 @@ def _write_image(project: Project, rec: dict[str, Any], dest: Path, opts: dict[s
                  ops: list[dict[str, Any]], stats: export_images.PixelStats | None) -> None:
     src = _image_path(project, rec)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    data = src.read_bytes()
+    if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+        raise FileChangedError(f"{src} changed since it was ingested and labeled (its sha256 "
+                          "differs), so its label may not fit it; nothing was exported. "
+                          "Restore the file, or run 'alearn ingest' to see the change.")
     try:
         if not opts["resize"] and not ops:
-            dest.write_bytes(src.read_bytes())
+            dest.write_bytes(data)
             if stats is not None:
                 with Image.open(dest) as copied:
                     stats.add(copied)
             return
-        with Image.open(src) as opened:
+        with Image.open(io.BytesIO(data)) as opened:
             opened.load()
             if opts["resize"]:
                 img = export_images.fit_image(opened, opts["resize"], opts["fit"])

@@ -7,6 +7,8 @@ They know nothing of projects or stores, and what DataLoader worker processes re
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,17 +71,24 @@ class ImageFileDataset(torch.utils.data.Dataset):
     missing or not a decodable image.
     """
 
-    def __init__(self, root: Path, paths: Sequence[str], transform: Preprocess) -> None:
+    def __init__(self, root: Path, paths: Sequence[str], transform: Preprocess,
+                 sha256s: Sequence[str] | None = None) -> None:
         self.root = Path(root)
         self.paths = list(paths)
         self.transform = transform
+        self.sha256s = list(sha256s) if sha256s is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            with Image.open(self.root / self.paths[i]) as img:
+            data = (self.root / self.paths[i]).read_bytes()
+            if self.sha256s is not None and hashlib.sha256(data).hexdigest() != self.sha256s[i]:
+                return i, None, (f"{self.paths[i]} changed since it was ingested (its sha256 "
+                                 "differs); not embedded. Run 'alearn ingest' to see the "
+                                 "change, or restore the file.")
+            with Image.open(io.BytesIO(data)) as img:
                 return i, self.transform(img), None
         except DECODE_ERRORS as exc:
             return i, None, f"cannot decode {self.paths[i]}: {type(exc).__name__}: {exc}"
@@ -138,12 +147,14 @@ def embed_files(
     chunk_size: int = 1024,
     progress: bool = False,
     label: str = "embedding",
+    sha256s: Sequence[str] | None = None,
 ) -> tuple[int, list[tuple[int, str]]]:
     """Embed image files through a DataLoader, handing vectors over in chunks.
 
     ``on_vectors(positions, X)`` receives the positions (into ``paths``) and the
     ``(len(positions), dim)`` float32 vectors of at least ``chunk_size`` images at a
-    time, and of the remainder at the end, also when the loop is interrupted.
+    time, and of the remainder at the end, also when the loop is interrupted. With
+    ``sha256s``, a file whose bytes no longer match is a failure that names it.
 
     Returns
     -------
@@ -152,7 +163,7 @@ def embed_files(
     failed : list of (position, reason)
         Files that could not be decoded.
     """
-    ds = ImageFileDataset(root, paths, transform)
+    ds = ImageFileDataset(root, paths, transform, sha256s)
     pin = next(model.parameters()).device.type == "cuda"
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate, pin_memory=pin)

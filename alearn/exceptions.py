@@ -70,3 +70,7 @@ class RoundError(AlearnError):
 
 class LabelStudioError(AlearnError):
     """Label Studio is unreachable or answered with an error."""
+
+
+class FileChangedError(AlearnError):
+    """An image's bytes no longer match the sha256 recorded when it was ingested."""

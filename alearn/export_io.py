@@ -41,11 +41,8 @@ def check_out(out: Path, overwrite: bool, *, image_root: Path | None = None) -> 
 
 
 def write_marker(root: Path, project_name: str) -> None:
-    import datetime as dt
-
-    write_json(root / MARKER, {"alearn_export": 1, "project": project_name,
-                               "written_at": dt.datetime.now(dt.UTC).isoformat(
-                                   timespec="seconds")})
+    """Mark a folder as an alearn export (no time in it: exports stay byte-identical)."""
+    write_json(root / MARKER, {"alearn_export": 1, "project": project_name})
 
 
 @contextmanager

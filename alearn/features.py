@@ -311,7 +311,8 @@ def embed_project(project: Project, *, shard: tuple[int, int] = (0, 1), progress
         computed, failures = embed_files(
             backbone.model, backbone.transform(), project.image_root, [r.path for r in todo],
             on_vectors=save, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-            chunk_size=chunk_size, progress=progress, label=f"embedding shard {i}/{n}")
+            chunk_size=chunk_size, progress=progress, label=f"embedding shard {i}/{n}",
+            sha256s=[r.sha256 for r in todo])
         failed = [(todo[j].id, reason) for j, reason in failures]
     for item_id, reason in failed:
         logger.warning("embed failed item=%d reason=%s", item_id, reason)

@@ -22,6 +22,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ class IngestSummary:
     rejections: list[tuple[str, str]] = field(default_factory=list)
     updated: int = 0
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    changed: list[tuple[str, str]] = field(default_factory=list)
 
     def reject(self, path: str, reason: str) -> None:
         self.rejected += 1
@@ -68,6 +70,7 @@ class IngestSummary:
             "skipped": self.skipped, "updated": self.updated,
             "rejections": [{"path": p, "reason": r} for p, r in self.rejections],
             "warnings": [{"path": p, "message": m} for p, m in self.warnings],
+            "changed": [{"path": p, "reason": r} for p, r in self.changed],
         }
 
 
@@ -83,13 +86,42 @@ class Decoded:
     error: str | None = None
 
 
-def decode_image(path: Path, *, max_pixels: int) -> Decoded:
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``.
+
+    Opened without blocking, then checked on the open descriptor, so a FIFO, a device
+    or a socket named like an image is refused (never read, never waited on) even if it
+    replaces a file between a look and the read. Raises ValueError with the reason.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file (a FIFO, device, socket or folder); only "
+                             "image files are read")
+        if st.st_size > max_bytes:
+            raise ValueError(f"file too large: {st.st_size} bytes, over the limit of "
+                             f"{max_bytes} (ingest.max_file_mb)")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"file too large: over the limit of {max_bytes} bytes "
+                         "(ingest.max_file_mb)")
+    return data
+
+
+def decode_image(path: Path, *, max_pixels: int, max_bytes: int = 1 << 40) -> Decoded:
     """Read, hash and fully decode one file, saying what is wrong with it if anything.
 
     Call it with ``Image.DecompressionBombWarning`` turned into an error (ingest does).
     """
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, max_bytes)
+    except ValueError as exc:
+        return Decoded(None, error=str(exc))
     except OSError as exc:
         return Decoded(None, error=f"cannot read the file ({exc.strerror or exc})")
     if not data:
@@ -146,6 +178,8 @@ class _Known(NamedTuple):
     size: int | None
     item_id: int | None
     reason: str | None
+    mtime_ns: int | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,15 +234,27 @@ def ingest(project: Project, *, images: Path | None = None, manifest: Path | Non
     known = _known_files(store)
     todo: list[_Candidate] = []
     updates: list[tuple[int, _Candidate]] = []
+    max_bytes = int(project.config.ingest.max_file_mb * (1 << 20))
+    touched: list[tuple[str, int]] = []
     for c in candidates:
         rec = known.get(c.rel)
         if rec is None or (rec.status == "rejected" and _retry(rec, c)):
             todo.append(c)
             continue
+        if rec.item_id is not None:
+            why, mtime = _bytes_changed(rec, c, max_bytes)
+            if why is not None:
+                summary.changed.append((c.rel, why))
+                logger.warning("ingest refused a changed file path=%r reason=%r", c.rel, why)
+                continue
+            if mtime is not None and mtime != rec.mtime_ns:
+                touched.append((c.rel, mtime))
         summary.skipped += 1
         if c.row is not None and rec.item_id is not None:
             updates.append((rec.item_id, c))
     with store.session() as s:
+        for rel, mtime in touched:
+            _put_file(s, known, rel, mtime_ns=mtime)
         for ref in refusals:
             _record_refusal(s, ref, known, summary, root)
         for item_id, c in updates:
@@ -218,7 +264,7 @@ def ingest(project: Project, *, images: Path | None = None, manifest: Path | Non
     limit = limit if limit is not None else 2**63
 
     def decode(c: _Candidate) -> Decoded:
-        return decode_image(c.file, max_pixels=limit)
+        return decode_image(c.file, max_pixels=limit, max_bytes=max_bytes)
 
     with _progress_bar(progress, len(todo)) as advance, warnings.catch_warnings(), \
             ThreadPoolExecutor(workers) as pool:
@@ -319,8 +365,33 @@ def _unstorable(rel: str) -> str | None:
 def _known_files(store: Store) -> dict[str, _Known]:
     with store.session() as s:
         q = select(FileRecord.path, FileRecord.status, FileRecord.size, FileRecord.item_id,
-                   FileRecord.reason)
+                   FileRecord.reason, FileRecord.mtime_ns, Item.sha256
+                   ).outerjoin(Item, Item.id == FileRecord.item_id)
         return {r[0]: _Known(*r[1:]) for r in s.execute(q)}
+
+
+def _bytes_changed(rec: _Known, c: _Candidate, max_bytes: int) -> tuple[str | None, int | None]:
+    """(why the bytes at a known path differ from its item's, or None; its mtime_ns).
+
+    Cheap when nothing changed: size and modification time match what was recorded.
+    Otherwise the file is hashed: a touched file with the same bytes is no change.
+    """
+    try:
+        st = c.file.stat()
+    except OSError as exc:
+        return f"cannot read it any more ({exc.strerror or exc})", None
+    if rec.size == st.st_size and rec.mtime_ns == st.st_mtime_ns:
+        return None, st.st_mtime_ns
+    try:
+        sha = hashlib.sha256(read_regular_file(c.file, max_bytes)).hexdigest()
+    except (OSError, ValueError) as exc:
+        return f"cannot read it any more ({exc})", None
+    if rec.sha256 is None or sha == rec.sha256:
+        return None, st.st_mtime_ns
+    return (f"its bytes changed since it was ingested (sha256 {rec.sha256[:12]}... is now "
+            f"{sha[:12]}...). The item keeps the old hash, its votes and labels; the new "
+            "bytes are refused. Restore the file, or give the new image a new name to add "
+            "it as a new item."), st.st_mtime_ns
 
 
 def _retry(rec: _Known, c: _Candidate) -> bool:
@@ -331,6 +402,13 @@ def _retry(rec: _Known, c: _Candidate) -> bool:
         return c.file.stat().st_size != rec.size
     except OSError:
         return True
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _file_size(path: Path) -> int | None:
@@ -389,12 +467,13 @@ def _write_batch(s: Session, batch: list[_Candidate], results: list[Decoded],
         item_id = items[r.sha256]
         if new.get(r.sha256) is None or new[r.sha256].path != c.rel:
             _put_file(s, known, c.rel, status="duplicate", reason=None, item_id=item_id,
-                      size=r.size)
+                      size=r.size, mtime_ns=_mtime(c.file))
             summary.duplicate += 1
             if c.row is not None:
                 _apply_row(s, item_id, c, summary, overwrite=False)
             continue
-        _put_file(s, known, c.rel, status="item", reason=None, item_id=item_id, size=r.size)
+        _put_file(s, known, c.rel, status="item", reason=None, item_id=item_id, size=r.size,
+                  mtime_ns=_mtime(c.file))
         if c.row is not None and c.row.label is not None:
             s.add(Label(item_id=item_id, label=c.row.label, origin="manifest", is_gold=True))
         summary.added += 1
@@ -444,7 +523,10 @@ def _apply_row(s: Session, item_id: int, c: _Candidate, summary: IngestSummary, 
         return True
     if label.label == row.label:
         return changed
-    if overwrite and label.origin == "manifest":
+    if overwrite and label.origin == "manifest" and item.path == c.rel:
+        summary.warnings.append((c.rel, (
+            f"manifest row {row.row}: relabeled item {item_id} from {label.label!r} to "
+            f"{row.label!r} (the manifest is the newer word for its own file)")))
         label.label = row.label
         return True
     summary.warnings.append((c.rel, (

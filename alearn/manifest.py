@@ -141,7 +141,7 @@ def _read_jsonl(path: Path, text: str) -> list[ManifestRow]:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw, parse_constant=_no_constant)
+            record = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
         except ValueError as exc:
             msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             rows.append(ManifestRow(row=line, path=None, error=f"not valid JSON ({msg})"))
@@ -160,6 +160,13 @@ def _read_jsonl(path: Path, text: str) -> list[ManifestRow]:
             'object a line, e.g. {"path": "a/1.jpg", "label": "cat"}.'
         )
     return rows
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is too large to store (not finite)")
+    return value
 
 
 def _no_constant(name: str) -> Any:

@@ -6,6 +6,7 @@ take ``--project DIR``.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -96,4 +97,39 @@ class Project:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.database_url)
+        """The project's store, checked to be this project's: a database that another
+        project claimed first is refused (two projects never mix their labels)."""
+        store = Store(self.database_url)
+        mine = self.project_id
+        claimed = store.get_meta("project_id")
+        if claimed is None:
+            store.set_meta("project_id", mine)
+        elif claimed != mine:
+            safe = store.safe_url
+            store.dispose()
+            raise ConfigError(
+                f"the database {safe} belongs to another alearn project (id {claimed}); this "
+                f"project ({self.root}) is {mine}. Point ALEARN_DATABASE_URL at this "
+                "project's own database.")
+        return store
+
+    @cached_property
+    def project_id(self) -> str:
+        """A random id made once, kept in ``data/project-id`` (shared with the project
+        folder by every host)."""
+        import uuid
+
+        path = self.data_dir / "project-id"
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        new = uuid.uuid4().hex
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # another process made it first
+            return path.read_text(encoding="utf-8").strip()
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new + "\n")
+        return new

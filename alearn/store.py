@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -68,6 +69,7 @@ class FileRecord(Base):
     item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     size: Mapped[int | None] = mapped_column(Integer)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -243,11 +245,27 @@ class Store:
     def create_all(self) -> None:
         try:
             Base.metadata.create_all(self.engine)
+            self._add_missing_columns()
         except OperationalError as exc:
             raise StoreError(
                 f"cannot open the database at {self.safe_url}: {str(exc.orig).strip()}. "
                 "Check ALEARN_DATABASE_URL and that the server is running."
             ) from None
+
+    def _add_missing_columns(self) -> None:
+        """Additive schema changes: a nullable column a newer alearn declares and an older
+        store lacks is added (ALTER TABLE ... ADD COLUMN), so old stores keep working."""
+        from sqlalchemy import inspect, text
+
+        insp = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                have = {c["name"] for c in insp.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name in have or not col.nullable:
+                        continue
+                    kind = col.type.compile(dialect=self.engine.dialect)
+                    conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{col.name}" {kind}'))
 
     @property
     def safe_url(self) -> str:

@@ -76,7 +76,8 @@ def build_project(tmp_path: Path, *, settings: Settings | None = None,
         for k, (rel, cls) in enumerate(files):
             with Image.open(images / rel) as img:
                 w, h = img.size
-            item = Item(sha256=f"{k:064x}", path=rel, width=w, height=h, source="camera-a",
+            sha = hashlib.sha256((images / rel).read_bytes()).hexdigest()
+            item = Item(sha256=sha, path=rel, width=w, height=h, source="camera-a",
                         captured_at=dt.datetime(2024, 5, 1 + k % 28, 12, 0), lat=48.1 + k / 100,
                         lon=11.5, license="CC-BY-4.0", extra={"site": f"s{k % 3}", "n": k})
             if k % 5 == 0:
@@ -328,6 +329,18 @@ def test_annotators_are_pseudonymised_unless_asked(built, tmp_path):
     assert sorted(two["votes"].values()) == ["cat", "cat", "dog"]
     assert all(k.startswith("annotator-") for k in two["votes"])
     assert rows["a"] == rows["b"]  # stable: the same person has the same pseudonym
+
+
+def test_a_file_changed_since_ingest_is_a_clear_error(built, tmp_path):
+    project, _ = built
+    from alearn.exceptions import FileChangedError
+
+    victim = next(p for p in sorted(project.image_root.rglob("*.png")))
+    with Image.open(victim) as img:
+        img.rotate(90).save(victim)  # other bytes, still an image, same path
+    with pytest.raises(FileChangedError, match=f"{victim.name} changed since it was ingested"):
+        export_dataset(project, tmp_path / "out", format="csv")
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_export_inside_the_image_root_is_refused(built, tmp_path):

@@ -86,7 +86,7 @@ def test_good_images_in_nested_folders_on_both_databases(
     assert len(count_decodes) == 6
     second = ingest(project)
     assert second.to_dict() == {"added": 0, "duplicate": 0, "rejected": 0, "skipped": 6,
-                                "updated": 0, "rejections": [], "warnings": []}
+                                "updated": 0, "rejections": [], "warnings": [], "changed": []}
     assert len(count_decodes) == 6
     assert len(items(project)) == 6
     project.store.dispose()
@@ -226,21 +226,47 @@ def test_reingest_adds_only_new_files_and_retries_changed_rejects(
     (root / "late.png").write_bytes(b"")
     first = ingest(project)
     assert (first.added, first.rejected) == (6, 1)
-    # overwrite a known good file with same-size garbage: a skipped path is never read
+    # overwrite a known good file with same-size garbage: the change is seen (its
+    # modification time moved, so it is hashed), reported and refused, never decoded
     target = root / "a" / "img0.png"
+    old_sha = items(project)["a/img0.png"].sha256
     target.write_bytes(b"\0" * target.stat().st_size)
     n = len(count_decodes)
     second = ingest(project)
-    assert (second.added, second.rejected, second.skipped) == (0, 0, 7)
+    assert (second.added, second.rejected, second.skipped) == (0, 0, 6)
+    assert [p for p, _ in second.changed] == ["a/img0.png"]
+    assert "bytes changed since it was ingested" in second.changed[0][1]
+    assert items(project)["a/img0.png"].sha256 == old_sha  # the item keeps its bytes' hash
     assert len(count_decodes) == n
     # a new file, and the rejected (empty) file now holds an image: both are read
     write_image(root / "b" / "new.jpg", seed=77)
     write_image(root / "late.png", seed=78)
     third = ingest(project)
-    assert (third.added, third.rejected, third.skipped) == (2, 0, 6)
+    assert (third.added, third.rejected, third.skipped, len(third.changed)) == (2, 0, 5, 1)
     assert sorted(count_decodes[n:]) == sorted([root / "b" / "new.jpg", root / "late.png"])
     assert files(project)["late.png"].status == "item"
     assert files(project)["late.png"].reason is None
+
+
+def test_a_touched_file_with_the_same_bytes_is_no_change(project: Project) -> None:
+    ingest(project)
+    target = project.image_root / "a" / "img0.png"
+    os.utime(target, ns=(1, 1))
+    again = ingest(project)
+    assert again.changed == [] and again.skipped == again.to_dict()["skipped"] > 0
+    assert files(project)["a/img0.png"].mtime_ns == 1  # recorded, so next time is cheap
+
+
+def test_a_fifo_or_a_huge_file_is_rejected_unread(project: Project) -> None:
+    fifo = project.image_root / "x.png"
+    os.mkfifo(fifo)
+    big = project.image_root / "big.png"
+    big.write_bytes(b"\0" * (2 << 20))
+    project.config.ingest.max_file_mb = 1.0
+    summary = ingest(project)  # would hang forever reading the FIFO
+    reasons = dict(summary.rejections)
+    assert "not a regular file" in reasons["x.png"]
+    assert "file too large" in reasons["big.png"] and "ingest.max_file_mb" in reasons["big.png"]
 
 
 def test_a_crash_mid_ingest_keeps_committed_batches(project: Project,
