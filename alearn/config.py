@@ -127,6 +127,14 @@ class AgreementConfig(_Section):
         ),
     )
 
+    @field_validator("consensus")
+    @classmethod
+    def _check_consensus(cls, value: str) -> str:
+        if value not in ("majority", "dawid_skene"):
+            raise ValueError(f"{value!r} is not a consensus method; use 'majority' or "
+                             "'dawid_skene'")
+        return value
+
 
 class LabelStudioConfig(_Section):
     title: str = Field("", description="Label Studio project title; empty uses the project name.")
@@ -220,6 +228,11 @@ def load_config(path: Path) -> ProjectConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}). Fix the file and retry.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}). Save it as UTF-8 "
+                          "and retry.") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror}).") from None
     try:
         return ProjectConfig.model_validate(data)
     except ValidationError as exc:

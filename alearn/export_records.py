@@ -47,13 +47,18 @@ def pseudonymizer(project: Project) -> Any:
     import hmac
     import secrets
 
-    key = project.store.get_meta("export_pseudonym_key")
-    if key is None:
-        key = secrets.token_hex(32)
-        project.store.set_meta("export_pseudonym_key", key)
-    raw = bytes.fromhex(str(key))
-    return lambda who: "annotator-" + hmac.new(raw, str(who).encode(), hashlib.sha256
-                                               ).hexdigest()[:10]
+    keys: list[bytes] = []
+
+    def name(who: str) -> str:
+        if not keys:  # made on first use, so an export with no votes changes nothing
+            key = project.store.get_meta("export_pseudonym_key")
+            if key is None:
+                key = secrets.token_hex(32)
+                project.store.set_meta("export_pseudonym_key", key)
+            keys.append(bytes.fromhex(str(key)))
+        return "annotator-" + hmac.new(keys[0], str(who).encode(), hashlib.sha256
+                                       ).hexdigest()[:10]
+    return name
 
 
 def load_records(

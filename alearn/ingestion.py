@@ -22,7 +22,6 @@ import hashlib
 import io
 import logging
 import os
-import stat
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from alearn.exceptions import ConfigError, IngestError, ManifestRowError
 from alearn.exif import ExifInfo, read_exif
+from alearn.files import read_regular_file
 from alearn.manifest import MAX_PATH, ManifestRow, check_row, read_manifest, row_path
 from alearn.project import Project
 from alearn.store import FileRecord, Item, Label, Store
@@ -84,33 +84,6 @@ class Decoded:
     height: int = 0
     exif: ExifInfo = ExifInfo()
     error: str | None = None
-
-
-def read_regular_file(path: Path, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``.
-
-    Opened without blocking, then checked on the open descriptor, so a FIFO, a device
-    or a socket named like an image is refused (never read, never waited on) even if it
-    replaces a file between a look and the read. Raises ValueError with the reason.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file (a FIFO, device, socket or folder); only "
-                             "image files are read")
-        if st.st_size > max_bytes:
-            raise ValueError(f"file too large: {st.st_size} bytes, over the limit of "
-                             f"{max_bytes} (ingest.max_file_mb)")
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:
-        raise ValueError(f"file too large: over the limit of {max_bytes} bytes "
-                         "(ingest.max_file_mb)")
-    return data
 
 
 def decode_image(path: Path, *, max_pixels: int, max_bytes: int = 1 << 40) -> Decoded:
@@ -220,6 +193,31 @@ def ingest(project: Project, *, images: Path | None = None, manifest: Path | Non
     """
     if batch_size < 1 or workers < 1:
         raise ConfigError(f"batch_size={batch_size}, workers={workers}: both must be >= 1.")
+    with _only_ingest(project):
+        return _ingest(project, images=images, manifest=manifest, progress=progress,
+                       batch_size=batch_size, workers=workers, max_pixels=max_pixels)
+
+
+@contextmanager
+def _only_ingest(project: Project) -> Iterator[None]:
+    """One ingest per project at a time (a lock file the OS releases if we die)."""
+    import fcntl
+
+    project.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(project.data_dir / "ingest.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IngestError("another 'alearn ingest' of this project is running; wait for "
+                              "it to finish, then run this one again.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ingest(project: Project, *, images: Path | None, manifest: Path | None, progress: bool,
+            batch_size: int, workers: int, max_pixels: int | None) -> IngestSummary:
     root = project.image_root
     if not root.is_dir():
         raise IngestError(f"the image root {root} is not a folder. Create it, or set "
@@ -426,6 +424,8 @@ def _put_file(s: Session, known: dict[str, _Known], path: str, **values: Any) ->
         rec = s.scalars(select(FileRecord).where(FileRecord.path == path)).one_or_none()
     if rec is None:
         s.add(FileRecord(path=path, **values))
+        known[path] = _Known(values.get("status", ""), values.get("size"),
+                             values.get("item_id"), values.get("reason"))
         return
     for key, value in values.items():
         setattr(rec, key, value)

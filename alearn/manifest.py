@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from alearn.exceptions import IngestError, ManifestRowError
+from alearn.files import read_regular_file
 
 MAX_TEXT = 256  # label, source and license columns of the store
 MAX_PATH = 1024  # files.path and items.path
@@ -64,6 +65,10 @@ class ManifestRow:
     error: str | None = None
 
 
+#: A manifest larger than this is refused (1 GiB: some ten million rows).
+MAX_MANIFEST_BYTES = 1 << 30
+
+
 def read_manifest(path: Path | str) -> list[ManifestRow]:
     """Parse a ``.csv`` or ``.jsonl`` manifest into rows (bad rows carry ``error``)."""
     path = Path(path)
@@ -74,7 +79,12 @@ def read_manifest(path: Path | str) -> list[ManifestRow]:
             "Give a .csv file (with a header row) or a .jsonl file (one JSON object a line)."
         )
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular_file(path, MAX_MANIFEST_BYTES, limit="1 GiB for a manifest").decode("utf-8-sig")
+    except ValueError as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            raise IngestError(f"manifest {path}: not UTF-8 text (byte {exc.start}). Save it "
+                              "as UTF-8 and retry.") from None
+        raise IngestError(f"manifest {path}: {exc}.") from None
     except UnicodeDecodeError as exc:
         raise IngestError(
             f"manifest {path}: not UTF-8 text (byte {exc.start}). Save it as UTF-8 and retry."

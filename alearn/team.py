@@ -9,6 +9,7 @@ who labels in Label Studio is set aside with a reason, never counted and never l
 from __future__ import annotations
 
 import logging
+import re
 
 from sqlalchemy import delete, select
 
@@ -22,7 +23,7 @@ ROLES = ("annotator", "reviewer")
 
 def _email(email: str) -> str:
     email = email.strip().lower()
-    if "@" not in email or len(email) > 256 or any(c.isspace() for c in email):
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", email) or len(email) > 256:
         raise ConfigError(f"{email!r} is not an email; the roster names people by their "
                           "Label Studio email.")
     return email
