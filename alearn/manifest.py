@@ -79,7 +79,8 @@ def read_manifest(path: Path | str) -> list[ManifestRow]:
             "Give a .csv file (with a header row) or a .jsonl file (one JSON object a line)."
         )
     try:
-        text = read_regular_file(path, MAX_MANIFEST_BYTES, limit="1 GiB for a manifest").decode("utf-8-sig")
+        raw = read_regular_file(path, MAX_MANIFEST_BYTES, limit="1 GiB for a manifest")
+        text = raw.decode("utf-8-sig")
     except ValueError as exc:
         if isinstance(exc, UnicodeDecodeError):
             raise IngestError(f"manifest {path}: not UTF-8 text (byte {exc.start}). Save it "
