@@ -325,12 +325,13 @@ def test_a_manifest_row_that_is_bad_is_set_aside_and_the_rest_ingested(
         '{"path": "new.png", "label": "cat", "score": 1e400}\n'   # not finite
         '{"path": "new2.png", "label": "dog"}\n'
         '{"path": "new2.png", "label": "fish"}\n'                  # same path again, bad label
-        '{"path": "../outside.png"}\n')
+        '{"path": "../outside.png"}\n'
+        '{"path": "missing.png"}\n{"path": "missing.png"}\n')   # the same bad path twice
     code, out, err = run(["ingest", "--manifest", "m.jsonl", "--json"], capsys)
     assert code == 0 and "Traceback" not in out + err
     data = json.loads(out)
     reasons = " ".join(r["reason"] for r in data["rejections"])
-    assert "not finite" in reasons and "outside" in reasons
+    assert "not finite" in reasons and "outside" in reasons and "missing.png" in out
     assert data["added"] >= 1
     code, out, _ = run(["ingest", "--manifest", "m.jsonl", "--json"], capsys)  # again: calm
     assert code == 0

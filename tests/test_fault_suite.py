@@ -26,6 +26,9 @@ def test_every_fault_scenario_ends_with_nothing_lost() -> None:
                          capture_output=True, text=True, env=env, timeout=2400, cwd=ROOT)
     assert run.stdout, run.stderr[-3000:]
     report = json.loads(run.stdout)
+    keep = os.environ.get("ALEARN_TEST_FAULT_REPORT")  # where to keep the JSON, if asked
+    if keep:
+        Path(keep).write_text(run.stdout)
     summary = report["summary"]
     failed = [s for s in report["scenarios"] if not s["passed"]]
     assert not failed, json.dumps(failed, indent=1)[-6000:]

@@ -340,11 +340,16 @@ def reconcile(project: Project, conn: Redis) -> list[str]:
     A planned round whose chain is dead restarts from its first unfinished step (each
     step is idempotent); one whose chain failed for good is failed with the reason. A
     pushed or collecting round gets a pull, which closes it when full; a dead close job
-    is replaced.
+    is replaced. With no round open, a pull still runs (changes after close).
     """
     actions: list[str] = _reconcile_adjudication(project, conn)
     rnd = active_round(project.store)
     if rnd is None or rnd.status not in ACTIVE:
+        # no round open: still pull, so that a vote edited, added or deleted in Label
+        # Studio after its round closed is seen (the round is then marked stale)
+        if project.store.get_meta("ls_project_id") is not None and enqueue_pull(
+                project, conn, delay=0):
+            actions.append("pull enqueued (no round open)")
         return actions
     status = rnd.status
     if status == PLANNED:
