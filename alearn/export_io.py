@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from alearn.exceptions import ConfigError
+from alearn.files import sha256_file
 
 CHECKSUMS = "checksums.sha256"
 
@@ -77,14 +77,6 @@ def write_checksums(root: Path) -> None:
     paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     lines = [f"{sha256_file(root / p)}  {p}\n" for p in paths if p != CHECKSUMS]
     (root / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -6,6 +6,7 @@ forever, and a huge file would fill the memory; both are refused with a reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -36,3 +37,12 @@ def read_regular_file(path: Path, max_bytes: int, *,
     if len(data) > max_bytes:
         raise ValueError(f"file too large: over the limit of {max_bytes} bytes ({limit})")
     return data
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 
 from alearn.classifier import EmbeddingClassifier
 from alearn.exceptions import StoreError
+from alearn.files import sha256_file
 from alearn.project import Project
 from alearn.store import Item, ModelRecord
 
@@ -204,13 +205,13 @@ def train_head(project: Project, *, round_id: int | None = None) -> ModelRecord 
     with store.session() as s:
         existing = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
     if existing is not None and existing.path and Path(existing.path).is_file() and \
-            store.get_meta(f"model_sha256:{version}") == _sha256(Path(existing.path)):
+            store.get_meta(f"model_sha256:{version}") == sha256_file(Path(existing.path)):
         return existing
     head = make_head(project).fit(X, y)
     cv = cv_accuracy(make_head(project), X, y)
     path = project.models_dir / f"{version}.joblib"
     _atomic_dump(head, path)
-    store.set_meta(f"model_sha256:{version}", _sha256(path))
+    store.set_meta(f"model_sha256:{version}", sha256_file(path))
     with store.session() as s:
         record = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
         if record is None:
@@ -239,7 +240,7 @@ def load_head(project: Project, version: str) -> EmbeddingClassifier:
     if not path.is_file():
         raise StoreError(f"model {version!r}: file {path} is missing. Retrain the head.")
     expected = project.store.get_meta(f"model_sha256:{version}")
-    if expected is None or _sha256(path) != expected:
+    if expected is None or sha256_file(path) != expected:
         raise StoreError(f"model file {path} is not the one alearn saved (its sha256 "
                          f"{'is unrecorded' if expected is None else 'differs'}); it is not "
                          "loaded. Delete it and the next round retrains the head.")
@@ -247,16 +248,6 @@ def load_head(project: Project, version: str) -> EmbeddingClassifier:
     if not isinstance(head, EmbeddingClassifier):
         raise StoreError(f"model file {path} does not hold an EmbeddingClassifier.")
     return head
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_dump(obj: object, path: Path) -> None:

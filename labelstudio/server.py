@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from alearn.exceptions import ConfigError, LabelStudioError
+from alearn.processes import pid_alive
 from labelstudio.urls import served_link
 
 logger = logging.getLogger(__name__)
@@ -83,28 +84,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pid_alive(pid: int) -> bool:
-    try:  # reap it if it is our own finished child
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return True
-    return True
 
 
 def _start_time(pid: int) -> int | None:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _datasets import FASHION_DIR, load_split  # noqa: E402
 
-from labelstudio.server import pid_alive  # noqa: E402
+from alearn.processes import pid_alive  # noqa: E402
 
 ALEARN = str(ROOT / ".venv" / "bin" / "alearn")
 

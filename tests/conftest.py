@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from redis import Redis
 
 from alearn.config import Settings
 from alearn.project import Project
@@ -29,6 +30,16 @@ def _clean_alearn_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("ALEARN_") and not key.startswith("ALEARN_TEST_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def redis_conn(monkeypatch: pytest.MonkeyPatch) -> Iterator[Redis]:
+    """The test Redis database, flushed before and after; workers in the test use it."""
+    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
+    conn = Redis.from_url(REDIS_TEST_URL)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REDIS_TEST_URL, write_image
+from conftest import write_image
 from redis import Redis
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
@@ -49,15 +49,6 @@ from workers.orchestrate import (
 
 TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
         "batch_size": 8, "num_workers": 0}
-
-
-@pytest.fixture
-def redis_conn(monkeypatch: pytest.MonkeyPatch) -> Redis:
-    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
-    conn = Redis.from_url(REDIS_TEST_URL)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
 
 
 @pytest.fixture

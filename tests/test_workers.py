@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REDIS_TEST_URL, write_image
+from conftest import write_image
 from redis import Redis
 from rq import Retry, SimpleWorker
 from rq.registry import ScheduledJobRegistry
@@ -21,15 +21,6 @@ from workers.orchestrate import enqueue_pull, reconcile, start_round
 
 TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
         "batch_size": 8, "num_workers": 0}
-
-
-@pytest.fixture
-def redis_conn(monkeypatch: pytest.MonkeyPatch) -> Redis:
-    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
-    conn = Redis.from_url(REDIS_TEST_URL)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from rq import Queue
 
 from alearn.config import Settings
 from alearn.exceptions import AlearnError
+from alearn.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +84,8 @@ def job_is_running(conn: Redis, job_id: str) -> bool:
         return False
     host, _, pid = holder.decode().rpartition(":")
     if host == _HOST and pid.isdigit():
-        return _pid_alive(int(pid))  # same host: a killed process is seen at once
+        return pid_alive(int(pid))  # same host: a killed process is seen at once
     return True
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 1:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed, not yet reaped) is dead too
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class Lease:
@@ -209,7 +193,7 @@ def take_over_dead_schedulers(conn: Redis, queue_names: list[str]) -> list[str]:
         beat = _parse_utc(info.get("last_heartbeat"))
         dead = beat is None or now - beat > SCHEDULER_STALE_SECONDS
         if not dead and info.get("hostname") == _HOST and info.get("pid", "").isdigit():
-            dead = not _pid_alive(int(info["pid"]))
+            dead = not pid_alive(int(info["pid"]))
         if dead and conn.eval(_RELEASE_IF_HOLDER, 1, key, holder):
             freed.append(queue)
             log.warning("worker_event=scheduler_taken_over queue=%s dead_scheduler=%s",
@@ -226,7 +210,7 @@ def worker_alive(worker: Any) -> bool:
     """Whether an RQ worker is alive: on this host its process must exist; anywhere, its
     heartbeat must be recent."""
     pid = getattr(worker, "pid", None)
-    if getattr(worker, "hostname", None) == _HOST and pid and not _pid_alive(int(pid)):
+    if getattr(worker, "hostname", None) == _HOST and pid and not pid_alive(int(pid)):
         return False
     beat = getattr(worker, "last_heartbeat", None)
     if beat is None:
