@@ -172,7 +172,9 @@ def step_failed(job: Job, connection: Redis, exc_type: Any = None, exc: Any = No
 def after_push(job: Job, connection: Redis, result: Any) -> None:
     """on_success of push: the round is in Label Studio."""
     project = _open(job.args[0])
-    transition(project.store, int(job.args[1]), PUSHED)
+    round_id = int(job.args[1])
+    if get_round(project.store, round_id).status == PLANNED:  # not if aborted meanwhile
+        transition(project.store, round_id, PUSHED)
     ensure_tick(project, connection)
 
 
