@@ -118,7 +118,8 @@ def _ls_data_dir(ctx: Context) -> Path:
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="Port on 127.0.0.1.")
 @click.option("--allow-webhook-host", "allow_hosts", multiple=True, metavar="HOST",
-              help="An address Label Studio may call (the webhook receiver's); SSRF "
+              help="An address Label Studio may call: the webhook receiver's, best one of "
+                   "its own such as 127.0.0.2 (the whole address is allowed); SSRF "
                    "protection keeps every other private or local address out.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx

@@ -31,7 +31,7 @@ def read_regular_file(path: Path, max_bytes: int, *,
                              f"{max_bytes} ({limit})")
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)
+            data = f.read(min(st.st_size, max_bytes) + 1)  # +1: it may have grown
     finally:
         os.close(fd)
     if len(data) > max_bytes:

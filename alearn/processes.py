@@ -6,17 +6,20 @@ import os
 from pathlib import Path
 
 
-def pid_alive(pid: int) -> bool:
+def pid_alive(pid: int, *, reap: bool = False) -> bool:
     """True while process ``pid`` runs: not gone, not a zombie; never for pid <= 1 (0 and
-    -1 name process groups, 1 is init). Reaps it if it is our own finished child."""
+    -1 name process groups, 1 is init). With ``reap``, a finished child of ours is
+    reaped (only for children this code started: reaping another's child, e.g. RQ's
+    scheduler process, would hide its death from its owner)."""
     if pid <= 1:
         return False
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
+    if reap:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return False
+        except ChildProcessError:
+            pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -170,7 +170,7 @@ def server_status(data_dir: Path | str) -> ServerInfo | None:
     if info is None:
         return None
     pid = info["pid"]
-    if pid <= 1 or not pid_alive(pid):
+    if pid <= 1 or not pid_alive(pid, reap=True):
         return None
     if _is_our_label_studio(pid, data_dir, info.get("started")) is not None:
         return None
@@ -187,7 +187,11 @@ _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE",
 
 def banned_subnets(allow_hosts: list[str] = ()) -> list[str]:  # type: ignore[assignment]
     """Label Studio's default banned (reserved) subnets, less the given hosts' addresses:
-    SSRF protection stays on, and only a webhook receiver's host is reachable."""
+    SSRF protection stays on, and only a webhook receiver's host is reachable.
+
+    The allowance is per address, not per port: run the receiver on an address of its
+    own (e.g. ``alearn webhook serve --host 127.0.0.2`` with ``--allow-webhook-host
+    127.0.0.2``), so nothing else on the machine becomes reachable."""
     import ipaddress
 
     reserved = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
@@ -199,8 +203,15 @@ def banned_subnets(allow_hosts: list[str] = ()) -> list[str]:  # type: ignore[as
                 "ff00::/8"]
     nets = [ipaddress.ip_network(n) for n in reserved]
     for host in allow_hosts:
-        addr = ipaddress.ip_network(socket.gethostbyname(host) if not host[0].isdigit()
-                                    else host)
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            try:
+                ip = ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0])
+            except (OSError, IndexError, ValueError):
+                raise ConfigError(f"webhook host {host!r}: not an address, and it does not "
+                                  "resolve. Give the receiver's IP address.") from None
+        addr = ipaddress.ip_network(ip)
         out = []
         for net in nets:
             if addr.version == net.version and addr.subnet_of(net):  # type: ignore[arg-type]
@@ -341,7 +352,7 @@ def stop_server(data_dir: Path | str, *, timeout: float = 30.0) -> bool:
     if info is None:
         return False
     pid = info["pid"]
-    if pid > 1 and not pid_alive(pid):
+    if pid > 1 and not pid_alive(pid, reap=True):
         (data_dir / STATE_FILE).unlink(missing_ok=True)
         return False
     why = _is_our_label_studio(pid, data_dir, info.get("started"))
@@ -354,13 +365,13 @@ def stop_server(data_dir: Path | str, *, timeout: float = 30.0) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not pid_alive(pid):
+        if not pid_alive(pid, reap=True):
             logger.info("label studio stopped pid=%s", pid)
             return True
         time.sleep(0.2)
     if _is_our_label_studio(pid, data_dir, info.get("started")) is None:
         os.kill(pid, signal.SIGKILL)
-    while pid_alive(pid) and time.monotonic() < deadline + 5:
+    while pid_alive(pid, reap=True) and time.monotonic() < deadline + 5:
         time.sleep(0.1)
     logger.warning("label studio killed pid=%s after %.0f s", pid, timeout)
     return True

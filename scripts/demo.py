@@ -79,9 +79,9 @@ class Demo:
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and pid_alive(pid):
+            while time.monotonic() < deadline and pid_alive(pid, reap=True):
                 time.sleep(0.2)
-            if pid_alive(pid):
+            if pid_alive(pid, reap=True):
                 os.kill(pid, signal.SIGKILL)
             print(f"stopped {name} (pid {pid})")
         self.pids.unlink(missing_ok=True)

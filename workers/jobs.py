@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: Returned by a job whose step another worker holds: try again every 5 s, for 10 min.
 BUSY = Retry(max=120, interval=5)
+#: Pull and close share one lease: a close never reads votes that a pull is rewriting,
+#: and a pull never mistakes a round that closed under it for an open one.
+VOTES = "votes"
 
 
 def _open(project_dir: str) -> Project:
@@ -137,7 +140,7 @@ def pull_job(project_dir: str) -> dict[str, Any] | Retry:
     from labelstudio.client import connect_label_studio
     from labelstudio.pull import pull_annotations
 
-    with _step(project_dir, "pull") as held:
+    with _step(project_dir, VOTES) as held:
         if held is None:
             return BUSY
         project, _conn = held
@@ -162,7 +165,7 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
     from alearn.closing import close_round
     from alearn.rounds import is_stale
 
-    with _step(project_dir, f"close:{round_id}") as held:
+    with _step(project_dir, VOTES) as held:  # never while a pull writes votes
         if held is None:
             return BUSY
         project, _conn = held

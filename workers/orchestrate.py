@@ -21,6 +21,7 @@ decided here, in RQ callbacks (``on_success`` / ``on_failure``) and in the perio
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -63,6 +64,7 @@ RETRY = Retry(max=3, interval=[5, 15, 30])
 #: A started job whose lease has not appeared after this long is dead.
 START_GRACE_SECONDS = 15
 CHAIN = ("embed", "train", "select", "push")
+CHAIN_RESULT_TTL = 7 * 24 * 3600
 
 
 def _open(project_dir: str) -> Project:
@@ -127,28 +129,33 @@ def _enqueue_chain(project: Project, conn: Redis, round_id: int, *, from_step: s
     def meta(step: str) -> dict[str, Any]:
         return {"round_id": round_id, "step": step}
 
+    # a finished step must outlive the chain's slowest step, or reconcile would take
+    # its vanished result for a lost job (RQ keeps results 500 s by default)
+    keep = {"result_ttl": CHAIN_RESULT_TTL}
+
     steps = CHAIN[CHAIN.index(from_step):]
     prev: Any = None
     if "embed" in steps:
         prev = [
             queues.get_queue(conn, settings, "embed").enqueue(
-                jobs.embed_job, pdir, i, embed_shards, retry=RETRY, job_timeout=3600,
+                jobs.embed_job, pdir, i, embed_shards, retry=RETRY, job_timeout=3600, **keep,
                 meta=meta("embed"), on_failure=failed,
                 description=f"embed shard {i}/{embed_shards} for round {rnd.number}")
             for i in range(embed_shards)
         ]
     if "train" in steps:
         prev = queues.get_queue(conn, settings, "train").enqueue(
-            jobs.train_job, pdir, round_id, depends_on=prev, retry=RETRY, job_timeout=1800,
+            jobs.train_job, pdir, round_id, depends_on=prev, retry=RETRY, job_timeout=1800, **keep,
             meta=meta("train"), on_failure=failed,
             description=f"train head for round {rnd.number}")
     if "select" in steps:
         prev = queues.get_queue(conn, settings, "train").enqueue(
             jobs.select_job, pdir, round_id, depends_on=prev, retry=RETRY, job_timeout=1800,
+            **keep,
             meta=meta("select"), on_failure=failed,
             description=f"select batch for round {rnd.number}")
     push = queues.get_queue(conn, settings, "sync").enqueue(
-        jobs.push_job, pdir, round_id, depends_on=prev, retry=RETRY, job_timeout=1800,
+        jobs.push_job, pdir, round_id, depends_on=prev, retry=RETRY, job_timeout=1800, **keep,
         meta=meta("push"), on_failure=failed, on_success=Callback(after_push),
         description=f"push round {rnd.number} to Label Studio")
     set_round_fields(project.store, round_id, job_id=push.id)
@@ -354,6 +361,8 @@ def reconcile(project: Project, conn: Redis) -> list[str]:
             actions.append("pull enqueued (no round open)")
         return actions
     status = rnd.status
+    if status == PLANNED and rnd.job_id is None and _age_s(rnd) < START_GRACE_SECONDS * 4:
+        return actions  # 'round start' is enqueueing its chain right now
     if status == PLANNED:
         state = _job_state(conn, rnd.job_id)
         point = resume_point(project.store, rnd.id)
@@ -381,6 +390,11 @@ def reconcile(project: Project, conn: Redis) -> list[str]:
     for action in actions:
         log.info("round_event=reconcile round=%s action=%r", rnd.id, action)
     return actions
+
+
+def _age_s(rnd: Round) -> float:
+    created = rnd.created_at.replace(tzinfo=dt.UTC) if rnd.created_at else None
+    return (dt.datetime.now(dt.UTC) - created).total_seconds() if created else 1e9
 
 
 def _exists(conn: Redis, job_id: str) -> bool:
@@ -461,16 +475,35 @@ def retry_round(project: Project, conn: Redis, round_id: int) -> str:
         raise RoundError(f"round {other.number} is {other.status}; only one round may be "
                          f"active. End it with 'alearn round abort' before retrying round "
                          f"{rnd.number}.")
-    point = reopen(project.store, round_id)
-    _drop(conn, rnd.job_id)
-    _drop(conn, close_job_id(project, round_id))
-    if point.step in CHAIN:
-        _enqueue_chain(project, conn, round_id, from_step=point.step)
-    else:
-        conn.delete(f"alearn:debounce:pull:{queues.project_key(str(project.root))}")
-        enqueue_pull(project, conn, delay=0)
+    with _reconcile_lease(project, conn):  # a tick must not see it half reopened
+        _drop(conn, rnd.job_id)
+        _drop(conn, close_job_id(project, round_id))
+        point = reopen(project.store, round_id)
+        if point.step in CHAIN:
+            _enqueue_chain(project, conn, round_id, from_step=point.step)
+        else:
+            conn.delete(f"alearn:debounce:pull:{queues.project_key(str(project.root))}")
+            enqueue_pull(project, conn, delay=0)
     ensure_tick(project, conn)
     return point.step
+
+
+@contextlib.contextmanager
+def _reconcile_lease(project: Project, conn: Redis, *, wait_s: float = 30.0) -> Any:
+    """Hold the project's reconcile lease (waiting for a running tick to finish)."""
+    key = f"{queues.project_key(str(project.root))}:reconcile"
+    deadline = time.monotonic() + wait_s
+    while True:
+        with queues.job_lock(conn, key) as got:
+            if got:
+                yield
+                return
+        if time.monotonic() > deadline:
+            from alearn.exceptions import RoundError
+
+            raise RoundError("the workers' reconcile has been running for 30 s; try again "
+                             "in a minute.")
+        time.sleep(0.2)
 
 
 def abort_round(project: Project, conn: Redis, round_id: int) -> dict[str, Any]:

@@ -191,7 +191,11 @@ def take_over_dead_schedulers(conn: Redis, queue_names: list[str]) -> list[str]:
         info = {k.decode(): v.decode() for k, v in
                 conn.hgetall(SCHEDULER_KEY_TEMPLATE % holder.decode()).items()}
         beat = _parse_utc(info.get("last_heartbeat"))
-        dead = beat is None or now - beat > SCHEDULER_STALE_SECONDS
+        if beat is None:  # no hash yet: a starting scheduler, unless its lock went stale
+            ttl = conn.ttl(key)
+            dead = 0 <= ttl < 60 - SCHEDULER_STALE_SECONDS
+        else:
+            dead = now - beat > SCHEDULER_STALE_SECONDS
         if not dead and info.get("hostname") == _HOST and info.get("pid", "").isdigit():
             dead = not pid_alive(int(info["pid"]))
         if dead and conn.eval(_RELEASE_IF_HOLDER, 1, key, holder):

@@ -51,7 +51,7 @@ class AlearnWorker(Worker):
             return self.projects.get(project_dir) if isinstance(project_dir, str) else None
         try:  # config only: the store is opened by the jobs, never in this process
             project = Project.open(Path(project_dir), Settings.load())
-        except AlearnError:
+        except (AlearnError, OSError, ValueError):
             return None
         self.projects[project_dir] = project
         return project
@@ -79,8 +79,11 @@ class AlearnWorker(Worker):
                 log.exception("worker_event=tick_arm_failed project=%s", project.root)
 
     def execute_job(self, job: Any, queue: Any) -> Any:
-        if job.args:
-            self._remember(str(job.args[0]))
+        try:
+            if job.args:
+                self._remember(str(job.args[0]))
+        except Exception:  # noqa: BLE001 - remembering a project never stops a job
+            log.exception("worker_event=remember_failed job=%s", job.id)
         return super().execute_job(job, queue)
 
 
