@@ -42,8 +42,6 @@ _NEXT = {
     CLOSED: set(),
     ABORTED: set(),
 }
-#: The steps of a round, in order; a failure names one of them.
-STEPS = ("embed", "train", "select", "push", "pull", "close")
 
 
 def active_round(store: Store) -> Round | None:
@@ -179,13 +177,24 @@ def reopen(store: Store, round_id: int) -> ResumePoint:
 
 def is_stale(store: Store, round_id: int) -> list[dict[str, Any]]:
     """The changes since a closed round was last computed (empty: not stale)."""
-    changes: list[dict[str, Any]] = []
-    for event in round_events(store, round_id):
-        if event["kind"] == "stale":
-            changes.append(event)
-        elif event["kind"] == "recomputed":
-            changes = []
-    return changes
+    return stale_rounds(store, [round_id]).get(round_id, [])
+
+
+def stale_rounds(store: Store, round_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """round id -> its stale events since it was last computed, for the stale ones
+    among ``round_ids`` (one query)."""
+    with store.session() as s:
+        rows = s.scalars(select(RoundEvent).where(
+            RoundEvent.round_id.in_(round_ids),
+            RoundEvent.kind.in_(("stale", "recomputed"))).order_by(RoundEvent.id)).all()
+    out: dict[int, list[dict[str, Any]]] = {}
+    for e in rows:
+        if e.kind == "recomputed":
+            out.pop(e.round_id, None)
+        else:
+            out.setdefault(e.round_id, []).append(
+                {"kind": e.kind, "at": e.at.isoformat(timespec="seconds"), **(e.detail or {})})
+    return out
 
 
 def set_round_fields(store: Store, round_id: int, **values: Any) -> None:

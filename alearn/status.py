@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from alearn.adjudication import adjudication_status
 from alearn.project import Project
-from alearn.rounds import ABORTED, ACTIVE, FAILED, active_round, is_stale, round_progress
+from alearn.rounds import ACTIVE, CLOSED, FAILED, active_round, round_progress, stale_rounds
 from alearn.store import Annotation, FileRecord, Item, Label, QuarantinedAnnotation, Round
 
 
@@ -25,12 +25,13 @@ def project_status(project: Project) -> dict[str, Any]:
         by_origin = dict(
             s.execute(select(Label.origin, func.count()).group_by(Label.origin)).all()
         )
+        round_rows = list(s.scalars(select(Round).order_by(Round.number)))
         rounds = [
             {"number": r.number, "status": r.status, "strategy": r.strategy,
              "batch_size": r.batch_size, "overlap": r.overlap,
              "model_version": r.model_version, **_headline(r.metrics or {}),
              "error": r.error}
-            for r in s.scalars(select(Round).order_by(Round.number))
+            for r in round_rows
         ]
         aside = [
             {"ls_annotation_id": a.ls_annotation_id, "item_id": a.item_id,
@@ -43,7 +44,7 @@ def project_status(project: Project) -> dict[str, Any]:
                                      .group_by(QuarantinedAnnotation.kind)).all())
     current = active_round(store)
     return {
-        "attention": _attention(project, rounds),
+        "attention": _attention(project, round_rows, rounds),
         "quarantined_annotations": quarantined,
         "project": project.config.name,
         "classes": project.config.classes,
@@ -62,47 +63,40 @@ def project_status(project: Project) -> dict[str, Any]:
     }
 
 
-def _attention(project: Project, rounds: list[dict[str, Any]]) -> list[str]:
-    """Rounds that need a person, each with the command that fixes it."""
+def _attention(project: Project, rows: list[Round], rounds: list[dict[str, Any]]
+               ) -> list[str]:
+    """Rounds that need a person, each with the command that fixes it; marks the
+    ``rounds`` entries of stale rounds."""
+    from alearn.team import reviewers, roster
+
     out = []
-    by_number = {r["number"]: r for r in rounds}
-    with project.store.session() as s:
-        ids = dict(s.execute(select(Round.number, Round.id)).all())
-    for number, r in by_number.items():
-        if r["status"] == FAILED:
-            out.append(f"round {number} failed at {r['error']}. Fix the cause, then run "
+    closed = [r for r in rows if r.status == CLOSED]
+    stale = stale_rounds(project.store, [r.id for r in closed])
+    for row, entry in zip(rows, rounds, strict=True):
+        number = row.number
+        if row.status == FAILED:
+            out.append(f"round {number} failed at {row.error}. Fix the cause, then run "
                        f"'alearn round retry --round {number}' to resume it, or 'alearn "
                        f"round abort --round {number}' to end it.")
-        elif r["status"] == "closed":
-            changes = is_stale(project.store, ids[number])
-            r["stale"] = bool(changes)
-            if changes:
-                n = sum(len(c.get("changes") or []) for c in changes)
+        elif row.status == CLOSED:
+            entry["stale"] = row.id in stale
+            if row.id in stale:
+                n = sum(len(c.get("changes") or []) for c in stale[row.id])
                 out.append(f"round {number} is stale: {n} vote(s) changed in Label Studio "
                            f"after it closed. Run 'alearn round close --round {number}' to "
                            "recompute it.")
-        elif r["status"] in ACTIVE and r.get("error"):
-            out.append(f"round {number}: {r['error']}")
-        elif r["status"] == ABORTED:
-            continue
-    from alearn.team import reviewers, roster
-
+        elif row.status in ACTIVE and row.error:
+            out.append(f"round {number}: {row.error}")
     if not roster(project.store):
         out.append("the roster is empty, so no vote counts. Add annotators with 'alearn ls "
                    "users add NAME'.")
     agreement = project.config.agreement
     if agreement.adjudication == "review" and not reviewers(project.store, agreement.reviewers):
-        waiting = sum(len((r.metrics or {}).get("adjudication_items") or [])
-                      for r in _closed(project))
+        waiting = sum(len((r.metrics or {}).get("adjudication_items") or []) for r in closed)
         if waiting:
             out.append(f"{waiting} item(s) wait for adjudication but the project has no "
                        "reviewer. Add one with 'alearn ls users add NAME --role reviewer'.")
     return out
-
-
-def _closed(project: Project) -> list[Round]:
-    with project.store.session() as s:
-        return list(s.scalars(select(Round).where(Round.status == "closed")))
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

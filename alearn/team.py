@@ -69,7 +69,3 @@ def reviewers(store: Store, configured: list[str] | tuple[str, ...] = ()) -> set
     """Whose adjudication decisions count."""
     return {e for e, r in roster(store).items() if r == "reviewer"} | {
         c.strip().lower() for c in configured}
-
-
-def counts(store: Store, annotator: str) -> bool:
-    return annotator.strip().lower() in voters(store)

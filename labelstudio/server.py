@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +186,7 @@ _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE",
              "REQUESTS_CA_BUNDLE", "PYTHONIOENCODING")
 
 
-def banned_subnets(allow_hosts: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+def banned_subnets(allow_hosts: Sequence[str] = ()) -> list[str]:
     """Label Studio's default banned (reserved) subnets, less the given hosts' addresses:
     SSRF protection stays on, and only a webhook receiver's host is reachable.
 
