@@ -27,52 +27,50 @@ from alearn.exceptions import (
 )
 from alearn.project import Project
 from alearn.store import Store
-
-__version__ = "0.1.0"
+from alearn.version import __version__
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
-    "ingest": "alearn.ingestion",
-    "IngestSummary": "alearn.ingestion",
-    "read_manifest": "alearn.manifest",
-    "ManifestRow": "alearn.manifest",
-    "load_backbone": "alearn.features",
-    "embed_project": "alearn.features",
-    "load_pool_features": "alearn.features",
-    "FeatureCache": "alearn.feature_cache",
-    "EmbeddingClassifier": "alearn.classifier",
-    "STRATEGIES": "alearn.strategies",
-    "get_strategy": "alearn.strategies",
-    "train_head": "alearn.training",
-    "plan_batch": "alearn.selection",
-    "Plan": "alearn.selection",
-    "Ratings": "alearn.agreement",
-    "ratings_matrix": "alearn.agreement",
-    "Estimate": "alearn.agreement",
-    "AgreementReport": "alearn.agreement",
-    "agreement_report": "alearn.agreement",
-    "cohen_kappa": "alearn.agreement",
-    "pairwise_kappa": "alearn.agreement",
-    "fleiss_kappa": "alearn.agreement",
-    "krippendorff_alpha": "alearn.agreement",
-    "gwet_ac1": "alearn.agreement",
-    "percent_agreement": "alearn.agreement",
-    "per_class_agreement": "alearn.agreement",
-    "Consensus": "alearn.consensus",
-    "CONSENSUS_METHODS": "alearn.consensus",
-    "get_consensus": "alearn.consensus",
-    "majority_vote": "alearn.consensus",
-    "dawid_skene": "alearn.consensus",
-    "AnnotatorQuality": "alearn.annotator_quality",
-    "annotator_quality": "alearn.annotator_quality",
-    "close_round": "alearn.closing",
-    "convergence_status": "alearn.convergence",
-    "ConvergenceStatus": "alearn.convergence",
-    "export_dataset": "alearn.dataset_export",
-    "ExportSummary": "alearn.dataset_export",
-    "write_report": "alearn.report",
+    "ingest": "alearn.ingestion.driver",
+    "IngestSummary": "alearn.ingestion.driver",
+    "read_manifest": "alearn.ingestion.manifest",
+    "ManifestRow": "alearn.ingestion.manifest",
+    "load_backbone": "alearn.features.pipeline",
+    "embed_project": "alearn.features.pipeline",
+    "load_pool_features": "alearn.features.pipeline",
+    "FeatureCache": "alearn.features.cache",
+    "EmbeddingClassifier": "alearn.model.head",
+    "STRATEGIES": "alearn.query.strategies",
+    "get_strategy": "alearn.query.strategies",
+    "train_head": "alearn.model.training",
+    "plan_batch": "alearn.query.selection",
+    "Plan": "alearn.query.selection",
+    "Ratings": "alearn.stats.agreement",
+    "ratings_matrix": "alearn.stats.agreement",
+    "Estimate": "alearn.stats.agreement",
+    "AgreementReport": "alearn.stats.agreement",
+    "agreement_report": "alearn.stats.agreement",
+    "cohen_kappa": "alearn.stats.agreement",
+    "pairwise_kappa": "alearn.stats.agreement",
+    "fleiss_kappa": "alearn.stats.agreement",
+    "krippendorff_alpha": "alearn.stats.agreement",
+    "gwet_ac1": "alearn.stats.agreement",
+    "percent_agreement": "alearn.stats.agreement",
+    "per_class_agreement": "alearn.stats.agreement",
+    "Consensus": "alearn.stats.consensus",
+    "CONSENSUS_METHODS": "alearn.stats.consensus",
+    "get_consensus": "alearn.stats.consensus",
+    "majority_vote": "alearn.stats.consensus",
+    "dawid_skene": "alearn.stats.consensus",
+    "AnnotatorQuality": "alearn.stats.annotators",
+    "annotator_quality": "alearn.stats.annotators",
+    "close_round": "alearn.rounds.close",
+    "convergence_status": "alearn.rounds.convergence",
+    "ConvergenceStatus": "alearn.rounds.convergence",
+    "export_dataset": "alearn.export.dataset",
+    "ExportSummary": "alearn.export.dataset",
+    "write_report": "alearn.report.html",
 }
-_ALIASES = {"export": ("alearn.dataset_export", "export_dataset")}
 
 __all__ = [
     "AgreementReport",
@@ -113,7 +111,6 @@ __all__ = [
     "convergence_status",
     "dawid_skene",
     "embed_project",
-    "export",
     "export_dataset",
     "fleiss_kappa",
     "get_consensus",
@@ -138,9 +135,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _ALIASES:
-        module, attr = _ALIASES[name]
-        value = getattr(importlib.import_module(module), attr)
     else:
         raise AttributeError(f"module 'alearn' has no attribute {name!r}")
     globals()[name] = value
@@ -152,7 +146,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from alearn.agreement import (  # noqa: F401
+    from alearn.stats.agreement import (  # noqa: F401
         AgreementReport,
         Estimate,
         Ratings,
@@ -166,4 +160,3 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         percent_agreement,
         ratings_matrix,
     )
-    from alearn.dataset_export import export_dataset as export  # noqa: F401

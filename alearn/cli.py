@@ -290,7 +290,7 @@ def ls_users_remove(ctx: Context, email: str) -> None:
 def report_cmd(ctx: Context, out: Path, reference: Path | None, as_json: bool) -> None:
     """Write a static HTML report: convergence, learning curve, agreement, classes,
     confusion matrix, annotators and rounds."""
-    from alearn.report import write_report
+    from alearn.report.html import write_report
 
     path = write_report(ctx.project, out, reference=reference)
     plots = sorted(str(p) for p in (path.parent / f"{path.stem}_files").glob("*.png"))
@@ -301,13 +301,13 @@ def report_cmd(ctx: Context, out: Path, reference: Path | None, as_json: bool) -
 
 # --- export (the converged dataset) ---
 
-EXPORT_FORMATS = ("imagefolder", "csv", "jsonl", "parquet", "hf")  # alearn.export_formats
-BALANCE_MODES = ("none", "oversample", "undersample", "weights")  # alearn.balance
+EXPORT_FORMATS = ("imagefolder", "csv", "jsonl", "parquet", "hf")  # alearn.export.formats
+BALANCE_MODES = ("none", "oversample", "undersample", "weights")  # alearn.export.balance
 
 
 def _parse_split_option(_ctx: click.Context, _param: click.Parameter,
                         value: str) -> tuple[float, float, float]:
-    from alearn.splits import parse_split
+    from alearn.export.splits import parse_split
 
     try:
         return parse_split(value)
@@ -348,7 +348,7 @@ def export_cmd(ctx: Context, out: Path, fmt: str, split: tuple[float, float, flo
                min_confidence: float, min_agreement: float, near_duplicate_distance: int,
                overwrite: bool, annotator_names: bool, as_json: bool) -> None:
     """Write the trusted labels, images, splits and a dataset card to --out."""
-    from alearn.dataset_export import export_dataset
+    from alearn.export.dataset import export_dataset
 
     if augment_minority and balance != "oversample":
         raise click.BadParameter("needs --balance oversample", param_hint="--augment-minority")
@@ -379,7 +379,7 @@ def export_cmd(ctx: Context, out: Path, fmt: str, split: tuple[float, float, flo
 
 def _parse_shard_option(_ctx: click.Context, _param: click.Parameter,
                         value: str) -> tuple[int, int]:
-    from alearn.features import parse_shard
+    from alearn.features.pipeline import parse_shard
 
     try:
         return parse_shard(value)
@@ -396,7 +396,7 @@ def embed_cmd(ctx: Context, shard: tuple[int, int], as_json: bool) -> None:
     """Embed the images not in the feature cache yet (with the configured backbone)."""
     from rich.markup import escape
 
-    from alearn.features import embed_project
+    from alearn.features.pipeline import embed_project
 
     summary = embed_project(ctx.project, shard=shard,
                             progress=not as_json and sys.stderr.isatty())
@@ -431,7 +431,7 @@ def ingest_cmd(ctx: Context, images: Path | None, manifest: Path | None, workers
     """Record images and their metadata in the store; re-running adds only new files."""
     from rich.markup import escape
 
-    from alearn.ingestion import ingest
+    from alearn.ingestion.driver import ingest
 
     summary = ingest(ctx.project, images=images, manifest=manifest, workers=workers,
                      progress=not as_json and sys.stderr.isatty())
@@ -469,8 +469,8 @@ def round_plan(ctx: Context, batch_size: int | None, strategy: str | None,
                as_json: bool) -> None:
     """Preview the next batch (item, path, score, predicted class); nothing is pushed."""
     from alearn.exceptions import UnknownNameError
-    from alearn.selection import plan_batch
-    from alearn.strategies import check_strategy_name
+    from alearn.query.selection import plan_batch
+    from alearn.query.strategies import check_strategy_name
 
     if strategy is not None:
         try:
@@ -492,7 +492,7 @@ def round_plan(ctx: Context, batch_size: int | None, strategy: str | None,
 
 def _check_strategy_flag(strategy: str | None) -> None:
     from alearn.exceptions import UnknownNameError
-    from alearn.strategies import check_strategy_name
+    from alearn.query.strategies import check_strategy_name
 
     if strategy is not None:
         try:
@@ -581,7 +581,7 @@ def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
 def _round_by_number(ctx: Context, number: int | None) -> Any:
     from sqlalchemy import select
 
-    from alearn.rounds import get_round
+    from alearn.rounds.lifecycle import get_round
     from alearn.store import Round
 
     store = ctx.project.store
@@ -635,7 +635,7 @@ def _fmt(value: Any) -> str:
 @pass_ctx
 def agreement_cmd(ctx: Context, number: int | None, as_json: bool) -> None:
     """Inter-annotator agreement with 95% bootstrap intervals, and annotator quality."""
-    from alearn.agreement_view import agreement_summary
+    from alearn.report.agreement_view import agreement_summary
 
     summary = agreement_summary(ctx.project, round_number=number)
     if as_json:
@@ -665,7 +665,7 @@ def _redis(ctx: Context):  # noqa: ANN202 - redis.Redis, imported lazily
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Pool, trusted labels, rounds, the current round's progress, queues and workers."""
-    from alearn.status import project_status
+    from alearn.report.status import project_status
     from workers.orchestrate import ensure_tick, queue_info
 
     info = project_status(ctx.project)

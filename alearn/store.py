@@ -209,7 +209,7 @@ class TeamMember(Base):
 
 
 class RoundEvent(Base):
-    """One event off a round's happy path (see :mod:`alearn.rounds`)."""
+    """One event off a round's happy path (see :mod:`alearn.rounds.lifecycle`)."""
 
     __tablename__ = "round_events"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -1,6 +1,6 @@
 """The adjudication project in Label Studio, and more votes on the main project's tasks.
 
-'review' mode (see :mod:`alearn.adjudication`): items whose consensus is a tie or
+'review' mode (see :mod:`alearn.rounds.adjudication`): items whose consensus is a tie or
 low-confidence go to a separate Label Studio project, ``"<title> - adjudication"``, with
 one annotation per task. Its interface shows the image, the earlier votes as text
 (``"cat: 2 (ann-a, ann-b), dog: 1 (ann-c)"``) and the class choices, with the same
@@ -11,7 +11,7 @@ votes_text}``. The store's ``meta`` remembers:
 ``ls_adjudication_image_url_base``   what its tasks' image URLs start with
 
 :func:`pull_adjudications` reads every decision made there and hands it to
-:func:`alearn.adjudication.apply_decisions`, which keeps the reviewers' decisions as
+:func:`alearn.rounds.adjudication.apply_decisions`, which keeps the reviewers' decisions as
 trusted labels and sets the others aside.
 
 'more_votes' mode: :func:`request_more_votes` raises the overlap of single tasks of the
@@ -27,7 +27,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from alearn.adjudication import (
+from alearn.config import ProjectConfig
+from alearn.exceptions import ConfigError, RoundError
+from alearn.project import Project
+from alearn.rounds.adjudication import (
     AdjudicationSummary,
     Decision,
     adjudication_queue,
@@ -36,9 +39,6 @@ from alearn.adjudication import (
     record_more_votes,
     set_pushed,
 )
-from alearn.config import ProjectConfig
-from alearn.exceptions import ConfigError, RoundError
-from alearn.project import Project
 from alearn.store import Selection, Store
 from alearn.team import reviewers
 from labelstudio.client import LSClient, ensure_storage, project_title, upsert_project
@@ -153,7 +153,7 @@ def push_adjudication(
 
 def decision_of(ls_annotation: dict[str, Any], task: dict[str, Any],
                 users: dict[int, str]) -> Decision:
-    """A :class:`~alearn.adjudication.Decision` from one annotation of an adjudication task.
+    """A :class:`~alearn.rounds.adjudication.Decision` from one annotation of an adjudication task.
 
     Raises ValueError for an annotation that cannot be attributed.
     """

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 
 from alearn.exceptions import LabelStudioError
-from alearn.rounds import CLOSED, record_event
+from alearn.rounds.lifecycle import CLOSED, record_event
 from alearn.store import Annotation, QuarantinedAnnotation, Round, Selection, Store, utcnow
 from alearn.team import voters
 from labelstudio.client import LSClient

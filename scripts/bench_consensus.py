@@ -43,7 +43,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from alearn.consensus import dawid_skene, majority_vote  # noqa: E402
+from alearn.stats.consensus import dawid_skene, majority_vote  # noqa: E402
 
 PANEL = [0.95, 0.9, 0.8, 0.65, None]  # None answers uniformly at random
 BIASED = [False, False, True, True, False]

@@ -74,8 +74,8 @@ def main() -> None:
     from PIL import Image
 
     from alearn.config import EmbedConfig, Settings
-    from alearn.embed import forward_embed
-    from alearn.features import embed_project, load_backbone, load_pool_features
+    from alearn.features.pipeline import embed_project, load_backbone, load_pool_features
+    from alearn.features.torch_embed import forward_embed
     from alearn.project import Project
     from alearn.store import Item
 

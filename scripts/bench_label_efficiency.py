@@ -5,7 +5,7 @@ The round loop of alearn (select -> label -> retrain) with a simulated oracle th
 returns the true label, scored on a held-out test set. The head, the strategies and
 the 'auto' schedule are alearn's own (``select_from_pool``, ``choose_strategy``,
 ``EmbeddingClassifier`` with the project defaults), on embeddings from
-``alearn.features`` (cached under ``--cache-dir``, so reruns skip embedding).
+``alearn.features.pipeline`` (cached under ``--cache-dir``, so reruns skip embedding).
 
 Fair start: for a given seed every strategy starts from the same place.
 - ``auto`` starts from zero labels: its cold-start strategy picks the first batches
@@ -50,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _datasets import load_split  # noqa: E402
 
-from alearn.classifier import EmbeddingClassifier  # noqa: E402
 from alearn.config import EmbedConfig, HeadConfig, RoundsConfig  # noqa: E402
-from alearn.selection import resolve_strategy, select_from_pool  # noqa: E402
-from alearn.strategies import STRATEGIES, choose_strategy  # noqa: E402
+from alearn.model.head import EmbeddingClassifier  # noqa: E402
+from alearn.query.selection import resolve_strategy, select_from_pool  # noqa: E402
+from alearn.query.strategies import STRATEGIES, choose_strategy  # noqa: E402
 
 log = logging.getLogger("bench")
 DEFAULT_STRATEGIES = "auto,random,margin,least_confident,entropy,ranked_batch"
@@ -64,7 +64,7 @@ def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
     """Pool/test embeddings and labels, from the cache or computed once."""
     import torch
 
-    from alearn.features import cache_key_for, embed_pil, load_backbone
+    from alearn.features.pipeline import cache_key_for, embed_pil, load_backbone
 
     cfg = EmbedConfig(backbone=args.backbone, image_size=args.image_size, weights=args.weights)
     fkey = cache_key_for(cfg)
@@ -95,7 +95,7 @@ def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
 
 
 def make_head(head_cfg: HeadConfig, Xp: np.ndarray) -> EmbeddingClassifier:
-    """The product's head (alearn.training.make_head): standardised with pool statistics."""
+    """The product's head (alearn.model.training.make_head): standardised with pool statistics."""
     cw = None if head_cfg.class_weight == "none" else head_cfg.class_weight
     stats = (Xp.mean(axis=0, dtype=np.float64), Xp.std(axis=0, dtype=np.float64))
     return EmbeddingClassifier(C=head_cfg.C, class_weight=cw, max_iter=head_cfg.max_iter,

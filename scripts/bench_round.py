@@ -38,15 +38,15 @@ sys.path.insert(0, str(ROOT))
 
 from label_studio_sdk import LabelStudio  # noqa: E402
 
-from alearn.closing import close_round  # noqa: E402
 from alearn.config import EmbedConfig, Settings  # noqa: E402
-from alearn.feature_cache import FeatureCache  # noqa: E402
-from alearn.features import cache_key_for  # noqa: E402
+from alearn.features.cache import FeatureCache  # noqa: E402
+from alearn.features.pipeline import cache_key_for  # noqa: E402
+from alearn.model.training import train_head  # noqa: E402
 from alearn.project import Project  # noqa: E402
-from alearn.rounds import PUSHED, create_round, record_plan, transition  # noqa: E402
-from alearn.selection import plan_batch  # noqa: E402
+from alearn.query.selection import plan_batch  # noqa: E402
+from alearn.rounds.close import close_round  # noqa: E402
+from alearn.rounds.lifecycle import PUSHED, create_round, record_plan, transition  # noqa: E402
 from alearn.store import Item, Label  # noqa: E402
-from alearn.training import train_head  # noqa: E402
 from labelstudio.client import LSClient, ensure_project  # noqa: E402
 from labelstudio.label_config import choice_result  # noqa: E402
 from labelstudio.pull import pull_annotations  # noqa: E402

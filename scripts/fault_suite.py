@@ -188,7 +188,7 @@ class Scenario:
         from redis import Redis
 
         from alearn.config import EmbedConfig, Settings
-        from alearn.ingestion import ingest
+        from alearn.ingestion.driver import ingest
         from alearn.project import Project
 
         self.world, self.name = world, name
@@ -287,7 +287,7 @@ class Scenario:
         return start_round(self.project, self.redis).id
 
     def round(self, round_id: int) -> Any:
-        from alearn.rounds import get_round
+        from alearn.rounds.lifecycle import get_round
 
         return get_round(self.project.store, round_id)
 
@@ -749,7 +749,7 @@ def _changed_after_close(change: str) -> Callable[[Scenario], dict[str, Any]]:
             sc.admin().update_annotation(int(ann["id"]), result=choice_result(wrong_of(path)))
         else:
             sc.admin().delete_annotation(int(ann["id"]))
-        from alearn.rounds import is_stale
+        from alearn.rounds.lifecycle import is_stale
 
         t = sc.wait(lambda: bool(is_stale(sc.project.store, rid)),
                     sc.project.config.rounds.tick_seconds + 30, "the round marked stale")

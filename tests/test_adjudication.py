@@ -10,7 +10,10 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from alearn.adjudication import (
+from alearn.config import AgreementConfig, ProjectConfig, Settings, render_config
+from alearn.project import Project
+from alearn.report.status import project_status
+from alearn.rounds.adjudication import (
     EXTRA_VOTES,
     Decision,
     adjudication_queue,
@@ -21,11 +24,8 @@ from alearn.adjudication import (
     vote_targets,
     votes_text,
 )
-from alearn.closing import close_round
-from alearn.config import AgreementConfig, ProjectConfig, Settings, render_config
-from alearn.project import Project
-from alearn.rounds import PUSHED, create_round, get_round, round_progress, transition
-from alearn.status import project_status
+from alearn.rounds.close import close_round
+from alearn.rounds.lifecycle import PUSHED, create_round, get_round, round_progress, transition
 from alearn.store import Annotation, Item, Label, Round, Selection
 from alearn.team import add_member
 from labelstudio.adjudication import adjudication_label_config, decision_of

@@ -13,7 +13,8 @@ from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.inter_rater import aggregate_raters
 from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss
 
-from alearn.agreement import (
+from alearn.exceptions import ConfigError
+from alearn.stats.agreement import (
     agreement_report,
     check_ratings,
     cohen_kappa,
@@ -25,7 +26,6 @@ from alearn.agreement import (
     percent_agreement,
     ratings_matrix,
 )
-from alearn.exceptions import ConfigError
 
 # --- published examples ---------------------------------------------------------------
 # Gwet, Handbook of Inter-Rater Reliability (4th ed.), as printed in the irrCAC README:

@@ -19,15 +19,15 @@ from ls_server import work
 from redis import Redis
 from sqlalchemy import select
 
-from alearn.adjudication import votes_text
-from alearn.agreement import ratings_matrix
-from alearn.closing import round_votes
 from alearn.config import EmbedConfig, Settings
-from alearn.consensus import dawid_skene, majority_vote
-from alearn.ingestion import ingest
+from alearn.ingestion.driver import ingest
 from alearn.project import Project
-from alearn.rounds import CLOSED, COLLECTING, PUSHED, get_round
-from alearn.status import project_status
+from alearn.report.status import project_status
+from alearn.rounds.adjudication import votes_text
+from alearn.rounds.close import round_votes
+from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round
+from alearn.stats.agreement import ratings_matrix
+from alearn.stats.consensus import dawid_skene, majority_vote
 from alearn.store import Annotation, Item, Label, Selection
 from labelstudio.annotators import label_stream
 from workers.orchestrate import enqueue_pull, start_round

@@ -34,7 +34,7 @@ SECRET = "SUPERSECRETPW"
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with 6 ingested images, made once and copied for each case."""
-    from alearn.ingestion import ingest
+    from alearn.ingestion.driver import ingest
 
     base = tmp_path_factory.mktemp("bad-input")
     images = base / "images"
@@ -122,7 +122,7 @@ def _server_json(content: str) -> Callable[[Path], None]:
 
 def _labeled(root: Path) -> None:
     """Trusted labels (manifest gold) on four images, so an export has work to do."""
-    from alearn.ingestion import ingest
+    from alearn.ingestion.driver import ingest
 
     (root / "gold.csv").write_text("path,label\n0.png,cat\n1.png,dog\n2.png,cat\n3.png,dog\n")
     project = Project.open(root, Settings(redis_url=REDIS_TEST_URL))

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_info
 
-from alearn.classifier import EmbeddingClassifier
+from alearn.model.head import EmbeddingClassifier
 
 
 @parametrize_with_checks([EmbeddingClassifier()])

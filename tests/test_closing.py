@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from alearn.closing import close_round
 from alearn.config import Settings
 from alearn.exceptions import RoundError
 from alearn.project import Project
-from alearn.rounds import CLOSED, PUSHED, create_round, get_round, transition
+from alearn.rounds.close import close_round
+from alearn.rounds.lifecycle import CLOSED, PUSHED, create_round, get_round, transition
 from alearn.store import Annotation, Item, Label, Selection
 
 CLASSES = ["cat", "dog", "bird"]

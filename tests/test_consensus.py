@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alearn.consensus import (
+from alearn.exceptions import ConfigError, UnknownNameError
+from alearn.stats.consensus import (
     CONSENSUS_METHODS,
     dawid_skene,
     get_consensus,
     majority_vote,
 )
-from alearn.exceptions import ConfigError, UnknownNameError
 
 _ = -1
 

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from alearn import training
-from alearn.closing import close_round
 from alearn.config import ConvergenceConfig, EmbedConfig, Settings
-from alearn.convergence import (
+from alearn.exceptions import ConfigError
+from alearn.features.cache import FeatureCache
+from alearn.features.pipeline import cache_key_for
+from alearn.model import training
+from alearn.project import Project
+from alearn.report.status import project_status
+from alearn.rounds.close import close_round
+from alearn.rounds.convergence import (
     DEFAULT_RULE,
     SIGNAL_NAMES,
     STOP_SET_KEY,
@@ -31,12 +36,7 @@ from alearn.convergence import (
     stabilizing,
     stop_kappa,
 )
-from alearn.exceptions import ConfigError
-from alearn.feature_cache import FeatureCache
-from alearn.features import cache_key_for
-from alearn.project import Project
-from alearn.rounds import PUSHED, create_round, transition
-from alearn.status import project_status
+from alearn.rounds.lifecycle import PUSHED, create_round, transition
 from alearn.store import Annotation, Item, Selection
 
 CLASSES = ["cat", "dog", "bird"]

@@ -22,10 +22,10 @@ from conftest import write_image
 from PIL import Image
 from sqlalchemy import update
 
-import alearn.export_formats as export_formats
+import alearn.export.formats as export_formats
 from alearn.config import Settings
-from alearn.dataset_export import export_dataset
 from alearn.exceptions import ConfigError, EmptyPoolError
+from alearn.export.dataset import export_dataset
 from alearn.project import Project
 from alearn.store import Annotation, Item, Label, Round
 
@@ -418,7 +418,7 @@ def test_oversample_brings_every_class_to_the_largest(built, tmp_path):
 
 
 def test_augmented_copies_record_the_transforms_applied(built, tmp_path):
-    from alearn.balance import apply_ops
+    from alearn.export.balance import apply_ops
 
     project, _ = built
     out = tmp_path / "out"
@@ -599,9 +599,9 @@ def test_cli_bad_flags_are_usage_errors_naming_the_flag(built, tmp_path, args, f
 
 
 def test_cli_choices_match_the_library():
-    from alearn.balance import BALANCE_MODES
     from alearn.cli import BALANCE_MODES as CLI_BALANCE
     from alearn.cli import EXPORT_FORMATS
+    from alearn.export.balance import BALANCE_MODES
 
     assert sorted(EXPORT_FORMATS) == sorted(export_formats.FORMATS)
     assert CLI_BALANCE == BALANCE_MODES

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from alearn.balance import apply_ops, augment_ops, balance_train, class_weights
-from alearn.dataset_export import class_dirs
 from alearn.exceptions import ConfigError, UnknownNameError
-from alearn.export_images import PixelStats, fit_image
-from alearn.export_io import atomic_folder, write_checksums
-from alearn.splits import near_duplicate_groups, parse_split, phash, stratified_group_split
+from alearn.export.balance import apply_ops, augment_ops, balance_train, class_weights
+from alearn.export.dataset import class_dirs
+from alearn.export.files import atomic_folder, write_checksums
+from alearn.export.images import PixelStats, fit_image
+from alearn.export.splits import near_duplicate_groups, parse_split, phash, stratified_group_split
 
 # --- --split ----------------------------------------------------------------------------
 

@@ -17,13 +17,13 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.datasets import load_digits
 
-import alearn.feature_cache as fc_mod
-import alearn.features as features
+import alearn.features.cache as fc_mod
+import alearn.features.pipeline as features
 from alearn.cli import cli
 from alearn.config import EmbedConfig
 from alearn.exceptions import ConfigError, EmptyPoolError, FeatureError, UnknownNameError
-from alearn.feature_cache import FeatureCache
-from alearn.features import (
+from alearn.features.cache import FeatureCache
+from alearn.features.pipeline import (
     Backbone,
     cache_key_for,
     embed_pil,

@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import select
 from statsmodels.stats.proportion import proportion_confint
 
-from alearn.agreement import ratings_matrix
-from alearn.closing import annotator_report, close_round, wilson_upper
-from alearn.feature_cache import FeatureCache
-from alearn.features import cache_key_for
-from alearn.rounds import PUSHED, create_round, record_plan, transition
-from alearn.selection import gold_count, plan_batch
+from alearn.features.cache import FeatureCache
+from alearn.features.pipeline import cache_key_for
+from alearn.query.selection import gold_count, plan_batch
+from alearn.rounds.close import annotator_report, close_round, wilson_upper
+from alearn.rounds.lifecycle import PUSHED, create_round, record_plan, transition
+from alearn.stats.agreement import ratings_matrix
 from alearn.store import Annotation, Item, Label, Round, Selection
 from labelstudio.push import task_payload
 

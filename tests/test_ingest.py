@@ -16,13 +16,13 @@ from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 from sqlalchemy import select
 
-import alearn.ingestion as ingest_mod
+import alearn.ingestion.driver as ingest_mod
 from alearn.cli import cli
 from alearn.config import Settings
 from alearn.exceptions import IngestError
-from alearn.exif import gps_degrees, parse_exif_datetime
-from alearn.ingestion import IngestSummary, ingest
-from alearn.manifest import read_manifest
+from alearn.ingestion.driver import IngestSummary, ingest
+from alearn.ingestion.exif import gps_degrees, parse_exif_datetime
+from alearn.ingestion.manifest import read_manifest
 from alearn.project import Project
 from alearn.store import FileRecord, Item, Label
 

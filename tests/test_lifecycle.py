@@ -17,9 +17,9 @@ from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 
 from alearn.config import EmbedConfig, Settings
 from alearn.exceptions import RoundError
-from alearn.ingestion import ingest
+from alearn.ingestion.driver import ingest
 from alearn.project import Project
-from alearn.rounds import (
+from alearn.rounds.lifecycle import (
     ABORTED,
     CLOSED,
     FAILED,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from alearn.rounds import CLOSED, is_stale, transition
+from alearn.rounds.lifecycle import CLOSED, is_stale, transition
 from alearn.store import Annotation, Item, QuarantinedAnnotation, Round, Selection, Store
 from alearn.team import add_member, remove_member
 from labelstudio.convert import chosen_labels

@@ -17,12 +17,12 @@ from PIL import Image
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from alearn import training
 from alearn.cli import cli
 from alearn.config import Settings
 from alearn.exceptions import ConfigError
+from alearn.model import training
 from alearn.project import Project
-from alearn.report import load_reference, write_report
+from alearn.report.html import load_reference, write_report
 from tests.test_convergence import make_project, run_round
 
 CHROMIUM = Path("/usr/bin/chromium")

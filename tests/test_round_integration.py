@@ -13,9 +13,9 @@ from redis import Redis
 from sqlalchemy import select
 
 from alearn.config import EmbedConfig, Settings
-from alearn.ingestion import ingest
+from alearn.ingestion.driver import ingest
 from alearn.project import Project
-from alearn.rounds import CLOSED, PUSHED, get_round
+from alearn.rounds.lifecycle import CLOSED, PUSHED, get_round
 from alearn.store import Annotation, Item, Label, Selection
 from labelstudio.annotators import label_stream
 from workers.orchestrate import enqueue_pull, start_round

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from alearn.exceptions import RoundError
-from alearn.rounds import (
+from alearn.rounds.lifecycle import (
     CLOSED,
     COLLECTING,
     FAILED,

@@ -151,7 +151,7 @@ def test_votes_from_off_the_roster_do_not_count_and_nothing_leaks(served: Served
     """A round pushed by the real workers' code, voted by a team member and an outsider
     with a Label Studio account; then status, export and every log are searched for
     the admin's token and every password."""
-    from alearn.ingestion import ingest
+    from alearn.ingestion.driver import ingest
     from alearn.team import remove_member
     from labelstudio.annotators import label_stream, signup_annotator
 
@@ -164,8 +164,8 @@ def test_votes_from_off_the_roster_do_not_count_and_nothing_leaks(served: Served
     member, _ = _annotator(served, "member")
     outsider, _ = _annotator(served, "outsider")
     remove_member(project.store, outsider["email"])  # had an account; is not on the team
-    from alearn.rounds import create_round, record_plan
-    from alearn.selection import Plan, PlannedItem
+    from alearn.query.selection import Plan, PlannedItem
+    from alearn.rounds.lifecycle import create_round, record_plan
     from labelstudio.client import LSClient, ensure_project
     from labelstudio.pull import pull_annotations
     from labelstudio.push import push_round

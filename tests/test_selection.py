@@ -17,14 +17,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sqlalchemy import select
 
-from alearn import training
 from alearn.cli import cli
 from alearn.exceptions import EmptyPoolError, UnknownNameError
-from alearn.feature_cache import FeatureCache
-from alearn.features import cache_key_for
-from alearn.selection import plan_batch
+from alearn.features.cache import FeatureCache
+from alearn.features.pipeline import cache_key_for
+from alearn.model import training
+from alearn.query.selection import plan_batch
+from alearn.query.strategies import margin
 from alearn.store import Item, Label, ModelRecord, Round, Selection
-from alearn.strategies import margin
 
 CLASSES = ["cat", "dog", "bird"]
 N_ITEMS = 60

@@ -20,7 +20,7 @@ from modAL.uncertainty import (
 
 from alearn.config import RoundsConfig
 from alearn.exceptions import EmptyPoolError, UnknownNameError
-from alearn.strategies import (
+from alearn.query.strategies import (
     NEEDS_HEAD,
     STRATEGIES,
     choose_strategy,

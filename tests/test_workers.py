@@ -12,9 +12,9 @@ from rq.registry import ScheduledJobRegistry
 
 from alearn.config import EmbedConfig, Settings
 from alearn.exceptions import RoundError
-from alearn.ingestion import ingest
+from alearn.ingestion.driver import ingest
 from alearn.project import Project
-from alearn.rounds import PLANNED, get_round
+from alearn.rounds.lifecycle import PLANNED, get_round
 from alearn.store import Label, Selection
 from workers import jobs, queues
 from workers.orchestrate import enqueue_pull, reconcile, start_round

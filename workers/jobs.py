@@ -71,7 +71,7 @@ def _step(project_dir: str, step: str) -> Iterator[tuple[Project, Redis] | None]
 
 def embed_job(project_dir: str, shard: int = 0, n_shards: int = 1) -> dict[str, Any] | Retry:
     """Embed the items of one shard that are not in the feature cache yet."""
-    from alearn.features import embed_project
+    from alearn.features.pipeline import embed_project
 
     with _step(project_dir, f"embed:{shard}/{n_shards}") as held:
         if held is None:
@@ -84,7 +84,7 @@ def embed_job(project_dir: str, shard: int = 0, n_shards: int = 1) -> dict[str, 
 
 def train_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
     """Fit the head on the trusted labels so far."""
-    from alearn.training import train_head
+    from alearn.model.training import train_head
 
     with _step(project_dir, f"train:{round_id}") as held:
         if held is None:
@@ -100,8 +100,8 @@ def train_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
 
 def select_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
     """Score the pool and store the round's batch (idempotent)."""
-    from alearn.rounds import get_round, record_plan
-    from alearn.selection import plan_batch
+    from alearn.query.selection import plan_batch
+    from alearn.rounds.lifecycle import get_round, record_plan
 
     with _step(project_dir, f"select:{round_id}") as held:
         if held is None:
@@ -162,8 +162,8 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
     unsettled items first asks Label Studio for more votes on them and stays open
     (``{"closed": False, ...}``).
     """
-    from alearn.closing import close_round
-    from alearn.rounds import is_stale
+    from alearn.rounds.close import close_round
+    from alearn.rounds.lifecycle import is_stale
 
     with _step(project_dir, VOTES) as held:  # never while a pull writes votes
         if held is None:

@@ -34,7 +34,7 @@ from rq.job import Job, JobStatus
 
 from alearn.config import Settings
 from alearn.project import Project
-from alearn.rounds import (
+from alearn.rounds.lifecycle import (
     ABORTED,
     ACTIVE,
     CLOSED,
@@ -89,7 +89,7 @@ def start_round(
     """Create the round in the store, then enqueue embed -> train -> select -> push."""
     cfg = project.config.rounds
     if strategy is not None:
-        from alearn.strategies import check_strategy_name
+        from alearn.query.strategies import check_strategy_name
 
         check_strategy_name(strategy)  # unknown names fail here, before anything is created
     rnd = create_round(

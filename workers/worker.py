@@ -94,8 +94,8 @@ def run_worker(settings: Settings, names: Sequence[str] = queues.QUEUE_NAMES, *,
     conn = queues.connect(settings)
     qs = [queues.get_queue(conn, settings, n) for n in names]
     # Import the heavy libraries once in the parent, so each forked job starts warm.
-    import alearn.features  # noqa: F401
-    import alearn.training  # noqa: F401
+    import alearn.features.pipeline  # noqa: F401
+    import alearn.model.training  # noqa: F401
 
     worker = AlearnWorker(qs, connection=conn, name=name, projects=projects)
     log.info("worker_event=start name=%s queues=%s", worker.name, ",".join(names))

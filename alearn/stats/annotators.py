@@ -1,6 +1,6 @@
 """How good each annotator is, measured against the others and against gold items.
 
-For every annotator (a column of the ratings matrix ``R``, see :mod:`alearn.agreement`):
+For every annotator (a column of the ratings matrix ``R``, see :mod:`alearn.stats.agreement`):
 
 - **leave-one-out accuracy**: agreement with the majority vote of the *other* annotators
   on each item; items where the others tie, or where nobody else voted, are left out;
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from alearn.agreement import Ratings, check_ratings, pairwise_kappa, vote_counts
 from alearn.exceptions import ConfigError
+from alearn.stats.agreement import Ratings, check_ratings, pairwise_kappa, vote_counts
 
 log = logging.getLogger(__name__)
 

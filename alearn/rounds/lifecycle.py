@@ -271,7 +271,7 @@ def record_plan(store: Store, round_id: int, plan: Any) -> int:
     """Store a plan's items as the round's selections. Idempotent: a retried select
     step finds the selections already there and changes nothing.
 
-    ``plan`` is an :class:`alearn.selection.Plan`.
+    ``plan`` is an :class:`alearn.query.selection.Plan`.
     """
     with store.session() as s:
         existing = s.scalar(select(func.count()).where(Selection.round_id == round_id)) or 0

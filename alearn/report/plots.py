@@ -1,5 +1,5 @@
 """The report's plots: each draws one PNG with matplotlib's Agg canvas (no pyplot, no
-display). Inputs are plain lists; :mod:`alearn.report` gathers them and decides when
+display). Inputs are plain lists; :mod:`alearn.report.html` gathers them and decides when
 there is nothing to draw."""
 
 from __future__ import annotations

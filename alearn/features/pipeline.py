@@ -38,9 +38,16 @@ from PIL import Image
 from sqlalchemy import select
 
 from alearn.config import EmbedConfig
-from alearn.embed import Preprocess, embed_files, forward_embed, load_state, read_state_dict, track
 from alearn.exceptions import ConfigError, EmptyPoolError, FeatureError, UnknownNameError
-from alearn.feature_cache import FeatureCache
+from alearn.features.cache import FeatureCache
+from alearn.features.torch_embed import (
+    Preprocess,
+    embed_files,
+    forward_embed,
+    load_state,
+    read_state_dict,
+    track,
+)
 from alearn.store import Item
 
 if TYPE_CHECKING:

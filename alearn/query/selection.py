@@ -2,7 +2,7 @@
 
 The pool is every item with cached features, minus items with a trusted label, minus
 items any earlier round selected, minus ``exclude``. Strategy ``'auto'`` resolves with
-:func:`alearn.strategies.choose_strategy`; a strategy that needs the head falls back to
+:func:`alearn.query.strategies.choose_strategy`; a strategy that needs the head falls back to
 the cold-start strategy while there is no head (labels in fewer than two classes).
 
 Score convention: :attr:`PlannedItem.score` is lower for items to label first, as Label
@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from alearn import training
-from alearn.classifier import EmbeddingClassifier
 from alearn.exceptions import EmptyPoolError
+from alearn.model import training
+from alearn.model.head import EmbeddingClassifier
 from alearn.project import Project
-from alearn.store import Item, Label, ModelRecord, Selection
-from alearn.strategies import (
+from alearn.query.strategies import (
     NEEDS_HEAD,
     RngLike,
     check_strategy_name,
@@ -43,6 +42,7 @@ from alearn.strategies import (
     get_strategy,
     margin,
 )
+from alearn.store import Item, Label, ModelRecord, Selection
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """``alearn export``: write the converged dataset to a folder.
 
-The export holds the trusted labels that pass the filters (:mod:`alearn.export_records`),
+The export holds the trusted labels that pass the filters (:mod:`alearn.export.records`),
 split into train/validation/test with near-duplicates kept together
-(:mod:`alearn.splits`), the train split balanced as asked (:mod:`alearn.balance`), the
-images (copied, or resized: :mod:`alearn.export_images`), the records in the chosen
-format (:mod:`alearn.export_formats`), ``classes.json``, ``stats.json``,
+(:mod:`alearn.export.splits`), the train split balanced as asked (:mod:`alearn.export.balance`), the
+images (copied, or resized: :mod:`alearn.export.images`), the records in the chosen
+format (:mod:`alearn.export.formats`), ``classes.json``, ``stats.json``,
 ``transforms.json``, ``class_weights.json`` (balance 'weights'), a dataset card
-``README.md`` (:mod:`alearn.dataset_card`) and ``checksums.sha256``.
+``README.md`` (:mod:`alearn.export.card`) and ``checksums.sha256``.
 
 It is deterministic: the same store, options and seed give byte-identical files. It is
 atomic: everything is written to ``<out>.tmp-<pid>`` next to ``out`` and renamed into
@@ -27,9 +27,10 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from alearn import balance as _balance
-from alearn import dataset_card, export_formats, export_images, export_io, export_records, splits
 from alearn.exceptions import ConfigError, EmptyPoolError, FileChangedError, StoreError
+from alearn.export import balance as _balance
+from alearn.export import card, files, formats, images, splits
+from alearn.export import records as export_records
 from alearn.project import Project
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,13 @@ def export_dataset(
         Folder to create. An existing one is refused unless ``overwrite`` (and then only
         an empty folder or an earlier export is replaced).
     format : {'imagefolder', 'csv', 'jsonl', 'parquet', 'hf'}
-        See :mod:`alearn.export_formats`.
+        See :mod:`alearn.export.formats`.
     split : str or sequence of 3 floats
         Train, validation and test shares, e.g. ``"0.8,0.1,0.1"``.
     seed : int
         Fixes the split, the balancing choices and the augmentations.
     balance : {'none', 'oversample', 'undersample', 'weights'}
-        Applied to the train split only (see :mod:`alearn.balance`).
+        Applied to the train split only (see :mod:`alearn.export.balance`).
     augment_minority : bool
         Oversampled copies are augmented instead of plain duplicates.
     resize : int, optional
@@ -107,7 +108,7 @@ def export_dataset(
     opts = _check_options(format, split, seed, balance, augment_minority, resize, fit,
                           min_confidence, min_agreement, near_duplicate_distance)
     out = Path(out).expanduser().resolve()
-    export_io.check_out(out, overwrite, image_root=project.image_root)  # before the slow part
+    files.check_out(out, overwrite, image_root=project.image_root)  # before the slow part
     records, removed = export_records.load_records(
         project, min_confidence=opts["min_confidence"], min_agreement=opts["min_agreement"],
         annotator_names=annotator_names)
@@ -120,8 +121,8 @@ def export_dataset(
             "Label more items, or lower the thresholds."
         )
     plan = _plan(project, records, opts)
-    with export_io.atomic_folder(out, overwrite=overwrite, image_root=project.image_root) as tmp:
-        export_io.write_marker(tmp, project.config.name)
+    with files.atomic_folder(out, overwrite=overwrite, image_root=project.image_root) as tmp:
+        files.write_marker(tmp, project.config.name)
         summary = _write(project, tmp, records, removed, plan, opts, progress)
     summary.out = str(out)
     log.info("export_event=written out=%s format=%s files=%s", out, format, summary.n_files)
@@ -131,13 +132,13 @@ def export_dataset(
 def _check_options(fmt: str, split: Any, seed: int, balance: str, augment: bool,
                    resize: int | None, fit: str, min_confidence: float, min_agreement: float,
                    distance: int) -> dict[str, Any]:
-    export_formats.check_format(fmt)
+    formats.check_format(fmt)
     fractions = splits.parse_split(split)
     _balance.check_balance(balance)
     if augment and balance != "oversample":
         raise ConfigError(f"--augment-minority makes augmented oversampled copies; it needs "
                           f"--balance oversample (got --balance {balance}).")
-    export_images.check_resize(resize, fit)
+    images.check_resize(resize, fit)
     if not 0 <= int(distance) <= 32:
         raise ConfigError(f"--near-duplicate-distance {distance}: give 0 to 32 bits.")
     return {
@@ -213,7 +214,7 @@ def class_dirs(classes: Sequence[str]) -> dict[str, str]:
 
 def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: dict[str, int],
            plan: dict[str, Any], opts: dict[str, Any], progress: bool) -> ExportSummary:
-    from alearn import __version__
+    from alearn.version import __version__
 
     bal: _balance.BalancePlan = plan["balance"]
     classes, fmt = project.config.classes, opts["format"]
@@ -226,16 +227,16 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
     order = {s: i for i, s in enumerate(splits.SPLIT_NAMES)}
     ci = {c: i for i, c in enumerate(classes)}
     jobs.sort(key=lambda j: (order[j[0]["split"]], ci[j[0]["label"]], j[0]["id"], j[1]))
-    stats = export_images.PixelStats()
+    stats = images.PixelStats()
     rows = []
     for rec, copy, ops in _track(jobs, progress):
         name = _file_name(rec, copy, reencode=bool(opts["resize"] or ops))
-        rel = export_formats.image_relpath(fmt, rec["split"], dirs[rec["label"]], name)
+        rel = formats.image_relpath(fmt, rec["split"], dirs[rec["label"]], name)
         _write_image(project, rec, tmp / rel, opts, ops,
                      stats if rec["split"] == "train" else None)
         rows.append({**rec, "file": rel, "copy_index": copy, "augment": ops,
                      "source_path": rec["path"]})
-    export_formats.write_records(tmp, fmt, rows)
+    formats.write_records(tmp, fmt, rows)
     counts = {s: {c: 0 for c in classes} for s in splits.SPLIT_NAMES
               if any(r["split"] == s for r in rows)}
     for r in rows:
@@ -246,15 +247,15 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
         removed=removed, n_copies=len(bal.copies), n_dropped=len(dropped),
         n_dup_groups=plan["n_dup_groups"], largest_group=plan["largest_group"],
         class_weights=bal.weights, stats=stats.to_dict())
-    export_io.write_json(tmp / "classes.json", [{"index": i, "name": c, "folder": dirs[c]}
+    files.write_json(tmp / "classes.json", [{"index": i, "name": c, "folder": dirs[c]}
                                        for i, c in enumerate(classes)])
-    export_io.write_json(tmp / "stats.json", {"split": "train", "resize": opts["resize"],
+    files.write_json(tmp / "stats.json", {"split": "train", "resize": opts["resize"],
                                      "fit": opts["fit"] if opts["resize"] else None,
                                      **summary.stats})
-    export_io.write_json(tmp / "transforms.json", export_images.backbone_transforms(
+    files.write_json(tmp / "transforms.json", images.backbone_transforms(
         project.config.embed.backbone, image_size=opts["resize"]))
     if bal.weights is not None:
-        export_io.write_json(tmp / "class_weights.json", bal.weights)
+        files.write_json(tmp / "class_weights.json", bal.weights)
     public_opts = {k: v for k, v in opts.items() if k != "fractions"}
     info = {
         "project": project.config.name, "classes": classes, "splits": list(counts),
@@ -264,13 +265,13 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
         "n_copies": summary.n_copies, "n_dropped": summary.n_dropped,
         "class_weights": bal.weights, "removed": removed,
         "by_origin": dict(Counter(r["origin"] for r in records if r["id"] not in dropped)),
-        "rounds": dataset_card.rounds_summary(project),
-        "stopping_reason": dataset_card.stopping_reason(project),
+        "rounds": card.rounds_summary(project),
+        "stopping_reason": card.stopping_reason(project),
         "n_dup_groups": plan["n_dup_groups"], "n_dup_items": plan["n_dup_items"],
         "largest_group": plan["largest_group"],
-        "stats": summary.stats, "layout": dataset_card.layout(fmt, bal.weights is not None),
+        "stats": summary.stats, "layout": card.layout(fmt, bal.weights is not None),
     }
-    (tmp / "README.md").write_text(dataset_card.render_card(info), encoding="utf-8")
+    (tmp / "README.md").write_text(card.render_card(info), encoding="utf-8")
     return summary
 
 
@@ -280,7 +281,7 @@ def _file_name(rec: dict[str, Any], copy: int, *, reencode: bool) -> str:
 
 
 def _write_image(project: Project, rec: dict[str, Any], dest: Path, opts: dict[str, Any],
-                 ops: list[dict[str, Any]], stats: export_images.PixelStats | None) -> None:
+                 ops: list[dict[str, Any]], stats: images.PixelStats | None) -> None:
     src = _image_path(project, rec)
     dest.parent.mkdir(parents=True, exist_ok=True)
     data = src.read_bytes()
@@ -298,9 +299,9 @@ def _write_image(project: Project, rec: dict[str, Any], dest: Path, opts: dict[s
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
             if opts["resize"]:
-                img = export_images.fit_image(opened, opts["resize"], opts["fit"])
+                img = images.fit_image(opened, opts["resize"], opts["fit"])
             else:
-                img = export_images.export_mode(ImageOps.exif_transpose(opened))
+                img = images.export_mode(ImageOps.exif_transpose(opened))
             img = _balance.apply_ops(img, ops)
             img.save(dest, format="PNG")
             if stats is not None:

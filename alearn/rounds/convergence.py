@@ -40,7 +40,7 @@ from sklearn.metrics import cohen_kappa_score
 from sqlalchemy import select
 
 from alearn.exceptions import AlearnError, ConfigError
-from alearn.rounds import CLOSED, get_round
+from alearn.rounds.lifecycle import CLOSED, get_round
 from alearn.store import Round, Selection, Store
 
 if TYPE_CHECKING:
@@ -314,7 +314,7 @@ def assess_round(project: Project, round_id: int,
     and ``notes``. Missing features or too few labels make the signals that need them
     unmet, with the reason; they do not raise.
     """
-    from alearn import training  # scikit-learn and the feature cache: import on use
+    from alearn.model import training  # scikit-learn and the feature cache: import on use
 
     store, cfg = project.store, project.config.convergence
     rnd = get_round(store, round_id)

@@ -7,9 +7,16 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from alearn.adjudication import adjudication_status
 from alearn.project import Project
-from alearn.rounds import ACTIVE, CLOSED, FAILED, active_round, round_progress, stale_rounds
+from alearn.rounds.adjudication import adjudication_status
+from alearn.rounds.lifecycle import (
+    ACTIVE,
+    CLOSED,
+    FAILED,
+    active_round,
+    round_progress,
+    stale_rounds,
+)
 from alearn.store import Annotation, FileRecord, Item, Label, QuarantinedAnnotation, Round
 
 
@@ -107,7 +114,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 def _convergence(project: Project) -> dict[str, Any]:
     """The latest verdict: its summary ("converged because ..." or "not converged: ...")
     and signals."""
-    from alearn.convergence import convergence_status
+    from alearn.rounds.convergence import convergence_status
 
     status = convergence_status(project).to_dict()
     return {k: status[k] for k in ("converged", "summary", "reasons", "signals")}

@@ -22,9 +22,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sqlalchemy import func, select
 
-from alearn.classifier import EmbeddingClassifier
 from alearn.exceptions import StoreError
 from alearn.files import sha256_file
+from alearn.model.head import EmbeddingClassifier
 from alearn.project import Project
 from alearn.store import Item, ModelRecord
 
@@ -41,7 +41,7 @@ _POOL: weakref.WeakKeyDictionary[Project, tuple[tuple, np.ndarray, np.ndarray]] 
 
 def _pool_fingerprint(project: Project) -> tuple:
     """What identifies the pool's features: cache key, item count and id, chunk files."""
-    from alearn.features import cache_key_for  # torch: import on use
+    from alearn.features.pipeline import cache_key_for  # torch: import on use
 
     key = cache_key_for(project.config.embed, root=project.root)
     with project.store.session() as s:
@@ -58,7 +58,7 @@ def pool_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
     change (checked with one count query and a directory listing), since close,
     convergence, training and selection all need the same arrays.
     """
-    from alearn.features import load_pool_features  # torch: import on use
+    from alearn.features.pipeline import load_pool_features  # torch: import on use
 
     fingerprint = _pool_fingerprint(project)
     hit = _POOL.get(project)
@@ -97,8 +97,8 @@ def pool_stats(project: Project) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _items_with_features(project: Project, wanted: set[int] | None,
                          *, values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    from alearn.feature_cache import FeatureCache
-    from alearn.features import cache_key_for
+    from alearn.features.cache import FeatureCache
+    from alearn.features.pipeline import cache_key_for
 
     cache = FeatureCache(project.features_dir,
                          cache_key_for(project.config.embed, root=project.root))
@@ -231,7 +231,7 @@ def load_head(project: Project, version: str) -> EmbeddingClassifier:
         record = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
     if record is None:
         raise StoreError(f"no model {version!r} in the store. Train one first "
-                         "(alearn round start, or alearn.training.train_head).")
+                         "(alearn round start, or alearn.model.training.train_head).")
     path = Path(record.path or project.models_dir / f"{version}.joblib").resolve()
     models = project.models_dir.resolve()
     if models not in path.parents:

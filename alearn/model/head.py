@@ -1,7 +1,7 @@
 """The classifier head: logistic regression on standardised embeddings.
 
 The standardisation statistics should come from the whole pool (``pool_stats``, as
-:func:`alearn.training.make_head` sets them): unlabeled embeddings are free, while the
+:func:`alearn.model.training.make_head` sets them): unlabeled embeddings are free, while the
 statistics of the labeled items alone are skewed by the very selection active learning
 makes. On Fashion-MNIST that halved the labels the default schedule needed (see
 scripts/bench_label_efficiency.py). Without ``pool_stats`` they come from ``X``.

@@ -35,9 +35,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alearn.exceptions import ConfigError, IngestError, ManifestRowError
-from alearn.exif import ExifInfo, read_exif
 from alearn.files import read_regular_file
-from alearn.manifest import MAX_PATH, ManifestRow, check_row, read_manifest, row_path
+from alearn.ingestion.exif import ExifInfo, read_exif
+from alearn.ingestion.manifest import MAX_PATH, ManifestRow, check_row, read_manifest, row_path
 from alearn.project import Project
 from alearn.store import FileRecord, Item, Label, Store
 
@@ -180,7 +180,7 @@ def ingest(project: Project, *, images: Path | None = None, manifest: Path | Non
         Folder to scan, inside the image root. Default: the image root, unless a
         manifest is given (then only the manifest's rows are ingested).
     manifest
-        A ``.csv`` or ``.jsonl`` manifest (see :mod:`alearn.manifest`).
+        A ``.csv`` or ``.jsonl`` manifest (see :mod:`alearn.ingestion.manifest`).
     progress
         Show a progress bar on stderr.
     batch_size

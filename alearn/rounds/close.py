@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from alearn.agreement import agreement_report as _agreement_report
-from alearn.agreement import ratings_matrix
-from alearn.annotator_quality import annotator_quality
-from alearn.consensus import dawid_skene, get_consensus
 from alearn.exceptions import AlearnError, RoundError
 from alearn.project import Project
-from alearn.rounds import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
+from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
+from alearn.stats.agreement import agreement_report as _agreement_report
+from alearn.stats.agreement import ratings_matrix
+from alearn.stats.annotators import annotator_quality
+from alearn.stats.consensus import dawid_skene, get_consensus
 from alearn.store import Annotation, Label, Round, Selection
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def close_round(project: Project, round_id: int, *, recompute: bool = False) -> 
                                  "pushed": 0, "decided": 0, "pending": len(adjudication),
                                  "set_aside": []},
                    cv_accuracy=_cv_accuracy(project))
-    from alearn.convergence import assess_round, not_assessed
+    from alearn.rounds.convergence import assess_round, not_assessed
 
     try:
         metrics["convergence"] = assess_round(project, round_id, metrics)
@@ -268,7 +268,7 @@ def _mean_pairwise(kappa: Any) -> float | None:
 
 def _cv_accuracy(project: Project) -> float | None:
     """Cross-validated accuracy of the head on all trusted labels (None if too few)."""
-    from alearn import training
+    from alearn.model import training
 
     try:
         ids, X = training.labeled_features(project)

@@ -27,10 +27,10 @@ from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sqlalchemy import select
 
-from alearn import report_plots as plots
-from alearn.convergence import convergence_status
 from alearn.exceptions import AlearnError, ConfigError
 from alearn.project import Project
+from alearn.report import plots
+from alearn.rounds.convergence import convergence_status
 from alearn.store import Round
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def _td_class(v: Any) -> str:
 def _head_view(project: Project) -> dict[str, Any]:
     """Pool features, the trusted training set and a head fitted on it (as the next
     round would train it), or the reason there is none."""
-    from alearn import training  # the feature cache pulls in torch: import on use
+    from alearn.model import training  # the feature cache pulls in torch: import on use
 
     view: dict[str, Any] = {"ids": None, "head": None, "why": ""}
     try:
@@ -196,7 +196,7 @@ def _head_view(project: Project) -> dict[str, Any]:
 
 
 def _header(project: Project, closed: list[dict], head: dict) -> str:
-    from alearn.status import project_status
+    from alearn.report.status import project_status
 
     st = project_status(project)
     spent = closed[-1]["metrics"].get("labels_spent_total") if closed else 0
@@ -291,7 +291,7 @@ def _confusion(fig: _Figures, project: Project, head: dict) -> str:
     title = "<h2>Model against consensus</h2>"
     if head["head"] is None:
         return title + _nodata(head["why"])
-    from alearn import training
+    from alearn.model import training
 
     y = head["y"]
     counts = Counter(y.tolist())

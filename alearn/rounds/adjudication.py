@@ -20,7 +20,7 @@ no trusted label. ``agreement.adjudication`` says what happens next:
     of annotations it should reach (the round's overlap plus :data:`EXTRA_VOTES`); Label
     Studio is asked for that many annotators on their tasks, the targets are recorded in
     ``Round.metrics['more_votes']`` (:func:`record_more_votes`), and the round keeps
-    collecting until they are reached (:func:`alearn.rounds.round_progress` counts
+    collecting until they are reached (:func:`alearn.rounds.lifecycle.round_progress` counts
     them). The close then recomputes the consensus over all the votes; items still
     unsettled stay in ``adjudication_items``, without a label. Votes are only asked for
     once per round, and only people who have not labeled a task yet can add to it, so
@@ -278,9 +278,9 @@ def more_votes_targets(project: Project, round_id: int) -> dict[int, int]:
     pushed or collecting, or when every item is settled. Gold items and items with a
     trusted label are never listed.
     """
-    from alearn.agreement import ratings_matrix
-    from alearn.closing import gold_labels, round_votes
-    from alearn.consensus import get_consensus
+    from alearn.rounds.close import gold_labels, round_votes
+    from alearn.stats.agreement import ratings_matrix
+    from alearn.stats.consensus import get_consensus
 
     store, cfg = project.store, project.config
     with store.session() as s:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from alearn.exceptions import AlearnError
-from alearn.export_formats import TABLE_FILES
+from alearn.export.formats import TABLE_FILES
 from alearn.project import Project
 from alearn.store import Round
 
@@ -41,9 +41,9 @@ def rounds_summary(project: Project) -> list[dict[str, Any]]:
 
 
 def stopping_reason(project: Project) -> str:
-    """``alearn.convergence.convergence_status(project).summary``, or 'not assessed'."""
+    """``alearn.rounds.convergence.convergence_status(project).summary``, or 'not assessed'."""
     try:
-        from alearn.convergence import convergence_status
+        from alearn.rounds.convergence import convergence_status
     except ImportError:
         return "not assessed (no convergence check available)"
     try:
@@ -88,7 +88,7 @@ def layout(fmt: str, weights: bool) -> list[str]:
 
 
 def render_card(info: dict[str, Any]) -> str:
-    """Markdown for the card; ``info`` is what :func:`alearn.dataset_export.export_dataset`
+    """Markdown for the card; ``info`` is what :func:`alearn.export.dataset.export_dataset`
     gathered (see the keys used below)."""
     classes: list[str] = info["classes"]
     splits: list[str] = info["splits"]

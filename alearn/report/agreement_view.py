@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from alearn.agreement import Estimate, agreement_report, ratings_matrix
-from alearn.closing import N_BOOT, annotator_report, gold_labels, lead_time_matrix, round_votes
 from alearn.exceptions import RoundError
 from alearn.project import Project
+from alearn.rounds.close import N_BOOT, annotator_report, gold_labels, lead_time_matrix, round_votes
+from alearn.stats.agreement import Estimate, agreement_report, ratings_matrix
 from alearn.store import Round
 
 

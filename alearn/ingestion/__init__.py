@@ -1,0 +1,2 @@
+"""Ingest: find images (a folder or a manifest), decode and hash them, record them
+in the store."""

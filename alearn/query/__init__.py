@@ -1,0 +1,1 @@
+"""Query: which unlabeled items people should label next (utilities, strategies, batch planning)."""

@@ -1,0 +1,1 @@
+"""What people read: the HTML report and its plots, the status summary, agreement tables."""
