@@ -45,13 +45,13 @@ _LAZY = {
     "train_head": "alearn.model.training",
     "plan_batch": "alearn.query.selection",
     "Plan": "alearn.query.selection",
-    "Ratings": "alearn.stats.agreement",
-    "ratings_matrix": "alearn.stats.agreement",
-    "Estimate": "alearn.stats.agreement",
+    "Ratings": "alearn.stats.ratings",
+    "ratings_matrix": "alearn.stats.ratings",
+    "Estimate": "alearn.stats.bootstrap",
     "AgreementReport": "alearn.stats.agreement",
     "agreement_report": "alearn.stats.agreement",
-    "cohen_kappa": "alearn.stats.agreement",
-    "pairwise_kappa": "alearn.stats.agreement",
+    "cohen_kappa": "alearn.stats.pairwise",
+    "pairwise_kappa": "alearn.stats.pairwise",
     "fleiss_kappa": "alearn.stats.agreement",
     "krippendorff_alpha": "alearn.stats.agreement",
     "gwet_ac1": "alearn.stats.agreement",
@@ -148,15 +148,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from alearn.stats.agreement import (  # noqa: F401
         AgreementReport,
-        Estimate,
-        Ratings,
         agreement_report,
-        cohen_kappa,
         fleiss_kappa,
         gwet_ac1,
         krippendorff_alpha,
-        pairwise_kappa,
         per_class_agreement,
         percent_agreement,
-        ratings_matrix,
     )
+    from alearn.stats.bootstrap import Estimate  # noqa: F401
+    from alearn.stats.pairwise import cohen_kappa, pairwise_kappa  # noqa: F401
+    from alearn.stats.ratings import Ratings, ratings_matrix  # noqa: F401

@@ -16,16 +16,14 @@ from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss
 from alearn.exceptions import ConfigError
 from alearn.stats.agreement import (
     agreement_report,
-    check_ratings,
-    cohen_kappa,
     fleiss_kappa,
     gwet_ac1,
     krippendorff_alpha,
-    pairwise_kappa,
     per_class_agreement,
     percent_agreement,
-    ratings_matrix,
 )
+from alearn.stats.pairwise import cohen_kappa, pairwise_kappa
+from alearn.stats.ratings import check_ratings, ratings_matrix
 
 # --- published examples ---------------------------------------------------------------
 # Gwet, Handbook of Inter-Rater Reliability (4th ed.), as printed in the irrCAC README:

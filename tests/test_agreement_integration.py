@@ -26,8 +26,8 @@ from alearn.report.status import project_status
 from alearn.rounds.adjudication import votes_text
 from alearn.rounds.close import round_votes
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round
-from alearn.stats.agreement import ratings_matrix
 from alearn.stats.consensus import dawid_skene, majority_vote
+from alearn.stats.ratings import ratings_matrix
 from alearn.store import Annotation, Item, Label, Selection
 from labelstudio.annotators import label_stream
 from workers.orchestrate import enqueue_pull, start_round

@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from alearn.exceptions import ConfigError
-from alearn.stats.agreement import ratings_matrix
 from alearn.stats.annotators import annotator_quality
+from alearn.stats.ratings import ratings_matrix
 
 _ = -1
 # Worked by hand (others' majority per item; "tie" items are left out):

@@ -14,7 +14,7 @@ from alearn.features.pipeline import cache_key_for
 from alearn.query.selection import gold_count, plan_batch
 from alearn.rounds.close import annotator_report, close_round, wilson_upper
 from alearn.rounds.lifecycle import PUSHED, create_round, record_plan, transition
-from alearn.stats.agreement import ratings_matrix
+from alearn.stats.ratings import ratings_matrix
 from alearn.store import Annotation, Item, Label, Round, Selection
 from labelstudio.push import task_payload
 

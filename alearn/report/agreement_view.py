@@ -10,7 +10,9 @@ from sqlalchemy import select
 from alearn.exceptions import RoundError
 from alearn.project import Project
 from alearn.rounds.close import N_BOOT, annotator_report, gold_labels, lead_time_matrix, round_votes
-from alearn.stats.agreement import Estimate, agreement_report, ratings_matrix
+from alearn.stats.agreement import agreement_report
+from alearn.stats.bootstrap import Estimate
+from alearn.stats.ratings import ratings_matrix
 from alearn.store import Round
 
 

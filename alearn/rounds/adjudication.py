@@ -279,8 +279,8 @@ def more_votes_targets(project: Project, round_id: int) -> dict[int, int]:
     trusted label are never listed.
     """
     from alearn.rounds.close import gold_labels, round_votes
-    from alearn.stats.agreement import ratings_matrix
     from alearn.stats.consensus import get_consensus
+    from alearn.stats.ratings import ratings_matrix
 
     store, cfg = project.store, project.config
     with store.session() as s:

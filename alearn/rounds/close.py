@@ -30,9 +30,9 @@ from alearn.exceptions import AlearnError, RoundError
 from alearn.project import Project
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
 from alearn.stats.agreement import agreement_report as _agreement_report
-from alearn.stats.agreement import ratings_matrix
 from alearn.stats.annotators import annotator_quality
 from alearn.stats.consensus import dawid_skene, get_consensus
+from alearn.stats.ratings import ratings_matrix
 from alearn.store import Annotation, Label, Round, Selection
 
 log = logging.getLogger(__name__)

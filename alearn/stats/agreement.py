@@ -1,13 +1,8 @@
 """Inter-annotator agreement on a ratings matrix, each figure with a bootstrap interval.
 
-The data model is a ratings matrix ``R`` of shape (n_items, n_annotators): ``R[i, j]`` is
-the class index (0..k-1) annotator ``j`` gave item ``i``, or -1 if ``j`` did not rate it.
-:func:`ratings_matrix` builds one from ``(item, annotator, label)`` triples.
-
-Every figure is an :class:`Estimate`: the value, a 95% percentile bootstrap interval over
-items (seeded; resamples where the figure is undefined are dropped), and the number of
-items it rests on. Where a figure cannot be computed its value is ``None`` and ``reason``
-says why; no NaN is ever returned silently.
+Every figure is an :class:`~alearn.stats.bootstrap.Estimate` on a ratings matrix (see
+:mod:`alearn.stats.ratings`); Cohen's kappa of two raters and of every pair is in
+:mod:`alearn.stats.pairwise`, and :func:`agreement_report` gathers them all.
 
 Decisions, stated once:
 
@@ -26,271 +21,22 @@ Decisions, stated once:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from alearn.exceptions import ConfigError
+from alearn.stats.bootstrap import Estimate, bootstrap_estimate, not_computable, safe_div
+from alearn.stats.pairwise import PairwiseKappa, pairwise_kappa
+from alearn.stats.ratings import MISSING, Ratings, check_ratings, named_ratings, vote_counts
 
 log = logging.getLogger(__name__)
 
-MISSING = -1
-_EPS = 1e-12
-
 __all__ = [
-    "AgreementReport", "Estimate", "PairwiseKappa", "Ratings", "agreement_report",
-    "check_ratings", "cohen_kappa", "fleiss_kappa", "gwet_ac1", "krippendorff_alpha",
-    "pairwise_kappa", "per_class_agreement", "percent_agreement", "ratings_matrix",
-    "vote_counts",
+    "AgreementReport", "agreement_report", "fleiss_kappa", "gwet_ac1", "krippendorff_alpha",
+    "per_class_agreement", "percent_agreement",
 ]
-
-
-@dataclass(frozen=True)
-class Ratings:
-    """A ratings matrix with the ids behind its rows, columns and values."""
-
-    items: list[Hashable]
-    annotators: list[Hashable]
-    matrix: np.ndarray  # (n_items, n_annotators) int64, -1 = not rated
-    classes: list[str]
-
-
-def ratings_matrix(
-    votes: Iterable[tuple[Hashable, Hashable, Any]], classes: Sequence[str]
-) -> Ratings:
-    """Build a :class:`Ratings` from ``(item_id, annotator, label)`` triples.
-
-    ``label`` is a class name from ``classes`` or a class index; ``None`` (a skipped task)
-    is ignored. Items and annotators keep the order in which they first appear.
-    Two votes for the same (item, annotator) raise :class:`ConfigError`.
-    """
-    classes = list(classes)
-    index = {c: i for i, c in enumerate(classes)}
-    items: dict[Hashable, int] = {}
-    annotators: dict[Hashable, int] = {}
-    cells: dict[tuple[int, int], int] = {}
-    for item, annotator, label in votes:
-        if label is None:
-            continue
-        if isinstance(label, str):
-            if label not in index:
-                raise ConfigError(
-                    f"vote ({item!r}, {annotator!r}) has label {label!r}, which is not one "
-                    f"of the classes {classes}. Pass the project's class list."
-                )
-            code = index[label]
-        elif isinstance(label, int | np.integer) and not isinstance(label, bool):
-            code = int(label)
-            if not 0 <= code < len(classes):
-                raise ConfigError(
-                    f"vote ({item!r}, {annotator!r}) has class index {code}; valid indices "
-                    f"are 0..{len(classes) - 1}."
-                )
-        else:
-            raise ConfigError(
-                f"vote ({item!r}, {annotator!r}) has label {label!r} of type "
-                f"{type(label).__name__}; give a class name or a class index."
-            )
-        key = (items.setdefault(item, len(items)),
-               annotators.setdefault(annotator, len(annotators)))
-        if key in cells:
-            raise ConfigError(
-                f"annotator {annotator!r} voted twice on item {item!r}; keep one vote per "
-                "(item, annotator), e.g. the latest annotation."
-            )
-        cells[key] = code
-    matrix = np.full((len(items), len(annotators)), MISSING, dtype=np.int64)
-    if cells:
-        rows, cols = np.array(list(cells), dtype=np.int64).T
-        matrix[rows, cols] = np.fromiter(cells.values(), dtype=np.int64, count=len(cells))
-    return Ratings(list(items), list(annotators), matrix, classes)
-
-
-def check_ratings(R: Any, n_classes: int | None = None) -> tuple[np.ndarray, int]:
-    """Validate a ratings matrix; return it as int64 and the number of classes ``k``.
-
-    ``k`` is ``n_classes`` if given, else the largest class index + 1.
-    """
-    if isinstance(R, Ratings):
-        n_classes = len(R.classes) if n_classes is None else n_classes
-        R = R.matrix
-    arr = np.asarray(R)
-    if arr.ndim != 2:
-        raise ConfigError(
-            f"ratings must be a 2-D array of shape (n_items, n_annotators); got shape "
-            f"{arr.shape}."
-        )
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr))
-                and np.all(arr == np.round(arr))):
-            raise ConfigError(
-                f"ratings must hold integer class indices and -1 for 'not rated'; got dtype "
-                f"{arr.dtype}. Use ratings_matrix() to build it from votes."
-            )
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and arr.min() < MISSING:
-        raise ConfigError(f"ratings contain {arr.min()}; use -1 for 'not rated'.")
-    top = int(arr.max()) + 1 if arr.size else 0
-    if n_classes is None:
-        n_classes = top
-    elif top > n_classes:
-        raise ConfigError(
-            f"ratings contain class index {top - 1} but n_classes={n_classes}; pass the "
-            "full class list."
-        )
-    return arr, int(n_classes)
-
-
-def vote_counts(R: np.ndarray, k: int) -> np.ndarray:
-    """Votes per class: ndarray of shape (n_items, k), int64, from a checked matrix."""
-    rows, cols = np.nonzero(R >= 0)
-    flat = rows * k + R[rows, cols]
-    return np.bincount(flat, minlength=R.shape[0] * k).reshape(R.shape[0], k)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """One agreement figure: value with a 95% bootstrap interval, or None and why."""
-
-    value: float | None
-    ci_low: float | None
-    ci_high: float | None
-    n_items: int
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _none(n_items: int, why: str) -> Estimate:
-    return Estimate(None, None, None, n_items, f"not computable, because {why}")
-
-
-def _estimate(
-    features: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], *, n_boot: int, seed: int,
-    undefined: str, weights: np.ndarray | None = None,
-) -> Estimate:
-    """Value and percentile bootstrap CI of ``stat`` applied to column sums of ``features``.
-
-    ``features`` (n_items, d) holds per-item sufficient statistics (or, with ``weights``,
-    distinct rows and how many items have each); ``stat`` maps sums of shape (B, d) to
-    values (B,), NaN where undefined. Resampling n items with replacement is the same as a
-    multinomial draw over the distinct rows, so one resample costs O(distinct rows).
-    """
-    if weights is None:
-        features, inverse = np.unique(features, axis=0, return_inverse=True)
-        weights = np.bincount(inverse.ravel(), minlength=len(features))
-    n = int(weights.sum())
-    value = float(stat((weights @ features)[None])[0])
-    if not np.isfinite(value):
-        return _none(n, undefined)
-    low = high = None
-    if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        p = weights / n
-        chunk = max(1, 2_000_000 // len(features))
-        vals = np.concatenate([
-            stat(rng.multinomial(n, p, size=min(chunk, n_boot - s)) @ features)
-            for s in range(0, n_boot, chunk)
-        ])
-        vals = vals[np.isfinite(vals)]
-        if vals.size:
-            low, high = (float(v) for v in np.percentile(vals, [2.5, 97.5]))
-    return Estimate(value, low, high, n, None)
-
-
-def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    out = np.full(np.broadcast(num, den).shape, np.nan)
-    ok = np.abs(den) > _EPS
-    np.divide(num, den, out=out, where=ok)
-    return out
-
-
-def _kappa_stat(k: int) -> Callable[[np.ndarray], np.ndarray]:
-    def stat(s: np.ndarray) -> np.ndarray:
-        c = s.reshape(len(s), k, k)
-        n = c.sum(axis=(1, 2))
-        po = _div(np.trace(c, axis1=1, axis2=2), n)
-        pe = _div(np.einsum("bi,bi->b", c.sum(2), c.sum(1)), n * n)
-        return _div(po - pe, 1 - pe)
-    return stat
-
-
-def cohen_kappa(
-    x: Any, y: Any, *, n_classes: int | None = None, n_boot: int = 1000, seed: int = 0,
-    names: tuple[str, str] = ("x", "y"),
-) -> Estimate:
-    """Cohen's kappa of two raters on the items both rated.
-
-    Parameters
-    ----------
-    x, y : array-like of shape (n_items,)
-        Class indices, -1 where that rater did not rate the item.
-    """
-    R, k = check_ratings(np.column_stack([np.asarray(x), np.asarray(y)]), n_classes)
-    both = R[(R[:, 0] >= 0) & (R[:, 1] >= 0)]
-    if len(both) == 0:
-        return _none(0, f"annotators {names[0]} and {names[1]} rated no item in common")
-    cells = np.bincount(both[:, 0] * k + both[:, 1], minlength=k * k)
-    seen = np.flatnonzero(cells)
-    why = (f"{names[0]} and {names[1]} gave all {len(both)} shared items the same single "
-           f"class ({int(both[0, 0])}): chance agreement is 1, so kappa is 0/0 "
-           "(they agree on every item; Gwet's AC1 is defined here)")
-    return _estimate(np.eye(k * k)[seen], _kappa_stat(k), n_boot=n_boot, seed=seed,
-                     undefined=why, weights=cells[seen])
-
-
-@dataclass(frozen=True)
-class PairwiseKappa:
-    """Cohen's kappa of every pair of annotators, each on the items both rated."""
-
-    annotators: list[Hashable]
-    pairs: dict[tuple[int, int], Estimate]  # (i, j) with i < j
-
-    def matrix(self) -> np.ndarray:
-        """Kappa values, shape (n_annotators, n_annotators); NaN on the diagonal and for
-        pairs whose Estimate is None (its ``reason`` says why)."""
-        a = len(self.annotators)
-        out = np.full((a, a), np.nan)
-        for (i, j), est in self.pairs.items():
-            if est.value is not None:
-                out[i, j] = out[j, i] = est.value
-        return out
-
-    def n_items(self) -> np.ndarray:
-        """Items both annotators rated, shape (n_annotators, n_annotators)."""
-        out = np.zeros((len(self.annotators),) * 2, dtype=np.int64)
-        for (i, j), est in self.pairs.items():
-            out[i, j] = out[j, i] = est.n_items
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        names = [str(a) for a in self.annotators]
-        return {"annotators": names, "pairs": [
-            {"a": names[i], "b": names[j], **est.to_dict()} for (i, j), est in self.pairs.items()
-        ]}
-
-
-def _unpack(R: Any, n_classes: int | None) -> tuple[np.ndarray, int, list[Hashable]]:
-    names = list(R.annotators) if isinstance(R, Ratings) else None
-    arr, k = check_ratings(R, n_classes)
-    return arr, k, names if names is not None else list(range(arr.shape[1]))
-
-
-def pairwise_kappa(
-    R: Any, *, n_classes: int | None = None, n_boot: int = 1000, seed: int = 0
-) -> PairwiseKappa:
-    """Cohen's kappa for each pair of annotators (columns of ``R``)."""
-    R, k, names = _unpack(R, n_classes)
-    a = R.shape[1]
-    pairs = {
-        (i, j): cohen_kappa(R[:, i], R[:, j], n_classes=k, n_boot=n_boot, seed=seed,
-                            names=(str(names[i]), str(names[j])))
-        for i in range(a) for j in range(i + 1, a)
-    }
-    return PairwiseKappa(names, pairs)
 
 
 _NO_PAIRS = "no item has two or more ratings (agreement needs at least two annotators per item)"
@@ -310,11 +56,11 @@ def percent_agreement(R: Any, *, n_classes: int | None = None, n_boot: int = 100
     r = counts.sum(1)
     c = counts[r >= 2]
     if len(c) == 0:
-        return _none(0, _NO_PAIRS)
+        return not_computable(0, _NO_PAIRS)
     rr = c.sum(1)
     pa_i = (c * (c - 1)).sum(1) / (rr * (rr - 1))
-    return _estimate(pa_i[:, None], lambda s: s[:, 0] / len(c), n_boot=n_boot, seed=seed,
-                     undefined=_NO_PAIRS)
+    return bootstrap_estimate(pa_i[:, None], lambda s: s[:, 0] / len(c), n_boot=n_boot,
+                              seed=seed, undefined=_NO_PAIRS)
 
 
 def _fleiss_m(r: np.ndarray) -> int | None:
@@ -334,18 +80,19 @@ def fleiss_kappa(R: Any, *, n_classes: int | None = None, n_boot: int = 1000,
     r = counts.sum(1)
     m = _fleiss_m(r)
     if m is None:
-        return _none(0, _NO_PAIRS)
+        return not_computable(0, _NO_PAIRS)
     c = counts[r == m]
     feats = np.column_stack([c, (c * c).sum(1)]).astype(np.float64)
 
     def stat(s: np.ndarray) -> np.ndarray:
         n_items = s[:, :k].sum(1) / m
-        p_bar = _div(s[:, k] - n_items * m, n_items * m * (m - 1))
-        pj = _div(s[:, :k], (n_items * m)[:, None])
+        p_bar = safe_div(s[:, k] - n_items * m, n_items * m * (m - 1))
+        pj = safe_div(s[:, :k], (n_items * m)[:, None])
         pe = (pj * pj).sum(1)
-        return _div(p_bar - pe, 1 - pe)
+        return safe_div(p_bar - pe, 1 - pe)
 
-    return _estimate(feats, stat, n_boot=n_boot, seed=seed, undefined=_one_class_why(c))
+    return bootstrap_estimate(feats, stat, n_boot=n_boot, seed=seed,
+                              undefined=_one_class_why(c))
 
 
 def _alpha_features(counts: np.ndarray) -> np.ndarray:
@@ -357,7 +104,7 @@ def _alpha_features(counts: np.ndarray) -> np.ndarray:
 def _alpha_stat(k: int) -> Callable[[np.ndarray], np.ndarray]:
     def stat(s: np.ndarray) -> np.ndarray:
         n = s[:, :k].sum(1)
-        return 1 - _div((n - 1) * (n - s[:, k]), n * n - (s[:, :k] ** 2).sum(1))
+        return 1 - safe_div((n - 1) * (n - s[:, k]), n * n - (s[:, :k] ** 2).sum(1))
     return stat
 
 
@@ -367,9 +114,9 @@ def krippendorff_alpha(R: Any, *, n_classes: int | None = None, n_boot: int = 10
     R, k = check_ratings(R, n_classes)
     feats = _alpha_features(vote_counts(R, k))
     if len(feats) == 0:
-        return _none(0, _NO_PAIRS)
-    return _estimate(feats, _alpha_stat(k), n_boot=n_boot, seed=seed,
-                     undefined=_one_class_why(feats[:, :k]))
+        return not_computable(0, _NO_PAIRS)
+    return bootstrap_estimate(feats, _alpha_stat(k), n_boot=n_boot, seed=seed,
+                              undefined=_one_class_why(feats[:, :k]))
 
 
 def gwet_ac1(R: Any, *, n_classes: int | None = None, n_boot: int = 1000,
@@ -382,23 +129,23 @@ def gwet_ac1(R: Any, *, n_classes: int | None = None, n_boot: int = 1000,
     """
     R, k = check_ratings(R, n_classes)
     if k < 2:
-        return _none(0, f"AC1 needs at least two classes (n_classes={k})")
+        return not_computable(0, f"AC1 needs at least two classes (n_classes={k})")
     counts = vote_counts(R, k)
     c = counts[counts.sum(1) >= 1]
     r = c.sum(1)
     if not np.any(r >= 2):
-        return _none(0, _NO_PAIRS)
+        return not_computable(0, _NO_PAIRS)
     two = r >= 2
     pa_i = np.where(two, (c * (c - 1)).sum(1) / np.maximum(r * (r - 1), 1), 0.0)
     feats = np.column_stack([two, pa_i, np.ones(len(c)), c / r[:, None]])
 
     def stat(s: np.ndarray) -> np.ndarray:
-        pa = _div(s[:, 1], s[:, 0])
+        pa = safe_div(s[:, 1], s[:, 0])
         pi = s[:, 3:] / s[:, 2:3]
         pe = (pi * (1 - pi)).sum(1) / (k - 1)
-        return _div(pa - pe, 1 - pe)
+        return safe_div(pa - pe, 1 - pe)
 
-    est = _estimate(feats, stat, n_boot=n_boot, seed=seed, undefined=_NO_PAIRS)
+    est = bootstrap_estimate(feats, stat, n_boot=n_boot, seed=seed, undefined=_NO_PAIRS)
     return Estimate(est.value, est.ci_low, est.ci_high, int(two.sum()), est.reason)
 
 
@@ -411,12 +158,13 @@ def per_class_agreement(R: Any, *, n_classes: int | None = None, n_boot: int = 1
         binary = np.where(R < 0, MISSING, (R == cls).astype(np.int64))
         feats = _alpha_features(vote_counts(binary, 2))
         if len(feats) == 0:
-            out.append(_none(0, _NO_PAIRS))
+            out.append(not_computable(0, _NO_PAIRS))
             continue
         used = int(feats[:, 1].sum())
         why = (f"no rating is class {cls}" if used == 0 else
                f"every rating is class {cls}") + ", so 'class or not' never varies (0/0)"
-        out.append(_estimate(feats, _alpha_stat(2), n_boot=n_boot, seed=seed, undefined=why))
+        out.append(bootstrap_estimate(feats, _alpha_stat(2), n_boot=n_boot, seed=seed,
+                                      undefined=why))
     return out
 
 
@@ -463,7 +211,7 @@ def agreement_report(
     """
     if classes is None and isinstance(R, Ratings):
         classes = R.classes
-    arr, k, names = _unpack(R, len(classes) if classes is not None else None)
+    arr, k, names = named_ratings(R, len(classes) if classes is not None else None)
     class_names = list(classes) if classes is not None else [str(c) for c in range(k)]
     opts: dict[str, Any] = {"n_classes": k, "n_boot": n_boot, "seed": seed}
     counts = vote_counts(arr, k)

@@ -1,6 +1,6 @@
 """How good each annotator is, measured against the others and against gold items.
 
-For every annotator (a column of the ratings matrix ``R``, see :mod:`alearn.stats.agreement`):
+For every annotator (a column of the ratings matrix ``R``, see :mod:`alearn.stats.ratings`):
 
 - **leave-one-out accuracy**: agreement with the majority vote of the *other* annotators
   on each item; items where the others tie, or where nobody else voted, are left out;
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from alearn.exceptions import ConfigError
-from alearn.stats.agreement import Ratings, check_ratings, pairwise_kappa, vote_counts
+from alearn.stats.pairwise import pairwise_kappa
+from alearn.stats.ratings import named_ratings, vote_counts
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,8 @@ def annotator_quality(
     min_items : int
         A figure raises a flag only if it rests on at least this many items.
     """
-    names = list(R.annotators) if isinstance(R, Ratings) else None
-    R, k = check_ratings(R, n_classes)
+    R, k, names = named_ratings(R, n_classes)
     n, a = R.shape
-    names = names if names is not None else list(range(a))
     gold_arr = _check_gold(gold, n, k)
     times = _check_times(lead_times, R.shape)
     votes = vote_counts(R, k)

@@ -1,7 +1,7 @@
 """Consensus labels from several annotators' votes: majority vote and Dawid-Skene.
 
 Both methods take a ratings matrix ``R`` of shape (n_items, n_annotators) (class index, or
--1 for "not rated"; see :mod:`alearn.stats.agreement`) and return a :class:`Consensus` of
+-1 for "not rated"; see :mod:`alearn.stats.ratings`) and return a :class:`Consensus` of
 arrays; ``Consensus.records()`` gives one :class:`ConsensusResult` per item. Methods are
 found by name in :data:`CONSENSUS_METHODS` through :func:`get_consensus`.
 
@@ -31,7 +31,7 @@ import numpy as np
 from scipy import sparse
 
 from alearn.exceptions import ConfigError, UnknownNameError
-from alearn.stats.agreement import check_ratings, vote_counts
+from alearn.stats.ratings import check_ratings, vote_counts
 
 log = logging.getLogger(__name__)
 
