@@ -343,9 +343,9 @@ def test_verbose_shows_the_traceback(proj: Path, capsys: pytest.CaptureFixture[s
 
     with pytest.raises(AlearnError):
         main(["-v", "round", "close"])
-    import alearn.cli
+    import alearn.cli.app
 
-    alearn.cli.VERBOSE = 0
+    alearn.cli.app.VERBOSE = 0
 
 
 # -- Label Studio payloads: one bad record never stops a pull ----------------------------

@@ -599,8 +599,8 @@ def test_cli_bad_flags_are_usage_errors_naming_the_flag(built, tmp_path, args, f
 
 
 def test_cli_choices_match_the_library():
-    from alearn.cli import BALANCE_MODES as CLI_BALANCE
-    from alearn.cli import EXPORT_FORMATS
+    from alearn.cli.export import BALANCE_MODES as CLI_BALANCE
+    from alearn.cli.export import EXPORT_FORMATS
     from alearn.export.balance import BALANCE_MODES
 
     assert sorted(EXPORT_FORMATS) == sorted(export_formats.FORMATS)

@@ -1,0 +1,130 @@
+"""What the command modules share: the context, output helpers and repeated options.
+
+Only light imports here (click, rich and alearn's base modules): ``alearn --help`` loads
+this module, so anything heavy (workers, sqlalchemy queries, torch) is imported inside
+the helper that needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from alearn.config import Settings
+from alearn.project import Project
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    """What every command needs: settings and (lazily) the project."""
+
+    def __init__(self, project_dir: Path | None) -> None:
+        self.project_dir = project_dir
+        self.settings = Settings.load()
+        self._project: Project | None = None
+
+    @property
+    def project(self) -> Project:
+        if self._project is None:
+            self._project = Project.open(self.project_dir, self.settings)
+        return self._project
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+# --- output ---
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    columns = columns or (list(rows[0]) if rows else [])
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def fmt(value: Any) -> str:
+    """A figure for a sentence: floats to three places, None as '-'."""
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+# --- options used by more than one command ---
+
+
+def json_option(func: F) -> F:
+    """``--json``: print JSON for scripts instead of tables (passed as ``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def batch_size_option(func: F) -> F:
+    return click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                        help="Items in the batch (default: rounds.batch_size).")(func)
+
+
+def strategy_option(func: F) -> F:
+    """``--strategy``; the command checks the name with :func:`check_strategy`."""
+    return click.option("--strategy", default=None,
+                        help="Strategy name or 'auto' (default: rounds.strategy).")(func)
+
+
+def check_strategy(strategy: str | None) -> None:
+    """A usage error (exit 2, naming --strategy) for an unknown strategy name."""
+    from alearn.exceptions import UnknownNameError
+    from alearn.query.strategies import check_strategy_name
+
+    if strategy is not None:
+        try:
+            check_strategy_name(strategy)
+        except UnknownNameError as exc:
+            raise click.BadParameter(str(exc), param_hint="--strategy") from None
+
+
+def round_number_option(default_help: str) -> Callable[[F], F]:
+    """``--round N`` (passed as ``number``); ``default_help`` says what omitting it means."""
+    def decorate(func: F) -> F:
+        return click.option("--round", "number", type=int, default=None,
+                            help=f"Round number (default: {default_help}).")(func)
+    return decorate
+
+
+# --- things commands open ---
+
+
+def redis_connection(ctx: Context):  # noqa: ANN201 - redis.Redis, imported lazily
+    from workers.queues import connect
+
+    return connect(ctx.settings)
+
+
+def round_by_number(ctx: Context, number: int | None) -> Any:
+    """Round ``number``, or the active (else latest) round when None."""
+    from sqlalchemy import select
+
+    from alearn.rounds.lifecycle import get_round
+    from alearn.store import Round
+
+    store = ctx.project.store
+    if number is None:
+        return get_round(store)
+    with store.session() as s:
+        rnd = s.scalar(select(Round).where(Round.number == number))
+    if rnd is None:
+        raise click.BadParameter(f"there is no round {number}", param_hint="--round")
+    return rnd

@@ -1,0 +1,137 @@
+"""Looking at a project: ``alearn status``, ``agreement`` and the static HTML ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from alearn.cli.common import (
+    Context,
+    console,
+    json_option,
+    pass_ctx,
+    print_json,
+    print_table,
+    redis_connection,
+    round_number_option,
+)
+from alearn.exceptions import AlearnError
+
+
+@click.command("report")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("report.html"),
+              show_default=True, help="HTML file to write; its plots go to <name>_files/.")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON from scripts/bench_label_efficiency.py --out: draws its "
+                   "random-sampling curve under the learning curve.")
+@json_option
+@pass_ctx
+def report_cmd(ctx: Context, out: Path, reference: Path | None, as_json: bool) -> None:
+    """Write a static HTML report: convergence, learning curve, agreement, classes,
+    confusion matrix, annotators and rounds."""
+    from alearn.report.html import write_report
+
+    path = write_report(ctx.project, out, reference=reference)
+    plots = sorted(str(p) for p in (path.parent / f"{path.stem}_files").glob("*.png"))
+    if as_json:
+        print_json({"report": str(path), "plots": plots})
+        return
+    console.print(f"Report written to {path} ({len(plots)} plots). Open it in a browser.")
+
+
+@click.command("agreement")
+@round_number_option("every round")
+@json_option
+@pass_ctx
+def agreement_cmd(ctx: Context, number: int | None, as_json: bool) -> None:
+    """Inter-annotator agreement with 95% bootstrap intervals, and annotator quality."""
+    from alearn.report.agreement_view import agreement_summary
+
+    summary = agreement_summary(ctx.project, round_number=number)
+    if as_json:
+        print_json(summary)
+        return
+    scope = f"round {number}" if number is not None else "all rounds"
+    console.print(f"Agreement over {scope}: {summary['n_items']} items, "
+                  f"{summary['n_annotators']} annotators, {summary['n_ratings']} ratings")
+    print_table("Agreement", summary["figures"], ["figure", "value", "95% CI", "items", "note"])
+    if summary["pairwise"]:
+        print_table("Cohen's kappa by pair", summary["pairwise"],
+                    ["a", "b", "value", "95% CI", "items", "note"])
+    if summary["annotators"]:
+        print_table("Annotators", summary["annotators"],
+                    ["annotator", "items", "accuracy (Dawid-Skene)", "accuracy vs others",
+                     "peer kappa", "gold accuracy", "median s", "flag"])
+
+
+@click.command("status")
+@json_option
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Pool, trusted labels, rounds, the current round's progress, queues and workers."""
+    from alearn.report.status import project_status
+    from workers.orchestrate import ensure_tick, queue_info
+
+    info = project_status(ctx.project)
+    try:
+        conn = redis_connection(ctx)
+        ensure_tick(ctx.project, conn)  # the safety net is re-armed by every status
+        info["queues"] = queue_info(conn, ctx.settings)
+    except AlearnError as exc:
+        info["queues"] = {"error": str(exc)}
+    if as_json:
+        print_json(info)
+        return
+    console.print(
+        f"[bold]{info['project']}[/]: pool {info['pool_size']}, trusted labels "
+        f"{info['trusted_labels']} ({info['unlabeled']} unlabeled), rejected files "
+        f"{info['rejected_files']}"
+    )
+    print_table("Trusted labels by class",
+                [{"class": c, "labels": n} for c, n in info["trusted_by_class"].items()])
+    if info["rounds"]:
+        print_table("Rounds", info["rounds"])
+    cur = info["current_round"]
+    if cur:
+        console.print(
+            f"Round {cur['number']} is [bold]{cur['status']}[/]: {cur['tasks_done']}/"
+            f"{cur['tasks']} tasks done, {cur['annotations']} annotations, "
+            f"{cur['set_aside']} set aside"
+        )
+        if cur["by_annotator"]:
+            rows = [{"annotator": a, "annotations": n} for a, n in cur["by_annotator"].items()]
+            print_table("Annotations by annotator", rows)
+    if info["set_aside_annotations"]:
+        print_table("Annotations set aside", info["set_aside_annotations"])
+    adj = info.get("adjudication") or {}
+    if adj.get("items") or adj.get("waiting_for_votes"):
+        console.print(f"Adjudication ({adj['mode']}): {adj['pending']} pending, "
+                      f"{adj['decided']} decided, {len(adj['set_aside'])} decisions set aside"
+                      + (f", {adj['waiting_for_votes']} items waiting for more votes"
+                         if adj.get("waiting_for_votes") else ""))
+        if adj["set_aside"]:
+            print_table("Adjudication decisions set aside", adj["set_aside"])
+    _print_queues(info["queues"])
+    if info["quarantined_annotations"]:
+        console.print("Annotations in Label Studio that alearn does not count: "
+                      + ", ".join(f"{n} {k}" for k, n in
+                                  info["quarantined_annotations"].items()))
+    for line in info["attention"]:
+        console.print(f"[yellow]needs attention:[/] {line}", highlight=False)
+    conv = info.get("convergence") or {}
+    if conv.get("summary"):
+        console.print(f"[bold]{conv['summary']}[/]", highlight=False)
+
+
+def _print_queues(q: dict) -> None:
+    if "error" in q:
+        console.print(f"[yellow]queues unavailable:[/] {q['error']}")
+        return
+    print_table("Queues", [{"queue": k, **v} for k, v in q["queues"].items()])
+    live = [w["name"] for w in q["workers"] if w["alive"]]
+    dead = [w["name"] for w in q["workers"] if not w["alive"]]
+    console.print(f"Live workers: {len(live)} " + ", ".join(live)
+                  + (f" (dead, not yet expired: {', '.join(dead)})" if dead else ""))
+    if not live:
+        console.print("[yellow]No live worker:[/] start one with 'alearn worker &'.")

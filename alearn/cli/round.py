@@ -1,0 +1,151 @@
+"""``alearn round``: plan, start, sync, close, retry and abort labeling rounds."""
+
+from __future__ import annotations
+
+import click
+
+from alearn.cli.common import (
+    Context,
+    batch_size_option,
+    check_strategy,
+    console,
+    err_console,
+    fmt,
+    json_option,
+    pass_ctx,
+    print_json,
+    print_table,
+    redis_connection,
+    round_by_number,
+    round_number_option,
+    strategy_option,
+)
+
+
+@click.group("round")
+def round_group() -> None:
+    """Plan, start, watch and close labeling rounds."""
+
+
+@round_group.command("plan")
+@batch_size_option
+@strategy_option
+@json_option
+@pass_ctx
+def round_plan(ctx: Context, batch_size: int | None, strategy: str | None,
+               as_json: bool) -> None:
+    """Preview the next batch (item, path, score, predicted class); nothing is pushed."""
+    from alearn.query.selection import plan_batch
+
+    check_strategy(strategy)
+    plan = plan_batch(ctx.project, batch_size=batch_size, strategy=strategy)
+    if as_json:
+        print_json(plan.to_dict())
+        return
+    console.print(f"Strategy [bold]{plan.strategy}[/], model {plan.model_version or '-'} "
+                  f"({plan.n_train} labels), pool {plan.n_pool}. Lower score = label first.")
+    rows = [{"rank": it.rank, "item": it.item_id, "path": it.path, "score": f"{it.score:.3f}",
+             "predicted": it.predicted} for it in plan.items]
+    print_table("Planned batch", rows, ["rank", "item", "path", "score", "predicted"])
+
+
+@round_group.command("start")
+@batch_size_option
+@strategy_option
+@click.option("--overlap", type=click.IntRange(min=1), default=None,
+              help="Annotators per image (default: rounds.overlap).")
+@click.option("--embed-shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the embedding of new images into this many parallel jobs.")
+@json_option
+@pass_ctx
+def round_start(ctx: Context, batch_size: int | None, strategy: str | None,
+                overlap: int | None, embed_shards: int, as_json: bool) -> None:
+    """Start a round: the workers embed, train, select and push the batch."""
+    from workers.orchestrate import ensure_tick, start_round, team_warnings
+
+    check_strategy(strategy)
+    conn = redis_connection(ctx)
+    rnd = start_round(ctx.project, conn, batch_size=batch_size, strategy=strategy,
+                      overlap=overlap, embed_shards=embed_shards)
+    ensure_tick(ctx.project, conn)
+    warnings = team_warnings(ctx.project)
+    if as_json:
+        print_json({"round": rnd.number, "round_id": rnd.id, "status": rnd.status,
+                    "job_id": rnd.job_id, "warnings": warnings})
+        return
+    console.print(f"Round {rnd.number} planned: the workers now embed, train, select and "
+                  "push it. Watch it with 'alearn status'.")
+    for line in warnings:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
+
+
+@round_group.command("sync")
+@click.option("--wait", is_flag=True, help="Pull now in this process instead of enqueueing.")
+@pass_ctx
+def round_sync(ctx: Context, wait: bool) -> None:
+    """Pull annotations from Label Studio now (the workers also pull periodically)."""
+    from workers import jobs
+    from workers.orchestrate import enqueue_pull
+
+    if wait:
+        from workers.orchestrate import progress_round
+
+        out = jobs.pull_job(str(ctx.project.root))
+        if not isinstance(out, dict):
+            raise click.ClickException("a worker is pulling right now; try again in a few "
+                                       "seconds, or drop --wait.")
+        out["round"] = progress_round(ctx.project, redis_connection(ctx))
+        print_json(out)
+    elif enqueue_pull(ctx.project, redis_connection(ctx), delay=0):
+        console.print("Pull enqueued.")
+    else:
+        console.print("A pull is already pending.")
+
+
+@round_group.command("close")
+@round_number_option("the active round")
+@json_option
+@pass_ctx
+def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
+    """Close a round now: pull, then agreement, consensus and metrics. A closed round
+    marked stale (a vote changed after it closed) is recomputed."""
+    from workers.orchestrate import close_now
+
+    rnd = round_by_number(ctx, number)
+    metrics = close_now(ctx.project, redis_connection(ctx), rnd.id)
+    if as_json:
+        print_json(metrics)
+        return
+    console.print(f"Round {rnd.number} closed: {metrics.get('labels_spent')} labels, "
+                  f"mean pairwise Cohen's kappa {fmt(metrics.get('kappa'))}, cv accuracy "
+                  f"{fmt(metrics.get('cv_accuracy'))}, consensus {metrics.get('consensus')}."
+                  + (f" Round {metrics['next_round']} started." if metrics.get("next_round")
+                     else ""))
+
+
+@round_group.command("retry")
+@round_number_option("the active round, else the latest")
+@pass_ctx
+def round_retry(ctx: Context, number: int | None) -> None:
+    """Resume a failed or stuck round from its first unfinished step, on the workers."""
+    from workers.orchestrate import retry_round
+
+    rnd = round_by_number(ctx, number)
+    step = retry_round(ctx.project, redis_connection(ctx), rnd.id)
+    console.print(f"Round {rnd.number} resumes at {step} on the workers. Watch it with "
+                  "'alearn status'.")
+
+
+@round_group.command("abort")
+@round_number_option("the active round, else the latest")
+@pass_ctx
+def round_abort(ctx: Context, number: int | None) -> None:
+    """End a round: keep its votes, take its unlabeled tasks out of Label Studio."""
+    from workers.orchestrate import abort_round
+
+    rnd = round_by_number(ctx, number)
+    done = abort_round(ctx.project, redis_connection(ctx), rnd.id)
+    console.print(f"Round {rnd.number} aborted; votes already given are kept"
+                  + (f" ({done['deleted']} unlabeled tasks removed from Label Studio, "
+                     f"{done['locked']} partly labeled tasks locked)." if done else ".")
+                  + " Start the next one with 'alearn round start'.")
