@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from alearn import atomic
 from alearn.exceptions import FeatureError
 
 logger = logging.getLogger(__name__)
 
 STORE_DTYPE = np.float16
 _CHUNK_GLOB = "chunk-*.npz"
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = atomic.TMP_PREFIX
 _STALE_TMP_SECONDS = 3600.0
 
 
@@ -162,7 +163,7 @@ class FeatureCache:
         self._ensure_meta(X.shape[1])
         name = f"chunk-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         key_arr = np.array(keys, dtype="S64")
-        self._atomic_write(name, lambda f: np.savez(f, sha256=key_arr, X=X16))
+        atomic.write_with(self.path / name, lambda f: np.savez(f, sha256=key_arr, X=X16))
         logger.debug("feature cache %s: wrote %s (%d vectors)", self.key, name, len(keys))
 
     def compact(self) -> int:
@@ -196,19 +197,6 @@ class FeatureCache:
         return len(names)
 
     # ------------------------------------------------------------------ internals
-    def _atomic_write(self, name: str, write) -> None:  # type: ignore[no-untyped-def]
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path / name)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-
     def _read_meta(self) -> dict | None:
         try:
             return json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
@@ -219,8 +207,7 @@ class FeatureCache:
         meta = self._read_meta()
         if meta is None:
             data = {"key": self.key, "dim": int(dim), "dtype": np.dtype(STORE_DTYPE).name}
-            text = json.dumps(data, indent=2).encode()
-            self._atomic_write("meta.json", lambda f: f.write(text))
+            atomic.write_json(self.path / "meta.json", data, indent=2)
         elif int(meta["dim"]) != dim:
             raise FeatureError(
                 f"feature cache {self.path} holds {meta['dim']}-d vectors, but put() got "

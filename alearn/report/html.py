@@ -13,8 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from html import escape
@@ -27,6 +25,7 @@ from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sqlalchemy import select
 
+from alearn import atomic
 from alearn.exceptions import AlearnError, ConfigError
 from alearn.project import Project
 from alearn.report import plots
@@ -94,7 +93,7 @@ def write_report(project: Project, out: Path | str, *, reference: Path | str | N
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>alearn report: {escape(project.config.name)}</title><style>{CSS}</style>"
             f"<script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
-    _atomic_write(out, page)
+    atomic.write_text(out, page)
     log.info("report written to %s (%d plots)", out, fig.count)
     return out
 
@@ -355,14 +354,3 @@ def _rounds_table(rounds: list[dict]) -> str:
             "agreement threshold.</p>" + _table(
                 columns, rows, ["flagged" if r["metrics"].get("flagged") else ""
                                 for r in rounds]))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".html")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
