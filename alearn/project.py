@@ -32,7 +32,8 @@ class Project:
                 return cls(folder, load_config(folder / CONFIG_NAME), settings)
         raise ProjectNotFound(
             f"{here} is not an alearn project (no {CONFIG_NAME} here or above). "
-            "Run 'alearn init DIR --classes a,b --images PATH' first, or pass --project DIR."
+            "Run 'alearn init DIR --classes a,b --images PATH' first, or name the project "
+            "folder ('alearn --project DIR ...' or ALEARN_PROJECT)."
         )
 
     @classmethod
@@ -51,12 +52,13 @@ class Project:
         cfg_path = root / CONFIG_NAME
         if cfg_path.exists() and not force:
             raise ConfigError(
-                f"{cfg_path} already exists. Edit it, or pass --force to overwrite it."
+                f"{cfg_path} already exists. Edit it, or overwrite it with force=True "
+                "('alearn init --force')."
             )
         images = Path(images)
         image_root = images.resolve()
         if not image_root.is_dir():
-            raise ConfigError(f"--images {images}: not a directory. Give the folder of images.")
+            raise ConfigError(f"images {images}: not a directory. Give the folder of images.")
         try:
             rel = image_root.relative_to(root)
             image_root_text = str(rel) if str(rel) != "." else "."
