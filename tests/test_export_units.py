@@ -30,8 +30,8 @@ def test_parse_split_accepts_three_shares_summing_to_one():
 
 @pytest.mark.parametrize("text", ["0.8,0.1", "0.8,0.3,0.1", "a,b,c", "1.2,-0.1,-0.1",
                                   "0,0.5,0.5", "nan,0.5,0.5", ""])
-def test_parse_split_rejects_bad_input_naming_the_flag(text):
-    with pytest.raises(ConfigError, match="--split"):
+def test_parse_split_rejects_bad_input_naming_the_argument(text):
+    with pytest.raises(ConfigError, match="^split "):
         parse_split(text)
 
 

@@ -122,7 +122,7 @@ def render_card(info: dict[str, Any]) -> str:
               "Only trusted labels are exported: manifest (gold) labels, consensus of the "
               "annotators' votes, and adjudicated labels. Each record has the label, its "
               "confidence and method, the votes per annotator (stable pseudonyms unless "
-              "exported with --annotator-names), the item's agreement (share "
+              "the export asked for annotators' emails), the item's agreement (share "
               "of votes matching the label), and the round and model version that chose it.",
               ""]
     by_origin = info["by_origin"]
@@ -143,8 +143,8 @@ def render_card(info: dict[str, Any]) -> str:
     removed = info["removed"]
     lines += [f"{removed['labeled']} trusted labels in the store; removed: "
               f"{removed['unknown_class']} not a project class, {removed['min_confidence']} "
-              f"below --min-confidence {opts['min_confidence']}, {removed['min_agreement']} "
-              f"below --min-agreement {opts['min_agreement']} (items without votes pass).",
+              f"below min_confidence {opts['min_confidence']}, {removed['min_agreement']} "
+              f"below min_agreement {opts['min_agreement']} (items without votes pass).",
               "", "## Splits and near-duplicates", "",
               f"Stratified split {opts['split']} (train, validation, test) with seed "
               f"{opts['seed']}. Images whose 64-bit perceptual (DCT) hashes differ in at most "

@@ -2,11 +2,13 @@
 
 The export holds the trusted labels that pass the filters (:mod:`alearn.export.records`),
 split into train/validation/test with near-duplicates kept together
-(:mod:`alearn.export.splits`), the train split balanced as asked (:mod:`alearn.export.balance`), the
-images (copied, or resized: :mod:`alearn.export.images`), the records in the chosen
-format (:mod:`alearn.export.formats`), ``classes.json``, ``stats.json``,
-``transforms.json``, ``class_weights.json`` (balance 'weights'), a dataset card
-``README.md`` (:mod:`alearn.export.card`) and ``checksums.sha256``.
+(:mod:`alearn.export.splits`), the train split balanced as asked
+(:mod:`alearn.export.balance`): every such decision is made first, by
+:mod:`alearn.export.plan`. Then this module writes the images (copied, or resized:
+:mod:`alearn.export.images`), the records in the chosen format
+(:mod:`alearn.export.formats`), ``classes.json``, ``stats.json``, ``transforms.json``,
+``class_weights.json`` (balance 'weights'), a dataset card ``README.md``
+(:mod:`alearn.export.card`) and ``checksums.sha256``.
 
 It is deterministic: the same store, options and seed give byte-identical files. It is
 atomic: everything is written to ``<out>.tmp-<pid>`` next to ``out`` and renamed into
@@ -27,16 +29,14 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from alearn.exceptions import ConfigError, EmptyPoolError, FileChangedError, StoreError
+from alearn.exceptions import EmptyPoolError, FileChangedError, StoreError
 from alearn.export import balance as _balance
 from alearn.export import card, files, formats, images, splits
+from alearn.export import plan as export_plan
 from alearn.export import records as export_records
 from alearn.project import Project
 
 log = logging.getLogger(__name__)
-
-LARGE_GROUP_SHARE = 0.05  # warn when one near-duplicate group is this share of the items
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -97,16 +97,17 @@ def export_dataset(
         Hashes within this many bits are near-duplicates and share a split.
     overwrite : bool
     progress : bool
+        Show a progress bar on stderr.
     annotator_names : bool
         Write annotators' emails in the votes; by default each is a stable pseudonym.
-        Show a progress bar on stderr.
 
     Returns
     -------
     ExportSummary
     """
-    opts = _check_options(format, split, seed, balance, augment_minority, resize, fit,
-                          min_confidence, min_agreement, near_duplicate_distance)
+    opts = export_plan.check_options(format, split, seed, balance, augment_minority, resize,
+                                     fit, min_confidence, min_agreement,
+                                     near_duplicate_distance)
     out = Path(out).expanduser().resolve()
     files.check_out(out, overwrite, image_root=project.image_root)  # before the slow part
     records, removed = export_records.load_records(
@@ -116,11 +117,11 @@ def export_dataset(
         raise EmptyPoolError(
             f"nothing to export: {removed['labeled']} trusted labels in the store, of which "
             f"{removed['unknown_class']} are not a project class, {removed['min_confidence']} "
-            f"fall below --min-confidence {opts['min_confidence']} and "
-            f"{removed['min_agreement']} below --min-agreement {opts['min_agreement']}. "
+            f"fall below min_confidence {opts['min_confidence']} and "
+            f"{removed['min_agreement']} below min_agreement {opts['min_agreement']}. "
             "Label more items, or lower the thresholds."
         )
-    plan = _plan(project, records, opts)
+    plan = export_plan.make_plan(project, records, opts)
     with files.atomic_folder(out, overwrite=overwrite, image_root=project.image_root) as tmp:
         files.write_marker(tmp, project.config.name)
         summary = _write(project, tmp, records, removed, plan, opts, progress)
@@ -128,75 +129,6 @@ def export_dataset(
     log.info("export_event=written out=%s format=%s files=%s", out, format, summary.n_files)
     return summary
 
-
-def _check_options(fmt: str, split: Any, seed: int, balance: str, augment: bool,
-                   resize: int | None, fit: str, min_confidence: float, min_agreement: float,
-                   distance: int) -> dict[str, Any]:
-    formats.check_format(fmt)
-    fractions = splits.parse_split(split)
-    _balance.check_balance(balance)
-    if augment and balance != "oversample":
-        raise ConfigError(f"--augment-minority makes augmented oversampled copies; it needs "
-                          f"--balance oversample (got --balance {balance}).")
-    images.check_resize(resize, fit)
-    if not 0 <= int(distance) <= 32:
-        raise ConfigError(f"--near-duplicate-distance {distance}: give 0 to 32 bits.")
-    return {
-        "format": fmt, "split": ",".join(f"{f:g}" for f in fractions), "seed": int(seed),
-        "balance": balance, "augment_minority": bool(augment),
-        "resize": int(resize) if resize else None, "fit": fit,
-        "min_confidence": export_records.check_threshold("min_confidence", min_confidence),
-        "min_agreement": export_records.check_threshold("min_agreement", min_agreement),
-        "near_duplicate_distance": int(distance), "fractions": fractions,
-    }
-
-
-def _image_path(project: Project, rec: dict[str, Any]) -> Path:
-    return project.image_root / rec["path"]
-
-
-def _plan(project: Project, records: list[dict[str, Any]], opts: dict[str, Any]) -> dict:
-    """Hash, group, split and balance: every decision, before any file is written."""
-    hashes = []
-    for rec in records:
-        try:
-            hashes.append(splits.file_phash(_image_path(project, rec)))
-        except DECODE_ERRORS as exc:
-            raise StoreError(_unreadable(project, rec, exc)) from None
-    groups = splits.near_duplicate_groups(hashes, max_distance=opts["near_duplicate_distance"])
-    classes = project.config.classes
-    index = {c: i for i, c in enumerate(classes)}
-    split_idx = splits.stratified_group_split(
-        [index[r["label"]] for r in records], groups.tolist(), opts["fractions"],
-        n_classes=len(classes), seed=opts["seed"])
-    sizes = Counter(groups.tolist())
-    for rec, h, g, s in zip(records, hashes, groups, split_idx, strict=True):
-        rec.update(split=splits.SPLIT_NAMES[s], phash=f"{h:016x}", group=records[g]["id"])
-    train = [r for r in records if r["split"] == "train"]
-    plan = _balance.balance_train([r["id"] for r in train], [r["label"] for r in train],
-                                  mode=opts["balance"], seed=opts["seed"],
-                                  augment=opts["augment_minority"])
-    return {"balance": plan, "train_before": Counter(r["label"] for r in train),
-            "n_dup_groups": sum(1 for n in sizes.values() if n > 1),
-            "n_dup_items": sum(n for n in sizes.values() if n > 1),
-            "largest_group": _largest_group(sizes, len(records), opts)}
-
-
-def _largest_group(sizes: Counter, n: int, opts: dict[str, Any]) -> int:
-    """Size of the largest near-duplicate group, with a warning when it is large enough
-    to skew the split (chains of look-alikes join through union-find)."""
-    largest = max(sizes.values())
-    if largest > max(2, LARGE_GROUP_SHARE * n):
-        log.warning("export: one near-duplicate group holds %d of %d items, so it all lands "
-                    "in one split; lower --near-duplicate-distance (now %d) if these are not "
-                    "copies of each other", largest, n, opts["near_duplicate_distance"])
-    return largest
-
-
-def _unreadable(project: Project, rec: dict[str, Any], exc: BaseException) -> str:
-    return (f"item {rec['id']} ({rec['path']}): cannot read {_image_path(project, rec)} "
-            f"({type(exc).__name__}: {exc}). Restore the file under the image root, or "
-            "re-run 'alearn ingest'.")
 
 
 def class_dirs(classes: Sequence[str]) -> dict[str, str]:
@@ -282,7 +214,7 @@ def _file_name(rec: dict[str, Any], copy: int, *, reencode: bool) -> str:
 
 def _write_image(project: Project, rec: dict[str, Any], dest: Path, opts: dict[str, Any],
                  ops: list[dict[str, Any]], stats: images.PixelStats | None) -> None:
-    src = _image_path(project, rec)
+    src = export_plan.image_path(project, rec)
     dest.parent.mkdir(parents=True, exist_ok=True)
     data = src.read_bytes()
     if hashlib.sha256(data).hexdigest() != rec["sha256"]:
@@ -306,8 +238,8 @@ def _write_image(project: Project, rec: dict[str, Any], dest: Path, opts: dict[s
             img.save(dest, format="PNG")
             if stats is not None:
                 stats.add(img)
-    except DECODE_ERRORS as exc:
-        raise StoreError(_unreadable(project, rec, exc)) from None
+    except export_plan.DECODE_ERRORS as exc:
+        raise StoreError(export_plan.unreadable(project, rec, exc)) from None
 
 
 def _track(jobs: list, progress: bool) -> Any:

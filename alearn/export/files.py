@@ -16,7 +16,7 @@ from alearn.files import sha256_file
 CHECKSUMS = "checksums.sha256"
 
 
-#: Every export carries this file; --overwrite replaces only a folder that has it.
+#: Every export carries this file; ``overwrite`` replaces only a folder that has it.
 MARKER = ".alearn-export.json"
 
 
@@ -34,7 +34,8 @@ def check_out(out: Path, overwrite: bool, *, image_root: Path | None = None) -> 
         return
     if not overwrite:
         raise ConfigError(f"the export folder {out} already exists. Choose a new folder, "
-                          "or pass --overwrite to replace an earlier export.")
+                          "or replace an earlier export with overwrite=True ('alearn "
+                          "export --overwrite').")
     if not out.is_dir() or not ((out / MARKER).is_file() or not any(out.iterdir())):
         raise ConfigError(f"{out} is not an earlier alearn export (no {MARKER}) nor an empty "
                           "folder; only those are replaced. Choose another folder.")

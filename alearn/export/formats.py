@@ -63,7 +63,7 @@ COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise UnknownNameError("export format (--format)", fmt, FORMATS)
+        raise UnknownNameError("export format", fmt, FORMATS)
     return fmt
 
 

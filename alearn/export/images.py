@@ -1,6 +1,6 @@
 """Image side of the export: resizing, pixel statistics and the backbone's transforms.
 
-Without ``--resize`` an exported image is a byte copy of the original. A resized or
+Without ``resize`` an exported image is a byte copy of the original. A resized or
 augmented one is re-encoded as PNG (lossless, and byte-identical from run to run); its
 EXIF orientation is applied first, so it looks as the original does in a viewer.
 """
@@ -20,9 +20,9 @@ FIT_MODES = ("pad", "crop")
 
 def check_resize(resize: int | None, fit: str) -> None:
     if resize is not None and not 8 <= int(resize) <= 4096:
-        raise ConfigError(f"--resize {resize}: give a side length from 8 to 4096 pixels.")
+        raise ConfigError(f"resize {resize}: give a side length from 8 to 4096 pixels.")
     if fit not in FIT_MODES:
-        raise ConfigError(f"--fit {fit!r}: use 'pad' (letterbox) or 'crop' (center crop).")
+        raise ConfigError(f"fit {fit!r}: use 'pad' (letterbox) or 'crop' (center crop).")
 
 
 def export_mode(img: Image.Image) -> Image.Image:

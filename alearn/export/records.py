@@ -29,13 +29,13 @@ from alearn.project import Project
 from alearn.store import Annotation, Item, Label, Round
 
 FILTERS = ("unknown_class", "min_confidence", "min_agreement")
-_EPS = 1e-9  # 2/3 passes --min-agreement 0.6666666667's rounding
+_EPS = 1e-9  # 2/3 passes min_agreement 0.6666666667's rounding
 
 
 def check_threshold(name: str, value: float) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"--{name.replace('_', '-')} {value}: give a number from 0 to 1.")
+        raise ConfigError(f"{name} {value}: give a number from 0 to 1.")
     return value
 
 

@@ -33,8 +33,8 @@ def parse_split(value: str | Sequence[float]) -> tuple[float, float, float]:
           and abs(sum(parts) - 1.0) <= 1e-6 and parts[0] > 0)
     if not ok:
         raise ConfigError(
-            f"--split {text!r}: give three non-negative numbers (train,validation,test) that "
-            "sum to 1, with train above 0, e.g. --split 0.8,0.1,0.1."
+            f"split {text!r}: give three non-negative numbers (train,validation,test) that "
+            "sum to 1, with train above 0, e.g. '0.8,0.1,0.1'."
         )
     return parts  # type: ignore[return-value]
 
