@@ -32,7 +32,7 @@ from alearn.version import __version__
 # public name -> module that defines it (imported on first access)
 _LAZY = {
     "ingest": "alearn.ingestion.driver",
-    "IngestSummary": "alearn.ingestion.driver",
+    "IngestSummary": "alearn.ingestion.records",
     "read_manifest": "alearn.ingestion.manifest",
     "ManifestRow": "alearn.ingestion.manifest",
     "load_backbone": "alearn.features.pipeline",

@@ -20,9 +20,11 @@ import alearn.ingestion.driver as ingest_mod
 from alearn.cli import cli
 from alearn.config import Settings
 from alearn.exceptions import IngestError
-from alearn.ingestion.driver import IngestSummary, ingest
+from alearn.ingestion.decode import Decoded
+from alearn.ingestion.driver import ingest
 from alearn.ingestion.exif import gps_degrees, parse_exif_datetime
 from alearn.ingestion.manifest import read_manifest
+from alearn.ingestion.records import IngestSummary
 from alearn.project import Project
 from alearn.store import FileRecord, Item, Label
 
@@ -56,7 +58,7 @@ def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = ingest_mod.decode_image
 
-    def spy(path: Path, **kw: int) -> ingest_mod.Decoded:
+    def spy(path: Path, **kw: int) -> Decoded:
         calls.append(path)
         return real(path, **kw)
 
@@ -274,7 +276,7 @@ def test_a_crash_mid_ingest_keeps_committed_batches(project: Project,
     real = ingest_mod.decode_image
     seen: list[Path] = []
 
-    def dies_on_fifth(path: Path, **kw: int) -> ingest_mod.Decoded:
+    def dies_on_fifth(path: Path, **kw: int) -> Decoded:
         seen.append(path)
         if len(seen) == 5:
             raise KeyboardInterrupt

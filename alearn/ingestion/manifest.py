@@ -21,10 +21,8 @@ Rows are numbered by the line they start on, so a CSV's first data row is row 2 
 header is row 1), matching a spreadsheet; a JSONL file's rows are its line numbers. A bad
 row is not fatal: its :attr:`ManifestRow.error` says what is wrong and ingest records it.
 A file that cannot be read at all raises :class:`~alearn.exceptions.IngestError`.
-
-:func:`row_path` and :func:`check_row` then check a row against the project (path
-inside the image root, file present, label a project class), raising
-:class:`~alearn.exceptions.ManifestRowError`.
+:mod:`alearn.ingestion.scan` then checks each row against the project (path inside the
+image root, file present, label a project class).
 """
 
 from __future__ import annotations
@@ -34,12 +32,11 @@ import datetime as dt
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alearn.exceptions import IngestError, ManifestRowError
+from alearn.exceptions import IngestError
 from alearn.files import read_regular_file
 
 MAX_TEXT = 256  # label, source and license columns of the store
@@ -282,47 +279,3 @@ def _field_degrees(value: Any, key: str, limit: float, errors: list[str]) -> flo
         errors.append(f"{key} {number} is out of range [-{limit:g}, {limit:g}]")
         return None
     return number
-
-
-def row_path(row: ManifestRow, root: Path) -> str:
-    """The row's path as a POSIX path relative to ``root`` (the image root).
-
-    A relative path is taken as under ``root``; an absolute one must lie inside it
-    (directly, or once its folder's symlinks are resolved).
-    """
-    raw = row.path or ""
-    p = Path(os.path.normpath(raw))
-    if p.is_absolute():
-        if not p.is_relative_to(root):
-            p = Path(os.path.realpath(p.parent), p.name)
-        if not p.is_relative_to(root):
-            raise ManifestRowError(row.row, f"path {raw!r} is outside the image root {root}")
-        p = p.relative_to(root)
-    if p.parts[:1] == ("..",):
-        raise ManifestRowError(row.row, f"path {raw!r} escapes the image root {root}")
-    if str(p) == ".":
-        raise ManifestRowError(row.row, f"path {raw!r} names the image root, not an image")
-    return p.as_posix()
-
-
-def check_row(row: ManifestRow, rel: str, root: Path, classes: list[str]) -> None:
-    """Raise ManifestRowError if the row is bad, its label unknown or its file missing."""
-    if row.error is not None:
-        raise ManifestRowError(row.row, row.error)
-    if row.label is not None and row.label not in classes:
-        raise ManifestRowError(row.row, (
-            f"label {row.label!r} is not a project class ({', '.join(classes)}); fix the "
-            "row or add the class to alearn.toml"))
-    file = root / rel
-    real = Path(os.path.realpath(file))
-    if not real.is_relative_to(root):
-        raise ManifestRowError(row.row, f"path {rel} resolves outside the image root "
-                                        f"(to {real})")
-    try:
-        exists, is_file = file.exists(), file.is_file()
-    except OSError as exc:
-        raise ManifestRowError(row.row, f"cannot look at {rel} ({exc.strerror})") from None
-    if not exists:
-        raise ManifestRowError(row.row, f"file not found: {rel} (under {root})")
-    if not is_file:
-        raise ManifestRowError(row.row, f"{rel} is not a file")
