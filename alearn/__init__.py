@@ -35,7 +35,7 @@ _LAZY = {
     "IngestSummary": "alearn.ingestion.records",
     "read_manifest": "alearn.ingestion.manifest",
     "ManifestRow": "alearn.ingestion.manifest",
-    "load_backbone": "alearn.features.pipeline",
+    "load_backbone": "alearn.features.backbone",
     "embed_project": "alearn.features.pipeline",
     "load_pool_features": "alearn.features.pipeline",
     "FeatureCache": "alearn.features.cache",

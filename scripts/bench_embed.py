@@ -74,7 +74,8 @@ def main() -> None:
     from PIL import Image
 
     from alearn.config import EmbedConfig, Settings
-    from alearn.features.pipeline import embed_project, load_backbone, load_pool_features
+    from alearn.features.backbone import load_backbone
+    from alearn.features.pipeline import embed_project, load_pool_features
     from alearn.features.torch_embed import forward_embed
     from alearn.project import Project
     from alearn.store import Item

@@ -5,7 +5,7 @@ The round loop of alearn (select -> label -> retrain) with a simulated oracle th
 returns the true label, scored on a held-out test set. The head, the strategies and
 the 'auto' schedule are alearn's own (``select_from_pool``, ``choose_strategy``,
 ``EmbeddingClassifier`` with the project defaults), on embeddings from
-``alearn.features.pipeline`` (cached under ``--cache-dir``, so reruns skip embedding).
+``alearn.features.backbone`` (cached under ``--cache-dir``, so reruns skip embedding).
 
 Fair start: for a given seed every strategy starts from the same place.
 - ``auto`` starts from zero labels: its cold-start strategy picks the first batches
@@ -64,7 +64,7 @@ def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
     """Pool/test embeddings and labels, from the cache or computed once."""
     import torch
 
-    from alearn.features.pipeline import cache_key_for, embed_pil, load_backbone
+    from alearn.features.backbone import cache_key_for, embed_pil, load_backbone
 
     cfg = EmbedConfig(backbone=args.backbone, image_size=args.image_size, weights=args.weights)
     fkey = cache_key_for(cfg)

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 from label_studio_sdk import LabelStudio  # noqa: E402
 
 from alearn.config import EmbedConfig, Settings  # noqa: E402
+from alearn.features.backbone import cache_key_for  # noqa: E402
 from alearn.features.cache import FeatureCache  # noqa: E402
-from alearn.features.pipeline import cache_key_for  # noqa: E402
 from alearn.model.training import train_head  # noqa: E402
 from alearn.project import Project  # noqa: E402
 from alearn.query.selection import plan_batch  # noqa: E402

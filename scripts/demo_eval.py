@@ -9,7 +9,7 @@ import numpy as np
 from sqlalchemy import select
 from threadpoolctl import threadpool_limits
 
-from alearn.features.pipeline import embed_pil, load_backbone
+from alearn.features.backbone import embed_pil, load_backbone
 from alearn.model import training
 from alearn.project import Project
 from alearn.store import Item, Label, Round

@@ -12,8 +12,8 @@ from sklearn.metrics import cohen_kappa_score
 
 from alearn.config import ConvergenceConfig, EmbedConfig, Settings
 from alearn.exceptions import ConfigError
+from alearn.features.backbone import cache_key_for
 from alearn.features.cache import FeatureCache
-from alearn.features.pipeline import cache_key_for
 from alearn.model import training
 from alearn.project import Project
 from alearn.report.status import project_status

