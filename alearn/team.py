@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any, cast
 
 from sqlalchemy import delete, select
+from sqlalchemy.engine import CursorResult
 
 from alearn.exceptions import ConfigError
 from alearn.store import Store, TeamMember
@@ -50,7 +52,8 @@ def remove_member(store: Store, email: str) -> bool:
     """Take someone off the roster; their votes are set aside from the next pull on."""
     email = _email(email)
     with store.session() as s:
-        gone = s.execute(delete(TeamMember).where(TeamMember.email == email)).rowcount
+        result = s.execute(delete(TeamMember).where(TeamMember.email == email))
+        gone = cast(CursorResult[Any], result).rowcount  # a DELETE returns a cursor result
     return bool(gone)
 
 
