@@ -23,7 +23,7 @@ from alearn.features.backbone import cache_key_for
 from alearn.features.cache import FeatureCache
 from alearn.model import training
 from alearn.query.selection import plan_batch
-from alearn.query.strategies import margin
+from alearn.query.utilities import uncertainty_margin
 from alearn.store import Item, Label, ModelRecord, Round, Selection
 
 CLASSES = ["cat", "dog", "bird"]
@@ -124,7 +124,7 @@ def test_plan_excludes_labeled_selected_and_excluded_items(project, pool):
     # lower score = more uncertain: the picks are the pool's smallest margins, ascending
     head = training.load_head(project, plan.model_version)
     pool_ids = [i for i in range(13, N_ITEMS + 1) if i not in (20, 21, 30)]
-    m = margin(head.predict_proba(pool["X"][np.array(pool_ids) - 1]))
+    m = 1 - uncertainty_margin(head.predict_proba(pool["X"][np.array(pool_ids) - 1]))
     assert [it.score for it in plan.items] == pytest.approx(np.sort(m)[:5].tolist())
     assert plan.items[0].path == f"img/{chosen[0] - 1}.png"
     assert {it.predicted for it in plan.items} <= set(CLASSES)

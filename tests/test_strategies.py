@@ -20,18 +20,19 @@ from modAL.uncertainty import (
 
 from alearn.config import RoundsConfig
 from alearn.exceptions import EmptyPoolError, UnknownNameError
+from alearn.query.diversity import ranked_batch, typiclust
 from alearn.query.strategies import (
     NEEDS_HEAD,
     STRATEGIES,
     choose_strategy,
-    entropy_utility,
     get_strategy,
-    least_confident_utility,
-    margin,
-    ranked_batch,
     strategy_names,
+)
+from alearn.query.utilities import (
     top_n,
-    typiclust,
+    uncertainty_entropy,
+    uncertainty_least_confident,
+    uncertainty_margin,
 )
 
 
@@ -77,9 +78,9 @@ def test_uncertainty_strategies_pick_the_extremes(pool, n):
     seed, n_pool, k = pool
     P, _, _ = _data(seed, n_pool, k)
     take = min(n, n_pool)
-    m = margin(P)
-    for name, util in [("margin", -m), ("least_confident", least_confident_utility(P)),
-                       ("entropy", entropy_utility(P))]:
+    for name, util in [("margin", uncertainty_margin(P)),
+                       ("least_confident", uncertainty_least_confident(P)),
+                       ("entropy", uncertainty_entropy(P))]:
         idx = get_strategy(name)(P, n)
         rest = np.setdiff1d(np.arange(n_pool), idx)
         # every pick is at least as informative as every item left behind
@@ -93,9 +94,9 @@ def test_uncertainty_strategies_pick_the_extremes(pool, n):
 def test_utilities_match_modal():
     P, X, _ = _data(3, 50, 5)
     clf = StubClassifier(P)
-    np.testing.assert_allclose(margin(P), classifier_margin(clf, X))
-    np.testing.assert_allclose(least_confident_utility(P), classifier_uncertainty(clf, X))
-    np.testing.assert_allclose(entropy_utility(P), classifier_entropy(clf, X))
+    np.testing.assert_allclose(1 - uncertainty_margin(P), classifier_margin(clf, X))
+    np.testing.assert_allclose(uncertainty_least_confident(P), classifier_uncertainty(clf, X))
+    np.testing.assert_allclose(uncertainty_entropy(P), classifier_entropy(clf, X))
     for ours, theirs in [("margin", margin_sampling), ("least_confident", uncertainty_sampling),
                          ("entropy", entropy_sampling)]:
         ref, _ = theirs(clf, X, n_instances=7)
@@ -146,12 +147,12 @@ def test_class_balanced_quotas_and_margin_order():
     rng = np.random.default_rng(1)
     P = rng.dirichlet(np.ones(3) * 0.5, size=200)
     idx = get_strategy("class_balanced")(P, 9)
-    pred, m = P.argmax(1), margin(P)
+    pred, u = P.argmax(1), uncertainty_margin(P)
     assert np.bincount(pred[idx], minlength=3).tolist() == [3, 3, 3]
     for c in range(3):
         members = np.flatnonzero(pred == c)
         chosen = idx[pred[idx] == c]
-        np.testing.assert_array_equal(np.sort(m[chosen]), np.sort(m[members])[:3])
+        np.testing.assert_array_equal(np.sort(u[chosen]), np.sort(u[members])[-3:])
 
 
 def test_class_balanced_gives_a_small_class_share_to_others():

@@ -7,8 +7,8 @@ the cold-start strategy while there is no head (labels in fewer than two classes
 
 Score convention: :attr:`PlannedItem.score` is lower for items to label first, as Label
 Studio's "Uncertainty sampling" serves the lowest prediction score first. With a head
-it is the margin ``p_top1 - p_top2`` in [0, 1] (low = uncertain); without a head it is
-``rank / batch size``.
+it is ``p_top1 - p_top2`` in [0, 1], i.e. ``1 - uncertainty_margin`` (low = uncertain);
+without a head it is ``rank / batch size``.
 
 Gold items: with ``rounds.gold_rate`` > 0, ``round(batch * gold_rate)`` of the batch (at
 least one, at most all but one) are gold items, i.e. items whose trusted label is known
@@ -36,12 +36,11 @@ from alearn.model.head import EmbeddingClassifier
 from alearn.project import Project
 from alearn.query.strategies import (
     NEEDS_HEAD,
-    RngLike,
     check_strategy_name,
     choose_strategy,
     get_strategy,
-    margin,
 )
+from alearn.query.utilities import RngLike, uncertainty_margin
 from alearn.store import Item, Label, ModelRecord, Selection
 
 logger = logging.getLogger(__name__)
@@ -173,7 +172,7 @@ def plan_batch(
     idx, probas = select_from_pool(name, n - n_gold, X_pool=X_pool, head=head,
                                    X_labeled=X_labeled, rng=seed)
     if probas is not None and head is not None:
-        scores = margin(probas[idx])
+        scores = 1.0 - uncertainty_margin(probas[idx])
         predicted: list[str | None] = [str(c) for c in head.classes_[probas[idx].argmax(1)]]
     else:
         scores = np.arange(len(idx)) / len(idx)
