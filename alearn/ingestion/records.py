@@ -161,8 +161,9 @@ def write_batch(s: Session, batch: list[Candidate], results: list[Decoded],
         s.execute(select(Item.sha256, Item.id).where(Item.sha256.in_(shas))).all())
     new: dict[str, Item] = {}
     for c, r in good:  # the first path of new content becomes its item
-        if r.sha256 not in items and r.sha256 not in new:
-            new[r.sha256] = _new_item(c, r)
+        sha = r.sha256
+        if sha is not None and sha not in items and sha not in new:
+            new[sha] = _new_item(c, r)
     s.add_all(new.values())
     s.flush()  # one batched INSERT for the new items' ids
     items.update((sha, item.id) for sha, item in new.items())

@@ -96,6 +96,7 @@ def typiclust(
     such cluster first. ``probas`` is ignored.
     """
     n_pool, take = check_pool("typiclust", None, n, embeddings, needs_embeddings=True)
+    assert embeddings is not None  # check_pool refuses None
     L = check_labeled(labeled_embeddings, np.shape(embeddings)[1])
     seed = int(np.random.default_rng(rng).integers(2**31 - 1))
     Z = normalize(np.asarray(embeddings if L is None else np.vstack([embeddings, L]),
