@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alearn import atomic
+import alearn.atomic as atomic
 from alearn.exceptions import FeatureError
 
 logger = logging.getLogger(__name__)
