@@ -1,25 +1,13 @@
 """The store: the source of truth for items, rounds, annotations and labels.
 
-SQLAlchemy 2. By default a SQLite file in the project directory; any SQLAlchemy URL
-(PostgreSQL in production) through ``ALEARN_DATABASE_URL``. One database holds one
-project.
+SQLAlchemy 2: a SQLite file in the project directory, or any SQLAlchemy URL (PostgreSQL
+in production) through ``ALEARN_DATABASE_URL``. One database holds one project.
 
-Tables
-------
-files        every path ingest has seen: accepted, duplicate or rejected (with reason)
-items        one row per distinct image (by sha256), with its metadata
-labels       trusted labels: from the manifest (gold), consensus or adjudication
-rounds       one row per labeling round; ``status`` is the round's state machine
-selections   the items a round chose, with score, rank and predicted class
-annotations  Label Studio annotations mirrored into the store (or set aside, with reason)
-models       trained heads: version, training size, cross-validated accuracy
-meta         small key/value facts (Label Studio project id, config hash...)
-quarantine   Label Studio annotations that could not be mirrored (foreign task, no
-             author, unreadable record), kept raw with their reason: none is ever lost
-team         the roster: the people whose votes count (annotators) and whose decisions
-             count (reviewers), by their Label Studio email
-round_events what happened to a round off the happy path: failed (step, reason),
-             retried, aborted, stale (an annotation changed after close), recomputed
+Tables: files (every path ingest has seen, with its outcome), items (one per distinct
+image), labels (trusted: manifest gold, consensus or adjudication), rounds, selections,
+annotations (mirrored from Label Studio, or set aside with the reason), models (trained
+heads), meta (small facts), quarantine (annotations that could not be mirrored, kept raw
+with the reason), team (the roster), round_events (a round's life off the happy path).
 """
 
 from __future__ import annotations
