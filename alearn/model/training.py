@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 import joblib
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
 from sqlalchemy import func, select
 
+from alearn.atomic import write_with
 from alearn.exceptions import StoreError
 from alearn.files import sha256_file
 from alearn.model.head import EmbeddingClassifier
@@ -88,7 +86,7 @@ def pool_stats(project: Project) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     mean = X.mean(axis=0, dtype=np.float64)
     std = X.std(axis=0, dtype=np.float64)
-    _atomic_write(path, lambda f: np.savez(f, mean=mean, std=std))
+    write_with(path, lambda f: np.savez(f, mean=mean, std=std))
     for old in project.models_dir.glob("pool-stats-*.npz"):
         if old != path:
             old.unlink(missing_ok=True)
@@ -176,14 +174,29 @@ def model_version(project: Project, ids: np.ndarray, X: np.ndarray, y: np.ndarra
     return "m-" + h.hexdigest()[:10]
 
 
-def cv_accuracy(head: EmbeddingClassifier, X: np.ndarray, y: np.ndarray) -> float | None:
-    """Stratified k-fold accuracy (k = min(5, smallest class)); None if a class has < 2."""
+def _folds(y: np.ndarray) -> StratifiedKFold | None:
+    """Stratified k folds, k = min(5, smallest class); None if a class has < 2 labels."""
     counts = Counter(y.tolist())
     if len(counts) < 2 or min(counts.values()) < 2:
         return None
-    folds = StratifiedKFold(n_splits=min(CV_FOLDS, min(counts.values())), shuffle=True,
-                            random_state=0)
-    return float(np.mean(cross_val_score(head, X, y, cv=folds)))
+    return StratifiedKFold(n_splits=min(CV_FOLDS, min(counts.values())), shuffle=True,
+                           random_state=0)
+
+
+def cv_accuracy(head: EmbeddingClassifier, X: np.ndarray, y: np.ndarray) -> float | None:
+    """Stratified k-fold accuracy (k = min(5, smallest class)); None if a class has < 2."""
+    folds = _folds(y)
+    return None if folds is None else float(np.mean(cross_val_score(head, X, y, cv=folds)))
+
+
+def cv_predictions(project: Project, X: np.ndarray, y: np.ndarray
+                   ) -> tuple[np.ndarray, int] | None:
+    """Each label's prediction by a head fitted on the other folds (the folds of
+    :func:`cv_accuracy`), and the number of folds; None if a class has < 2 labels."""
+    folds = _folds(y)
+    if folds is None:
+        return None
+    return cross_val_predict(make_head(project), X, y, cv=folds), folds.n_splits
 
 
 def train_head(project: Project, *, round_id: int | None = None) -> ModelRecord | None:
@@ -238,7 +251,8 @@ def load_head(project: Project, version: str) -> EmbeddingClassifier:
         raise StoreError(f"model {version!r}: its file {path} is outside the project's "
                          f"models folder {models}; alearn loads models only from there.")
     if not path.is_file():
-        raise StoreError(f"model {version!r}: file {path} is missing. Retrain the head.")
+        raise StoreError(f"model {version!r}: file {path} is missing. The next round "
+                         "('alearn round start') trains the head again.")
     expected = project.store.get_meta(f"model_sha256:{version}")
     if expected is None or sha256_file(path) != expected:
         raise StoreError(f"model file {path} is not the one alearn saved (its sha256 "
@@ -251,19 +265,4 @@ def load_head(project: Project, version: str) -> EmbeddingClassifier:
 
 
 def _atomic_dump(obj: object, path: Path) -> None:
-    _atomic_write(path, lambda f: joblib.dump(obj, f))
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_with(path, lambda f: joblib.dump(obj, f))

@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from alearn.exceptions import EmptyPoolError
 from alearn.model import training
+from alearn.model.current import current_head, head_of
 from alearn.model.head import EmbeddingClassifier
 from alearn.project import Project
 from alearn.query.strategies import (
@@ -41,7 +42,7 @@ from alearn.query.strategies import (
     get_strategy,
 )
 from alearn.query.utilities import RngLike, uncertainty_margin
-from alearn.store import Item, Label, ModelRecord, Selection
+from alearn.store import Item, Label, Selection
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +136,8 @@ def plan_batch(
     strategy : str, optional
         A registered name or 'auto'; defaults to ``rounds.strategy``.
     model_version : str, optional
-        A saved head to score with; by default the head is (re)trained on the trusted
-        labels, reusing a saved one when the training set is unchanged.
+        A saved head to score with (the select job passes its train job's); by default
+        the current head (:func:`alearn.model.current.current_head`).
     exclude : iterable of int
         Item ids to leave out of the pool.
     """
@@ -201,15 +202,11 @@ def plan_batch(
 
 def _head(project: Project, version: str | None) -> tuple[EmbeddingClassifier | None,
                                                            str | None, int]:
-    """(head, version, n_train): the given saved head, or one trained now (or none)."""
-    if version is None:
-        record = training.train_head(project)
-        if record is None:
-            return None, None, 0
-        version = record.version
-    with project.store.session() as s:
-        n_train = s.scalar(select(ModelRecord.n_train).where(ModelRecord.version == version))
-    return training.load_head(project, version), version, int(n_train or 0)
+    """(head, version, n_train): the given saved head, else the current one (or none)."""
+    trained = current_head(project) if version is None else head_of(project, version)
+    if trained is None:
+        return None, None, 0
+    return trained.head, trained.version, trained.n_train
 
 
 def gold_count(batch_size: int, rate: float, available: int) -> int:
