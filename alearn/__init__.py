@@ -66,7 +66,7 @@ _LAZY = {
     "annotator_quality": "alearn.stats.annotators",
     "close_round": "alearn.rounds.close",
     "convergence_status": "alearn.rounds.convergence",
-    "ConvergenceStatus": "alearn.rounds.convergence",
+    "ConvergenceStatus": "alearn.stats.stopping",
     "export_dataset": "alearn.export.dataset",
     "ExportSummary": "alearn.export.dataset",
     "write_report": "alearn.report.html",

@@ -11,7 +11,9 @@ from threadpoolctl import threadpool_limits
 
 from alearn.features.backbone import embed_pil, load_backbone
 from alearn.model import training
+from alearn.model.current import current_head
 from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
 from alearn.store import Item, Label, Round
 
 
@@ -33,19 +35,19 @@ class Evaluator:
             rnd = s.scalar(select(Round).where(Round.number == number))
             rows = s.execute(select(Label.label, Item.path).join(Item, Item.id == Label.item_id)
                              .where(Label.round_id == rnd.id, Label.origin == "consensus")).all()
-        metrics = rnd.metrics or {}
+        metrics = round_metrics.of(rnd)
         correct = [self.classes[self.truth[Path(p).name]] == lab for lab, p in rows]
         ids, X = training.pool_features(self.project)
-        _, X_tr, y_tr = training.training_set(self.project, ids, X)
+        _, _, y_tr = training.training_set(self.project, ids, X)
         acc = None
-        if len(set(y_tr.tolist())) >= 2:
+        current = current_head(self.project)
+        if current is not None:
             with threadpool_limits(1):
-                head = training.make_head(self.project).fit(X_tr, y_tr)
-                acc = float(np.mean(head.predict(self.X_test) == self.y_test))
-        kappa = metrics.get("kappa")
+                acc = float(np.mean(current.head.predict(self.X_test) == self.y_test))
+        kappa = metrics.kappa
         return {
             "round": number,
-            "labels spent": metrics.get("labels_spent_total"),
+            "labels spent": metrics.labels_spent_total,
             "trusted": len(y_tr),
             "test accuracy": "-" if acc is None else f"{acc:.3f}",
             "kappa": "-" if kappa is None else f"{kappa:.3f}",

@@ -18,14 +18,15 @@ from alearn.model import training
 from alearn.project import Project
 from alearn.report.status import project_status
 from alearn.rounds.close import close_round
-from alearn.rounds.convergence import (
+from alearn.rounds.convergence import STOP_SET_KEY, convergence_status
+from alearn.rounds.lifecycle import PUSHED, create_round, transition
+from alearn.rounds.metrics import RoundMetrics
+from alearn.stats.stopping import (
     DEFAULT_RULE,
     SIGNAL_NAMES,
-    STOP_SET_KEY,
     Signal,
     accuracy_gains,
     budget,
-    convergence_status,
     decide,
     decode_predictions,
     encode_predictions,
@@ -36,7 +37,6 @@ from alearn.rounds.convergence import (
     stabilizing,
     stop_kappa,
 )
-from alearn.rounds.lifecycle import PUSHED, create_round, transition
 from alearn.store import Annotation, Item, Selection
 
 CLASSES = ["cat", "dog", "bird"]
@@ -194,7 +194,7 @@ def make_project(root: Path, *, n: int = 60, dim: int = 8, seed: int = 0,
 
 
 def run_round(project: Project, picks: list[int], truth: dict[int, str], *,
-              wrong: int = 0, annotation_base: int = 0) -> dict:
+              wrong: int = 0, annotation_base: int = 0) -> RoundMetrics:
     """Select ``picks``, let three annotators label them (``wrong`` of ann-c's answers
     are off by one class), and close the round."""
     store = project.store
@@ -221,7 +221,7 @@ def test_close_records_signals_and_converges_on_budget(tmp_path: Path) -> None:
     assert convergence_status(project).summary == "not assessed: no round closed yet"
 
     m1 = run_round(project, ids[:12], truth, wrong=2)
-    c1 = m1["convergence"]
+    c1 = m1.convergence
     stop = project.store.get_meta(STOP_SET_KEY)["items"]
     assert len(stop) == 20 and not set(stop) & set(ids[:12])  # unlabeled when chosen
     # the stored predictions are those of a head fitted on the trusted labels
@@ -232,22 +232,22 @@ def test_close_records_signals_and_converges_on_budget(tmp_path: Path) -> None:
     assert decode_predictions(c1["stop_predictions"]) == [
         CLASSES.index(c) for c in head.predict(X[rows])]
     assert c1["stop_kappa"] is None and c1["pool_remaining"] == 48 and c1["n_embedded"] == 60
-    assert m1["converged"] is False and c1["summary"].startswith("not converged:")
+    assert m1.converged is False and c1["summary"].startswith("not converged:")
     sig = {s["name"]: s for s in c1["signals"]}
     assert sig["budget"]["detail"] == "36 of 72 labels spent, budget left"
     assert not sig["stabilizing"]["met"]
     # human ceiling: the head's cv accuracy against the annotators' mean loo accuracy
-    mean_loo = np.mean([a["loo_accuracy"] for a in m1["annotators"]])
-    assert sig["human_ceiling"]["met"] is bool(m1["cv_accuracy"] >= mean_loo)
+    mean_loo = np.mean([a["loo_accuracy"] for a in m1.annotators])
+    assert sig["human_ceiling"]["met"] is bool(m1.cv_accuracy >= mean_loo)
 
     m2 = run_round(project, ids[12:24], truth, annotation_base=1000)
-    c2 = m2["convergence"]
+    c2 = m2.convergence
     assert project.store.get_meta(STOP_SET_KEY)["items"] == stop  # chosen once
     assert c2["stop_kappa"] == pytest.approx(
         stop_kappa(decode_predictions(c1["stop_predictions"]),
                    decode_predictions(c2["stop_predictions"])))
     assert c2["pool_remaining"] == 36
-    assert m2["converged"] is True and c2["reasons"] == ["budget"]
+    assert m2.converged is True and c2["reasons"] == ["budget"]
     assert c2["summary"] == "converged because budget (72 of 72 labels spent, budget spent)"
     assert convergence_status(project).summary == c2["summary"]
     assert project_status(project)["convergence"]["summary"] == c2["summary"]
@@ -257,22 +257,22 @@ def test_stable_heads_converge_with_a_stabilizing_rule(tmp_path: Path) -> None:
     project, ids, truth_list = make_project(tmp_path, stop_set_size=30, rule="stabilizing",
                                             stability_rounds=1, stability_threshold=0.95)
     truth = dict(zip(ids, truth_list, strict=True))
-    assert run_round(project, ids[:12], truth)["converged"] is False  # no earlier head
+    assert run_round(project, ids[:12], truth).converged is False  # no earlier head
     m2 = run_round(project, ids[12:24], truth, annotation_base=1000)
     # separable blobs: both heads predict the true class of every stop-set item
     stop = project.store.get_meta(STOP_SET_KEY)["items"]
-    assert decode_predictions(m2["convergence"]["stop_predictions"]) == [
+    assert decode_predictions(m2.convergence["stop_predictions"]) == [
         CLASSES.index(truth[i]) for i in stop]
-    assert m2["convergence"]["stop_kappa"] == 1.0 and m2["converged"] is True
-    assert m2["convergence"]["summary"].startswith("converged because stabilizing "
+    assert m2.convergence["stop_kappa"] == 1.0 and m2.converged is True
+    assert m2.convergence["summary"].startswith("converged because stabilizing "
                                                    "(stop-set kappa 1.000 >= 0.95")
 
 
 def test_a_bad_rule_does_not_stop_the_close(tmp_path: Path) -> None:
     project, ids, truth_list = make_project(tmp_path, rule="budget or nonsense")
     m = run_round(project, ids[:6], dict(zip(ids, truth_list, strict=True)))
-    assert m["converged"] is False
-    assert m["convergence"]["summary"].startswith("not assessed: convergence.rule")
+    assert m.converged is False
+    assert m.convergence["summary"].startswith("not assessed: convergence.rule")
     assert project.store.trusted_labels()  # the close itself went through
 
 
@@ -280,7 +280,7 @@ def test_no_features_yet(tmp_path: Path) -> None:
     project, ids, truth_list = make_project(tmp_path, n=6)
     for f in project.features_dir.rglob("*.npz"):
         f.unlink()
-    c = run_round(project, ids, dict(zip(ids, truth_list, strict=True)))["convergence"]
+    c = run_round(project, ids, dict(zip(ids, truth_list, strict=True))).convergence
     assert c["n_embedded"] == 0 and c["stop_predictions"] is None
     sig = {s["name"]: s for s in c["signals"]}
     assert sig["pool_exhausted"]["detail"] == "no embedded items yet"

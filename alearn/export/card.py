@@ -12,12 +12,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
-
 from alearn.exceptions import AlearnError
 from alearn.export.formats import TABLE_FILES
 from alearn.project import Project
-from alearn.store import Round
+from alearn.rounds import metrics as round_metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +23,16 @@ log = logging.getLogger(__name__)
 def rounds_summary(project: Project) -> list[dict[str, Any]]:
     """Per round: number, status, strategy, model version, labels spent, agreement."""
     out = []
-    with project.store.session() as s:
-        for r in s.scalars(select(Round).order_by(Round.number)):
-            m = r.metrics or {}
-            agreement = m.get("agreement") or {}
-            pct = (agreement.get("percent_agreement") or {}).get("value")
-            fleiss = (agreement.get("fleiss_kappa") or {}).get("value")
-            out.append({
-                "number": r.number, "status": r.status, "strategy": r.strategy,
-                "model_version": r.model_version, "labels_spent": m.get("labels_spent"),
-                "kappa": m.get("kappa"), "fleiss_kappa": fleiss, "alpha": m.get("alpha"),
-                "percent_agreement": pct, "consensus": m.get("consensus") or {},
-            })
+    for r, m in round_metrics.by_round(project.store):
+        agreement = m.agreement or {}
+        pct = (agreement.get("percent_agreement") or {}).get("value")
+        fleiss = (agreement.get("fleiss_kappa") or {}).get("value")
+        out.append({
+            "number": r.number, "status": r.status, "strategy": r.strategy,
+            "model_version": r.model_version, "labels_spent": m.labels_spent,
+            "kappa": m.kappa, "fleiss_kappa": fleiss, "alpha": m.alpha,
+            "percent_agreement": pct, "consensus": m.consensus,
+        })
     return out
 
 

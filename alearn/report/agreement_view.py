@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from sqlalchemy import select
 
 from alearn.exceptions import RoundError
 from alearn.project import Project
-from alearn.rounds.close import N_BOOT, annotator_report, gold_labels, lead_time_matrix, round_votes
+from alearn.rounds.close import N_BOOT, annotator_report
+from alearn.rounds.votes import tally
 from alearn.stats.agreement import agreement_report
 from alearn.stats.bootstrap import Estimate
-from alearn.stats.ratings import ratings_matrix
 from alearn.store import Round
 
 
@@ -26,12 +25,12 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
             raise RoundError(f"there is no round {round_number}; see 'alearn status'.")
         round_ids = [rid]
     cfg = project.config
-    votes = round_votes(project, round_ids)
-    ratings = ratings_matrix([v[:3] for v in votes], cfg.classes)
+    votes = tally(project, round_ids)
+    ratings = votes.ratings
     out: dict[str, Any] = {"round": round_number, "n_items": len(ratings.items),
-                           "n_annotators": len(ratings.annotators), "n_ratings": len(votes),
+                           "n_annotators": len(ratings.annotators), "n_ratings": len(votes.votes),
                            "figures": [], "pairwise": [], "annotators": []}
-    if not votes:
+    if not votes.votes:
         out["figures"].append(_row("agreement", Estimate(None, None, None, 0,
                                    "not computable, because there are no annotations yet")))
         return out
@@ -46,12 +45,9 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
         out["figures"].append(_row(f"alpha, {cls} vs rest", est))
     for pair in report.pairwise_kappa.to_dict()["pairs"]:
         out["pairwise"].append({"a": pair["a"], "b": pair["b"], **_cells(pair)})
-    items = [int(i) for i in ratings.items]
-    gold = gold_labels(project, items)
     # the same figures and flag rule as round close
     quality = annotator_report(
-        ratings, gold=np.array([gold.get(i, -1) for i in items]),
-        lead_times=lead_time_matrix(ratings, votes), n_classes=len(cfg.classes),
+        ratings, gold=votes.gold, lead_times=votes.lead_times, n_classes=len(cfg.classes),
         min_accuracy=cfg.agreement.annotator_min_accuracy,
     )
     for q in quality:

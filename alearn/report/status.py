@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adjudication import adjudication_status
 from alearn.rounds.lifecycle import (
     ACTIVE,
@@ -36,7 +37,7 @@ def project_status(project: Project) -> dict[str, Any]:
         rounds = [
             {"number": r.number, "status": r.status, "strategy": r.strategy,
              "batch_size": r.batch_size, "overlap": r.overlap,
-             "model_version": r.model_version, **_headline(r.metrics or {}),
+             "model_version": r.model_version, **_headline(round_metrics.of(r)),
              "error": r.error}
             for r in round_rows
         ]
@@ -99,16 +100,16 @@ def _attention(project: Project, rows: list[Round], rounds: list[dict[str, Any]]
                    "users add NAME'.")
     agreement = project.config.agreement
     if agreement.adjudication == "review" and not reviewers(project.store, agreement.reviewers):
-        waiting = sum(len((r.metrics or {}).get("adjudication_items") or []) for r in closed)
+        waiting = sum(len(round_metrics.of(r).adjudication_items) for r in closed)
         if waiting:
             out.append(f"{waiting} item(s) wait for adjudication but the project has no "
                        "reviewer. Add one with 'alearn ls users add NAME --role reviewer'.")
     return out
 
 
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("labels_spent", "cv_accuracy", "kappa", "consensus_items", "flagged")
-    return {k: metrics.get(k) for k in keys}
+def _headline(m: round_metrics.RoundMetrics) -> dict[str, Any]:
+    return {"labels_spent": m.labels_spent, "cv_accuracy": m.cv_accuracy, "kappa": m.kappa,
+            "consensus_items": m.consensus_items, "flagged": m.flagged}
 
 
 def _convergence(project: Project) -> dict[str, Any]:

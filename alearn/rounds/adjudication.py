@@ -1,6 +1,6 @@
 """Adjudication: settling the items whose consensus is a tie or low-confidence.
 
-Round close lists those items in ``Round.metrics['adjudication_items']`` and gives them
+Round close lists those items in ``RoundMetrics.adjudication_items`` and gives them
 no trusted label. ``agreement.adjudication`` says what happens next:
 
 ``'review'``
@@ -11,7 +11,7 @@ no trusted label. ``agreement.adjudication`` says what happens next:
     'adjudicated'``, confidence 1.0, method ``'adjudication'``. Decisions by someone not
     listed in ``agreement.reviewers`` (when that list is not empty), skipped ones, and
     ones without exactly one known class are set aside with their reason, in
-    ``Round.metrics['adjudication']['set_aside']``, where ``alearn status`` shows them.
+    the round's ``RoundMetrics.adjudication.set_aside``, where ``alearn status`` shows them.
     The adjudication project mirrors like the main one: a decision changed there
     changes the label, and a decision deleted there withdraws it.
 
@@ -19,7 +19,7 @@ no trusted label. ``agreement.adjudication`` says what happens next:
     Before the round closes, :func:`more_votes_targets` lists them, each with the number
     of annotations it should reach (the round's overlap plus :data:`EXTRA_VOTES`); Label
     Studio is asked for that many annotators on their tasks, the targets are recorded in
-    ``Round.metrics['more_votes']`` (:func:`record_more_votes`), and the round keeps
+    ``RoundMetrics.more_votes`` (:func:`record_more_votes`), and the round keeps
     collecting until they are reached (:func:`alearn.rounds.lifecycle.round_progress` counts
     them). The close then recomputes the consensus over all the votes; items still
     unsettled stay in ``adjudication_items``, without a label. Votes are only asked for
@@ -35,13 +35,15 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sqlalchemy import delete, select
 
 from alearn.exceptions import RoundError
 from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
+from alearn.rounds.votes import consensus, tally
 from alearn.store import Annotation, Item, Label, Round, Store
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ def adjudication_queue(store: Store, round_id: int, classes: Sequence[str]) -> l
         rnd = s.get(Round, round_id)
         if rnd is None:
             raise RoundError(f"round id {round_id} does not exist in the store.")
-        wanted = [int(i) for i in (rnd.metrics or {}).get("adjudication_items") or []]
+        wanted = round_metrics.of(rnd).adjudication_items
         if not wanted:
             return []
         labeled = set(s.scalars(select(Label.item_id).where(Label.item_id.in_(wanted))))
@@ -208,60 +210,53 @@ def apply_decisions(
 
 def _update_rounds(store: Store, tasks: set[tuple[int, int | None]],
                    aside: dict[int | None, list[dict[str, Any]]]) -> int:
-    """Refresh ``metrics['adjudication']`` of every round concerned; return the pending
-    count over all rounds."""
+    """Refresh the adjudication tally of every closed round concerned; return the
+    pending count over all rounds."""
     pushed: dict[int, int] = defaultdict(int)
     for _item, rid in tasks:
         if rid is not None:
             pushed[rid] += 1
-    pending = 0
     with store.session() as s:
-        rounds = s.scalars(select(Round).where(Round.status == "closed")).all()
         adjudicated = set(s.scalars(select(Label.item_id).where(Label.origin == "adjudicated")))
-        for rnd in rounds:
-            metrics = dict(rnd.metrics or {})
-            wanted = [int(i) for i in metrics.get("adjudication_items") or []]
-            if not wanted and rnd.id not in pushed and rnd.id not in aside:
-                continue
-            old = dict(metrics.get("adjudication") or {})
-            done = sum(i in adjudicated for i in wanted)
-            new = {**old, "items": len(wanted), "pushed": pushed.get(rnd.id, 0),
-                   "decided": done, "pending": len(wanted) - done,
-                   "set_aside": aside.get(rnd.id, [])}
-            pending += new["pending"]
-            if new != old:
-                metrics["adjudication"] = new
-                rnd.metrics = metrics
+    pending = 0
+
+    def refresh(rnd: Round, metrics: round_metrics.RoundMetrics) -> bool:
+        nonlocal pending
+        wanted = metrics.adjudication_items
+        if not wanted and rnd.id not in pushed and rnd.id not in aside:
+            return False
+        old = metrics.adjudication or round_metrics.AdjudicationTally()
+        done = sum(i in adjudicated for i in wanted)
+        new = replace(old, items=len(wanted), pushed=pushed.get(rnd.id, 0), decided=done,
+                      pending=len(wanted) - done, set_aside=aside.get(rnd.id, []))
+        pending += new.pending
+        metrics.adjudication = new
+        return new != old
+
+    round_metrics.refresh_all(store, refresh, status="closed")
     return pending
 
 
 def set_pushed(store: Store, round_id: int, pushed: int) -> None:
     """Record how many of the round's items have a task in the adjudication project."""
-    with store.session() as s:
-        rnd = s.get(Round, round_id)
-        if rnd is None:
-            raise RoundError(f"round id {round_id} does not exist in the store.")
-        metrics = dict(rnd.metrics or {})
-        metrics["adjudication"] = {**(metrics.get("adjudication") or {}), "pushed": pushed}
-        rnd.metrics = metrics
+    with round_metrics.editing(store, round_id) as metrics:
+        metrics.adjudication = replace(metrics.adjudication or round_metrics.AdjudicationTally(),
+                                       pushed=pushed)
 
 
 def adjudication_status(project: Project) -> dict[str, Any]:
     """Totals over all rounds, for ``alearn status``. ``waiting_for_votes``: items of open
     rounds that were asked for more votes ('more_votes' mode)."""
-    with project.store.session() as s:
-        rows = [(r.status, r.metrics or {})
-                for r in s.scalars(select(Round).order_by(Round.number))]
     items = pushed = decided = waiting = 0
     aside: list[dict[str, Any]] = []
-    for status, m in rows:
-        adj = m.get("adjudication") or {}
-        items += len(m.get("adjudication_items") or [])
-        pushed += int(adj.get("pushed") or 0)
-        decided += int(adj.get("decided") or 0)
-        aside += list(adj.get("set_aside") or [])
-        if status != "closed":
-            waiting += len(vote_targets(m))
+    for rnd, m in round_metrics.by_round(project.store):
+        adj = m.adjudication or round_metrics.AdjudicationTally()
+        items += len(m.adjudication_items)
+        pushed += adj.pushed
+        decided += adj.decided
+        aside += adj.set_aside
+        if rnd.status != "closed":
+            waiting += len(m.vote_targets)
     return {
         "mode": project.config.agreement.adjudication,
         "items": items, "pushed": pushed, "decided": decided, "pending": items - decided,
@@ -278,46 +273,26 @@ def more_votes_targets(project: Project, round_id: int) -> dict[int, int]:
     pushed or collecting, or when every item is settled. Gold items and items with a
     trusted label are never listed.
     """
-    from alearn.rounds.close import gold_labels, round_votes
-    from alearn.stats.consensus import get_consensus
-    from alearn.stats.ratings import ratings_matrix
-
-    store, cfg = project.store, project.config
+    store = project.store
     with store.session() as s:
         rnd = s.get(Round, round_id)
         if rnd is None:
             raise RoundError(f"round id {round_id} does not exist in the store.")
-        overlap, metrics, status = rnd.overlap, dict(rnd.metrics or {}), rnd.status
-    if metrics.get("more_votes") or status not in ("pushed", "collecting"):
+        overlap, metrics, status = rnd.overlap, round_metrics.of(rnd), rnd.status
+    if metrics.more_votes or status not in ("pushed", "collecting"):
         return {}
-    votes = round_votes(project, [round_id])
-    if not votes:
+    votes = tally(project, [round_id])
+    if not votes.votes:
         return {}
-    ratings = ratings_matrix([v[:3] for v in votes], cfg.classes)
-    items = [int(str(i)) for i in ratings.items]
-    cons = get_consensus(cfg.agreement.consensus)(
-        ratings.matrix, n_classes=len(cfg.classes), tie_policy="adjudicate",
-        min_confidence=cfg.agreement.min_confidence)
-    labeled = set(store.trusted_labels()) | set(gold_labels(project, items))
-    return {item: overlap + EXTRA_VOTES for row, item in enumerate(items)
+    cons = consensus(project, votes.ratings, tie_policy="adjudicate")
+    labeled = set(store.trusted_labels()) | votes.gold_items
+    return {item: overlap + EXTRA_VOTES for row, item in enumerate(votes.items)
             if str(cons.status[row]) in ("tie", "low_confidence") and item not in labeled}
 
 
 def record_more_votes(store: Store, round_id: int, targets: dict[int, int]) -> None:
     """Remember that more votes were asked for (targets: item id -> annotations)."""
-    with store.session() as s:
-        rnd = s.get(Round, round_id)
-        if rnd is None:
-            raise RoundError(f"round id {round_id} does not exist in the store.")
-        metrics = dict(rnd.metrics or {})
-        metrics["more_votes"] = {"extra": EXTRA_VOTES,
-                                 "targets": {str(i): int(n) for i, n in targets.items()}}
-        rnd.metrics = metrics
+    with round_metrics.editing(store, round_id) as metrics:
+        metrics.more_votes = round_metrics.MoreVotes(extra=EXTRA_VOTES, targets=dict(targets))
     log.info("round_event=more_votes round=%s items=%s extra=%s", round_id, len(targets),
              EXTRA_VOTES)
-
-
-def vote_targets(metrics: dict[str, Any] | None) -> dict[int, int]:
-    """item id -> annotations wanted, for items that were asked for more votes."""
-    targets = ((metrics or {}).get("more_votes") or {}).get("targets") or {}
-    return {int(i): int(n) for i, n in targets.items()}

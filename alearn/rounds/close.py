@@ -27,12 +27,15 @@ import numpy as np
 from sqlalchemy import delete, func, select
 
 from alearn.exceptions import AlearnError, RoundError
+from alearn.model.current import TrainedHead, current_head
 from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
+from alearn.rounds.votes import consensus, tally
 from alearn.stats.agreement import agreement_report as _agreement_report
 from alearn.stats.annotators import annotator_quality
-from alearn.stats.consensus import dawid_skene, get_consensus
-from alearn.stats.ratings import ratings_matrix
+from alearn.stats.consensus import dawid_skene
+from alearn.stats.stopping import not_assessed
 from alearn.store import Annotation, Label, Round, Selection
 
 log = logging.getLogger(__name__)
@@ -44,23 +47,8 @@ MIN_ITEMS = 5
 Z_90 = 1.2816
 
 
-def round_votes(
-    project: Project, round_ids: list[int] | None
-) -> list[tuple[int, str, str, float | None]]:
-    """(item id, annotator, label, lead time) of the usable annotations of some rounds
-    (None: all rounds)."""
-    query = select(Annotation.item_id, Annotation.annotator, Annotation.label,
-                   Annotation.lead_time).where(
-        Annotation.status == "ok", Annotation.was_cancelled.is_(False),
-        Annotation.label.is_not(None),
-    ).order_by(Annotation.item_id, Annotation.annotator)
-    if round_ids is not None:
-        query = query.where(Annotation.round_id.in_(round_ids))
-    with project.store.session() as s:
-        return [(int(i), str(a), str(lab), t) for i, a, lab, t in s.execute(query).all()]
-
-
-def close_round(project: Project, round_id: int, *, recompute: bool = False) -> dict[str, Any]:
+def close_round(project: Project, round_id: int, *,
+                recompute: bool = False) -> round_metrics.RoundMetrics:
     """Compute and store the round's consensus labels and metrics, then close it.
 
     A closed round returns its stored metrics, unless ``recompute``: then its consensus
@@ -70,7 +58,7 @@ def close_round(project: Project, round_id: int, *, recompute: bool = False) -> 
     store, cfg = project.store, project.config
     rnd = get_round(store, round_id)
     if rnd.status == CLOSED and not recompute:
-        return dict(rnd.metrics or {})
+        return round_metrics.of(rnd)
     if rnd.status == CLOSED:
         with store.session() as s:
             s.execute(delete(Label).where(Label.round_id == round_id,
@@ -80,96 +68,73 @@ def close_round(project: Project, round_id: int, *, recompute: bool = False) -> 
             f"round {rnd.number} is {rnd.status}; only a pushed or collecting round can "
             "be closed. Wait for its batch to reach Label Studio."
         )
-    classes = cfg.classes
-    votes = round_votes(project, [round_id])
-    ratings = ratings_matrix([v[:3] for v in votes], classes)
-    items = [int(i) for i in ratings.items]
-    lead_times = lead_time_matrix(ratings, votes)
-    gold = gold_labels(project, items)
-    metrics: dict[str, Any] = dict(rnd.metrics or {})
-    metrics["labels_spent"] = len(votes)
+    votes = tally(project, [round_id])
+    metrics = round_metrics.of(rnd)
+    metrics.labels_spent = len(votes.votes)
     with store.session() as s:
-        metrics["labels_spent_total"] = s.scalar(
+        metrics.labels_spent_total = s.scalar(
             select(func.count()).select_from(Annotation).where(Annotation.status == "ok")
         )
-        metrics["tasks"] = s.scalar(
+        metrics.tasks = s.scalar(
             select(func.count()).where(Selection.round_id == round_id)
         )
     consensus_counts: dict[str, int] = {}
     adjudication: list[int] = []
-    is_gold = np.array([i in gold for i in items], dtype=bool)
-    if items:
-        report = _agreement_report(ratings, n_boot=N_BOOT, seed=rnd.number)
-        method = get_consensus(cfg.agreement.consensus)
-        tie = "first" if cfg.agreement.tie_policy == "first" else "adjudicate"
-        cons = method(ratings.matrix, n_classes=len(classes), tie_policy=tie,
-                      min_confidence=cfg.agreement.min_confidence)
+    is_gold = votes.gold >= 0
+    if votes.items:
+        report = _agreement_report(votes.ratings, n_boot=N_BOOT, seed=rnd.number)
+        cons = consensus(project, votes.ratings)
         names, counts = np.unique(cons.status[~is_gold], return_counts=True)
         consensus_counts = {str(k): int(c) for k, c in zip(names, counts, strict=True)}
         annotators = annotator_report(
-            ratings, gold=np.array([gold.get(i, -1) for i in items]), lead_times=lead_times,
-            n_classes=len(classes), min_accuracy=cfg.agreement.annotator_min_accuracy,
+            votes.ratings, gold=votes.gold, lead_times=votes.lead_times,
+            n_classes=len(cfg.classes), min_accuracy=cfg.agreement.annotator_min_accuracy,
             consensus=cons,
         )
-        adjudication = _store_consensus(project, round_id, items, cons)
-        kappa = report.pairwise_kappa
-        metrics.update(
-            agreement=report.to_dict(),
-            kappa=_mean_pairwise(kappa),
-            alpha=report.krippendorff_alpha.value,
-            consensus_method=cons.method,
-            annotators=annotators,
-        )
-        low = metrics["kappa"] is not None and metrics["kappa"] < cfg.agreement.kappa_threshold
-        metrics["flagged"] = bool(low)
+        adjudication = _store_consensus(project, round_id, votes.items, cons)
+        kappa = _mean_pairwise(report.pairwise_kappa)
+        low = kappa is not None and kappa < cfg.agreement.kappa_threshold
+        metrics.agreement, metrics.kappa = report.to_dict(), kappa
+        metrics.alpha, metrics.consensus_method = report.krippendorff_alpha.value, cons.method
+        metrics.annotators, metrics.flagged = annotators, bool(low)
         if low:
             log.warning("round_event=low_agreement round=%s kappa=%.3f threshold=%.2f",
-                        round_id, metrics["kappa"], cfg.agreement.kappa_threshold)
-    metrics.update(consensus=consensus_counts, consensus_items=int((~is_gold).sum()),
-                   adjudication_items=adjudication,
-                   adjudication={"mode": cfg.agreement.adjudication, "items": len(adjudication),
-                                 "pushed": 0, "decided": 0, "pending": len(adjudication),
-                                 "set_aside": []},
-                   cv_accuracy=_cv_accuracy(project))
-    from alearn.rounds.convergence import assess_round, not_assessed
+                        round_id, kappa, cfg.agreement.kappa_threshold)
+    metrics.consensus, metrics.consensus_items = consensus_counts, int((~is_gold).sum())
+    metrics.adjudication_items = adjudication
+    metrics.adjudication = round_metrics.AdjudicationTally(
+        mode=cfg.agreement.adjudication, items=len(adjudication), pending=len(adjudication))
+    head = _head(project)
+    metrics.cv_accuracy = head.cv_accuracy if head is not None else None
+    from alearn.rounds.convergence import assess_round
 
     try:
-        metrics["convergence"] = assess_round(project, round_id, metrics)
+        metrics.set_convergence(assess_round(project, round_id, metrics, head))
     except AlearnError as exc:  # a failed convergence check does not stop a close
         log.warning("round_event=convergence_skipped round=%s reason=%s", round_id, exc)
-        metrics["convergence"] = not_assessed(str(exc)).to_dict()
-    metrics["converged"] = metrics["convergence"]["converged"]
+        metrics.set_convergence(not_assessed(str(exc)).to_dict())
     with store.session() as s:
         row = s.get(Round, round_id)
         if row is None:
             raise RoundError(f"round {round_id} vanished while closing")
-        row.metrics = metrics
+        round_metrics.put(row, metrics)
     if rnd.status == CLOSED:
-        record_event(store, round_id, "recomputed", labels_spent=metrics["labels_spent"])
+        record_event(store, round_id, "recomputed", labels_spent=metrics.labels_spent)
     else:
         transition(store, round_id, CLOSED)
     log.info("round_event=closed round=%s labels_spent=%s kappa=%s cv_accuracy=%s",
-             round_id, metrics["labels_spent"], metrics.get("kappa"), metrics["cv_accuracy"])
+             round_id, metrics.labels_spent, metrics.kappa, metrics.cv_accuracy)
     return metrics
 
 
-def lead_time_matrix(ratings: Any, votes: list[tuple[int, str, str, float | None]]) -> np.ndarray:
-    """Seconds per (item, annotator) cell, NaN where unknown; shape of the ratings."""
-    rows = {item: r for r, item in enumerate(ratings.items)}
-    cols = {who: c for c, who in enumerate(ratings.annotators)}
-    out = np.full(ratings.matrix.shape, np.nan)
-    for item, who, _label, seconds in votes:
-        if seconds is not None:
-            out[rows[item], cols[who]] = seconds
-    return out
-
-
-def gold_labels(project: Project, items: list[int]) -> dict[int, int]:
-    index = {c: i for i, c in enumerate(project.config.classes)}
-    with project.store.session() as s:
-        rows = s.execute(select(Label.item_id, Label.label).where(
-            Label.is_gold.is_(True), Label.item_id.in_(items))).all()
-    return {int(i): index[lab] for i, lab in rows if lab in index}
+def _head(project: Project) -> TrainedHead | None:
+    """The head on all trusted labels (its record holds the cross-validated accuracy);
+    None without features or with labels in fewer than two classes."""
+    try:
+        return current_head(project)
+    except AlearnError as exc:  # no features yet does not stop a close
+        log.warning("cv accuracy skipped: %s", exc)
+        return None
 
 
 def _store_consensus(project: Project, round_id: int, items: list[int], cons: Any) -> list[int]:
@@ -264,16 +229,3 @@ def _mean_pairwise(kappa: Any) -> float | None:
     vals = m[np.triu_indices_from(m, k=1)]
     vals = vals[np.isfinite(vals)]
     return float(vals.mean()) if vals.size else None
-
-
-def _cv_accuracy(project: Project) -> float | None:
-    """Cross-validated accuracy of the head on all trusted labels (None if too few)."""
-    from alearn.model import training
-
-    try:
-        ids, X = training.labeled_features(project)
-    except AlearnError as exc:  # no features yet does not stop a close
-        log.warning("cv accuracy skipped: %s", exc)
-        return None
-    _, X, y = training.training_set(project, ids, X)
-    return training.cv_accuracy(training.make_head(project), X, y) if len(y) else None

@@ -1,312 +1,57 @@
-"""Knowing when to stop: convergence signals, computed at each round close.
+"""Knowing when to stop, from the store: the convergence check at each round close.
 
-Signals (each a :class:`Signal`, thresholds in ``[convergence]`` of alearn.toml):
-
-``stabilizing``
-    Cohen's kappa between successive heads' predictions on a fixed, unlabeled stop set
-    stays >= ``stability_threshold`` for ``stability_rounds`` rounds (Bloodgood and
-    Vijay-Shanker, 2009, "stabilizing predictions").
-``plateau``
-    The gain in cross-validated accuracy per 100 labels spent, between successive
-    closed rounds, stays below ``plateau_gain`` for ``plateau_rounds`` rounds.
-``human_ceiling``
-    The head's cross-validated accuracy against consensus reaches the annotators' mean
-    (leave-one-out) accuracy against consensus.
-``budget``
-    Labels spent reach ``rounds.label_budget`` (when it is > 0).
-``pool_exhausted``
-    No embedded item is left that is unlabeled and was never selected.
-
-The project has converged when ``convergence.rule`` holds, by default
-``budget or pool_exhausted or (stabilizing and (plateau or human_ceiling))``: stable
-predictions alone may come from a head that stopped learning for want of informative
-items, so they must be backed by a flat learning curve or by the head matching people.
-
-:func:`assess_round` computes the signals from the store when a round closes and keeps
-the head's stop-set predictions in the round's metrics, for the next round to compare;
+:func:`assess_round` reads what the signals of :mod:`alearn.stats.stopping` need (the
+earlier closed rounds' metrics, the embedded pool, the current head's predictions on a
+fixed stop set) and applies ``convergence.rule``. It keeps the head's stop-set
+predictions in the round's metrics, for the next round to compare;
 :func:`convergence_status` reads the latest verdict back.
 """
 
 from __future__ import annotations
 
-import ast
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score
 from sqlalchemy import select
 
-from alearn.exceptions import AlearnError, ConfigError
+from alearn.exceptions import AlearnError
+from alearn.rounds import metrics as round_metrics
 from alearn.rounds.lifecycle import CLOSED, get_round
-from alearn.store import Round, Selection, Store
+from alearn.stats.stopping import (
+    ConvergenceStatus,
+    budget,
+    decide,
+    decode_predictions,
+    encode_predictions,
+    human_ceiling,
+    not_assessed,
+    plateau,
+    pool_exhausted,
+    stabilizing,
+    stop_kappa,
+)
+from alearn.store import Selection, Store
 
 if TYPE_CHECKING:
+    from alearn.model.current import TrainedHead
     from alearn.project import Project
 
 log = logging.getLogger(__name__)
 
-SIGNAL_NAMES = ("stabilizing", "plateau", "human_ceiling", "budget", "pool_exhausted")
-DEFAULT_RULE = "budget or pool_exhausted or (stabilizing and (plateau or human_ceiling))"
-
-
-@dataclass(frozen=True)
-class Signal:
-    """One convergence signal: whether it holds, its headline figure and a sentence."""
-
-    name: str
-    met: bool
-    value: float | None
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class ConvergenceStatus:
-    """The verdict: converged or not, why, and every signal behind it."""
-
-    converged: bool
-    reasons: list[str] = field(default_factory=list)
-    signals: list[Signal] = field(default_factory=list)
-    summary: str = ""
-    rule: str = DEFAULT_RULE
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"converged": self.converged, "reasons": list(self.reasons),
-                "signals": [s.to_dict() for s in self.signals], "summary": self.summary,
-                "rule": self.rule}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ConvergenceStatus:
-        return cls(converged=bool(data.get("converged", False)),
-                   reasons=list(data.get("reasons", [])),
-                   signals=[Signal(**s) for s in data.get("signals", [])],
-                   summary=str(data.get("summary", "")), rule=str(data.get("rule", "")))
-
-
-def not_assessed(why: str) -> ConvergenceStatus:
-    """A status for a project (or round) whose convergence could not be assessed."""
-    return ConvergenceStatus(converged=False, summary=f"not assessed: {why}")
-
-
-def _trailing(values: Sequence[float | None], ok: Callable[[float], bool]) -> int:
-    """How many values at the end are not None and pass ``ok``."""
-    run = 0
-    for v in reversed(values):
-        if v is None or not ok(v):
-            break
-        run += 1
-    return run
-
-
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer (rounds in a row), got {k!r}")
-
-
-def stabilizing(kappas: Sequence[float | None], *, threshold: float = 0.99,
-                k: int = 2) -> Signal:
-    """Met when the last ``k`` stop-set kappas are all >= ``threshold``.
-
-    ``kappas`` holds one value per closed round, oldest first: Cohen's kappa between
-    that round's head and the previous round's on the stop set (None where there was
-    no pair of heads to compare).
-    """
-    _check_k(k)
-    if not -1 <= threshold <= 1:
-        raise ValueError(f"threshold is a kappa in [-1, 1], got {threshold!r}")
-    last = kappas[-1] if len(kappas) else None
-    if last is None:
-        return Signal("stabilizing", False, None,
-                      "no stop-set kappa yet (needs heads from two successive rounds)")
-    run = _trailing(kappas, lambda v: v >= threshold)
-    op = ">=" if last >= threshold else "<"
-    return Signal("stabilizing", run >= k, float(last),
-                  f"stop-set kappa {last:.3f} {op} {threshold:g}, {min(run, k)} of {k} rounds")
-
-
-def accuracy_gains(curve: Sequence[tuple[float, float | None]]) -> list[float]:
-    """Accuracy gain per 100 labels between successive points of a learning curve.
-
-    Points without an accuracy are skipped; a point that spent no new label replaces
-    the one before it (its gain is undefined).
-    """
-    gains: list[float] = []
-    prev: tuple[float, float] | None = None
-    for labels, acc in curve:
-        if acc is None:
-            continue
-        if prev is not None and labels > prev[0]:
-            gains.append((acc - prev[1]) / (labels - prev[0]) * 100.0)
-        prev = (labels, acc)
-    return gains
-
-
-def plateau(curve: Sequence[tuple[float, float | None]], *, threshold: float = 0.005,
-            k: int = 2) -> Signal:
-    """Met when the last ``k`` gains per 100 labels are all below ``threshold``.
-
-    ``curve`` is ``[(labels spent in total, cross-validated accuracy or None), ...]``,
-    one point per closed round, oldest first.
-    """
-    _check_k(k)
-    gains = accuracy_gains(curve)
-    if not gains:
-        return Signal("plateau", False, None,
-                      "no accuracy gain yet (needs accuracies from two rounds)")
-    run = _trailing(gains, lambda g: g < threshold)
-    last = gains[-1]
-    op = "<" if last < threshold else ">="
-    return Signal("plateau", run >= k, float(last),
-                  f"accuracy gain {last:+.4f} per 100 labels {op} {threshold:g}, "
-                  f"{min(run, k)} of {k} rounds")
-
-
-def human_ceiling(model_acc: float | None, annotator_accs: Sequence[float | None]) -> Signal:
-    """Met when the head's accuracy against consensus reaches the annotators' mean."""
-    accs = [float(a) for a in annotator_accs if a is not None]
-    if model_acc is None:
-        return Signal("human_ceiling", False, None, "no cross-validated head accuracy yet")
-    if not accs:
-        return Signal("human_ceiling", False, float(model_acc),
-                      f"head {model_acc:.3f}, but no annotator accuracy this round")
-    mean = sum(accs) / len(accs)
-    op = ">=" if model_acc >= mean else "<"
-    return Signal("human_ceiling", model_acc >= mean, float(model_acc),
-                  f"head accuracy {model_acc:.3f} {op} annotators' mean {mean:.3f} "
-                  f"({len(accs)} annotators)")
-
-
-def budget(spent: int, label_budget: int) -> Signal:
-    """Met when ``spent`` labels reach a positive ``label_budget`` (0 means no limit)."""
-    if label_budget <= 0:
-        return Signal("budget", False, float(spent), f"{spent} labels spent, no budget set")
-    word = "spent" if spent >= label_budget else "left"
-    return Signal("budget", spent >= label_budget, float(spent),
-                  f"{spent} of {label_budget} labels spent, budget {word}")
-
-
-def pool_exhausted(remaining: int | None, *, embedded: int | None,
-                   why: str = "") -> Signal:
-    """Met when embedded items exist and none is unlabeled and never selected."""
-    if remaining is None or embedded is None:
-        return Signal("pool_exhausted", False, None, f"not assessed: {why or 'no features'}")
-    if embedded == 0:
-        return Signal("pool_exhausted", False, 0.0, "no embedded items yet")
-    return Signal("pool_exhausted", remaining == 0, float(remaining),
-                  f"{remaining} of {embedded} embedded items never selected nor labeled")
-
-
-# ---------------------------------------------------------------------------- the rule
-_Node = Callable[[Mapping[str, bool]], tuple[bool, list[str]]]
-
-
-def parse_rule(rule: str) -> _Node:
-    """Compile a rule (``and``, ``or``, ``not``, parentheses over signal names).
-
-    The compiled rule maps ``{signal name: met}`` to ``(holds, reasons)``, where
-    ``reasons`` names the met signals that make it hold.
-    """
-    try:
-        tree = ast.parse(rule.strip(), mode="eval").body
-    except SyntaxError:
-        raise ConfigError(f"convergence.rule {rule!r} is not a valid expression. Combine "
-                          f"{', '.join(SIGNAL_NAMES)} with and, or, not and "
-                          "parentheses.") from None
-    return _compile(tree, rule)
-
-
-def _compile(node: ast.AST, rule: str) -> _Node:
-    if isinstance(node, ast.Name):
-        if node.id not in SIGNAL_NAMES:
-            raise ConfigError(f"convergence.rule {rule!r}: unknown signal {node.id!r}. "
-                              f"Valid signals are: {', '.join(SIGNAL_NAMES)}.")
-        name = node.id
-        return lambda met: (met.get(name, False), [name] if met.get(name, False) else [])
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        inner = _compile(node.operand, rule)
-        return lambda met: (not inner(met)[0], [])
-    if isinstance(node, ast.BoolOp):
-        parts = [_compile(v, rule) for v in node.values]
-        is_and = isinstance(node.op, ast.And)
-
-        def run(met: Mapping[str, bool]) -> tuple[bool, list[str]]:
-            results = [p(met) for p in parts]
-            holds = all(r[0] for r in results) if is_and else any(r[0] for r in results)
-            reasons = [n for ok, names in results if ok for n in names] if holds else []
-            return holds, list(dict.fromkeys(reasons))
-
-        return run
-    raise ConfigError(f"convergence.rule {rule!r}: only signal names, and, or, not and "
-                      f"parentheses are allowed (found {type(node).__name__}).")
-
-
-def decide(signals: Sequence[Signal], *, rule: str = DEFAULT_RULE) -> ConvergenceStatus:
-    """Apply ``rule`` to the signals. A signal the rule names but ``signals`` lacks is
-    taken as not met."""
-    holds, reasons = parse_rule(rule)({s.name: s.met for s in signals})
-    by_name = {s.name: s for s in signals}
-    if holds:
-        summary = "converged because " + " and ".join(
-            f"{n} ({by_name[n].detail})" for n in reasons)
-    else:
-        summary = "not converged: " + "; ".join(f"{s.name} ({s.detail})" for s in signals)
-    return ConvergenceStatus(converged=holds, reasons=reasons, signals=list(signals),
-                             summary=summary, rule=rule)
-
-
-# ------------------------------------------------------------------------ the store
 STOP_SET_KEY = "stop_set"
 
 
-def stop_kappa(previous: Sequence[int] | None, current: Sequence[int] | None) -> float | None:
-    """Cohen's kappa between two heads' stop-set predictions (class indices, -1 = none).
-
-    None when either is missing, they cover different stop sets, or share no item.
-    """
-    if previous is None or current is None or len(previous) != len(current):
-        return None
-    a, b = np.asarray(previous), np.asarray(current)
-    both = (a >= 0) & (b >= 0)
-    if not both.any():
-        return None
-    a, b = a[both], b[both]
-    if np.array_equal(a, b):  # also covers one shared class, where kappa is 0/0
-        return 1.0
-    return float(cohen_kappa_score(a, b))
-
-
-def encode_predictions(preds: Sequence[int] | None) -> str | None:
-    """Class indices as one compact string, ``"0,2,-1,1"`` (short in JSON and logs)."""
-    return None if preds is None else ",".join(str(int(p)) for p in preds)
-
-
-def decode_predictions(text: str | Sequence[int] | None) -> list[int] | None:
-    """The inverse of :func:`encode_predictions` (a list passes through)."""
-    if text is None or not isinstance(text, str):
-        return None if text is None else [int(p) for p in text]
-    return [int(p) for p in text.split(",")] if text else []
-
-
-def closed_metrics(store: Store) -> list[tuple[int, dict[str, Any]]]:
-    """(number, metrics) of every closed round, oldest first."""
-    with store.session() as s:
-        rows = s.execute(select(Round.number, Round.metrics).where(Round.status == CLOSED)
-                         .order_by(Round.number)).all()
-    return [(int(n), dict(m or {})) for n, m in rows]
-
-
-def assess_round(project: Project, round_id: int,
-                 metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMetrics | None,
+                 head: TrainedHead | None) -> dict[str, Any]:
     """Compute the convergence signals of a closing round from the store.
 
     ``metrics`` are the round's metrics computed so far by the close
-    (``labels_spent_total``, ``cv_accuracy``, ``annotators``); by default its stored
-    ones. Earlier closed rounds supply the history. Returns a JSON-able dict: the
+    (``labels_spent_total``, ``cv_accuracy``, ``annotators``); None: its stored ones.
+    ``head`` is the current head (:func:`alearn.model.current.current_head`, None while
+    there is none); its predictions on the stop set are compared with the previous
+    round's. Earlier closed rounds supply the history. Returns a JSON-able dict: the
     :class:`ConvergenceStatus` fields, plus ``stop_kappa``, ``stop_predictions`` (the
     head's class indices into the project's classes over the stop set, -1 where an item
     has no features, as one comma-separated string: see :func:`decode_predictions`),
@@ -318,8 +63,9 @@ def assess_round(project: Project, round_id: int,
 
     store, cfg = project.store, project.config.convergence
     rnd = get_round(store, round_id)
-    metrics = dict(rnd.metrics or {}) if metrics is None else metrics
-    earlier = [m for n, m in closed_metrics(store) if n < rnd.number]
+    metrics = round_metrics.of(rnd) if metrics is None else metrics
+    earlier = [m for r, m in round_metrics.by_round(store, status=CLOSED)
+               if r.number < rnd.number]
     out: dict[str, Any] = {"stop_kappa": None, "stop_predictions": None,
                            "model_version": None, "n_embedded": None,
                            "pool_remaining": None, "notes": []}
@@ -332,27 +78,26 @@ def assess_round(project: Project, round_id: int,
         out["n_embedded"], out["pool_remaining"] = int(len(ids)), _pool_remaining(store, ids)
     if ids is not None and len(ids):
         stop = _stop_set(project, ids, round_number=rnd.number)
-        # features of the labeled items (to fit) and of the stop set (to predict) only
-        f_ids, f_X = training.features_for(project, {*store.trusted_labels(), *stop})
-        preds, version, note = _stop_predictions(project, training, f_ids, f_X, stop)
+        preds, version, note = _stop_predictions(project, head, stop)
         out.update(stop_predictions=encode_predictions(preds), model_version=version)
         if note:
             out["notes"].append(note)
-        prev = (earlier[-1].get("convergence") or {}).get("stop_predictions") if earlier else None
+        prev = earlier[-1].stop_predictions if earlier else None
         out["stop_kappa"] = stop_kappa(decode_predictions(prev), preds)
-    kappas = [(m.get("convergence") or {}).get("stop_kappa") for m in earlier]
-    curve = [(m.get("labels_spent_total") or 0, m.get("cv_accuracy")) for m in earlier]
-    annotators = metrics.get("annotators") or []
+    kappas = [m.stop_kappa for m in earlier]
+    curve = [(m.labels_spent_total or 0, m.cv_accuracy) for m in earlier]
+    spent = metrics.labels_spent_total or 0
     stable = stabilizing([*kappas, out["stop_kappa"]], threshold=cfg.stability_threshold,
                          k=cfg.stability_rounds)
     if out["stop_kappa"] is None and out["notes"]:
         stable = replace(stable, detail=f"{stable.detail}; {'; '.join(out['notes'])}")
     signals = [
         stable,
-        plateau([*curve, (metrics.get("labels_spent_total") or 0, metrics.get("cv_accuracy"))],
+        plateau([*curve, (spent, metrics.cv_accuracy)],
                 threshold=cfg.plateau_gain, k=cfg.plateau_rounds),
-        human_ceiling(metrics.get("cv_accuracy"), [a.get("loo_accuracy") for a in annotators]),
-        budget(int(metrics.get("labels_spent_total") or 0), project.config.rounds.label_budget),
+        human_ceiling(metrics.cv_accuracy,
+                      [a.get("loo_accuracy") for a in metrics.annotators]),
+        budget(int(spent), project.config.rounds.label_budget),
         pool_exhausted(out["pool_remaining"], embedded=out["n_embedded"],
                        why="; ".join(out["notes"])),
     ]
@@ -364,14 +109,13 @@ def assess_round(project: Project, round_id: int,
 
 def convergence_status(project: Project) -> ConvergenceStatus:
     """The verdict stored by the latest closed round ("not assessed" before any)."""
-    closed = closed_metrics(project.store)
+    closed = round_metrics.by_round(project.store, status=CLOSED)
     if not closed:
         return not_assessed("no round closed yet")
-    number, metrics = closed[-1]
-    data = metrics.get("convergence")
-    if not data:
-        return not_assessed(f"round {number} closed without a convergence check")
-    return ConvergenceStatus.from_dict(data)
+    rnd, metrics = closed[-1]
+    if not metrics.convergence:
+        return not_assessed(f"round {rnd.number} closed without a convergence check")
+    return ConvergenceStatus.from_dict(metrics.convergence)
 
 
 def _pool_remaining(store: Store, ids: np.ndarray) -> int:
@@ -402,20 +146,20 @@ def _stop_set(project: Project, ids: np.ndarray, *, round_number: int) -> list[i
     return items
 
 
-def _stop_predictions(project: Project, training: Any, ids: np.ndarray, X: np.ndarray,
-                      stop: list[int]) -> tuple[list[int] | None, str | None, str]:
-    """(class indices over the stop set, head version, note) from a head fitted on the
-    trusted labels; (None, None, why) when there is no head or no stop set."""
+def _stop_predictions(project: Project, head: TrainedHead | None, stop: list[int]
+                      ) -> tuple[list[int] | None, str | None, str]:
+    """(class indices over the stop set, head version, note) from the current head;
+    (None, None, why) when there is no head or no stop set."""
+    from alearn.model import training
+
     if not stop:
         return None, None, "the stop set is empty (no unlabeled embedded item)"
-    t_ids, t_X, y = training.training_set(project, ids, X)
-    if len(set(y.tolist())) < 2:
+    if head is None:
         return None, None, "no head yet: trusted labels cover fewer than two classes"
-    head = training.make_head(project).fit(t_X, y)
-    version = training.model_version(project, t_ids, t_X, y)
+    ids, X = training.features_for(project, stop)
     rows = {int(i): r for r, i in enumerate(ids.tolist())}
     where = [rows.get(i, -1) for i in stop]
     have = [r for r in where if r >= 0]
     index = {c: k for k, c in enumerate(project.config.classes)}
-    predicted = iter(head.predict(X[have]).tolist() if have else [])
-    return [index[str(next(predicted))] if r >= 0 else -1 for r in where], version, ""
+    predicted = iter(head.head.predict(X[have]).tolist() if have else [])
+    return [index[str(next(predicted))] if r >= 0 else -1 for r in where], head.version, ""

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from alearn.exceptions import RoundError
+from alearn.rounds import metrics as round_metrics
 from alearn.store import Annotation, Round, RoundEvent, Selection, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def create_round(store: Store, *, strategy: str, batch_size: int, overlap: int) 
             )
         number = (s.scalar(select(func.max(Round.number))) or 0) + 1
         rnd = Round(number=number, status=PLANNED, strategy=strategy,
-                    batch_size=batch_size, overlap=overlap, metrics={})
+                    batch_size=batch_size, overlap=overlap)
+        round_metrics.put(rnd, round_metrics.RoundMetrics())
         s.add(rnd)
         s.flush()
     log.info("round_event=created round=%s number=%s strategy=%s", rnd.id, number, strategy)
@@ -258,8 +260,7 @@ def round_progress(store: Store, round_id: int) -> RoundProgress:
             )
         ) or 0
     # items asked for more votes ('more_votes' adjudication) need more than the overlap
-    wanted = {int(i): int(n) for i, n in
-              ((rnd.metrics or {}).get("more_votes") or {}).get("targets", {}).items()}
+    wanted = round_metrics.of(rnd).vote_targets
     done = sum(1 for item, n in per_item.items() if n >= wanted.get(int(item), rnd.overlap))
     return RoundProgress(
         round_id=rnd.id, number=rnd.number, status=rnd.status, tasks=tasks, tasks_done=done,
@@ -286,8 +287,10 @@ def record_plan(store: Store, round_id: int, plan: Any) -> int:
                             is_gold=bool(getattr(item, "is_gold", False))))
         rnd.strategy = plan.strategy
         rnd.model_version = plan.model_version or f"cold-start-r{rnd.number}"
-        rnd.metrics = {**(rnd.metrics or {}), "pool_size": plan.n_pool, "n_train": plan.n_train,
-                       "gold_items": sum(bool(getattr(i, "is_gold", False)) for i in plan.items)}
+        metrics = round_metrics.of(rnd)
+        metrics.pool_size, metrics.n_train = plan.n_pool, plan.n_train
+        metrics.gold_items = sum(bool(getattr(i, "is_gold", False)) for i in plan.items)
+        round_metrics.put(rnd, metrics)
     log.info("round_event=selected round=%s items=%s strategy=%s model_version=%s",
              round_id, len(plan.items), plan.strategy, plan.model_version)
     return len(plan.items)
