@@ -98,21 +98,41 @@ def train_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
     return out
 
 
-def select_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
-    """Score the pool and store the round's batch (idempotent)."""
+def select_job(project_dir: str, round_id: int,
+               train_job_id: str | None = None) -> dict[str, Any] | Retry:
+    """Score the pool and store the round's batch (idempotent).
+
+    ``train_job_id``: the round's train job, whose ``model_version`` scores the pool;
+    without one (a retry that resumes at select), the current head does.
+    """
     from alearn.query.selection import plan_batch
     from alearn.rounds.lifecycle import get_round, record_plan
 
     with _step(project_dir, f"select:{round_id}") as held:
         if held is None:
             return BUSY
-        project, _conn = held
+        project, conn = held
         rnd = get_round(project.store, round_id)
-        # the head trained by train_job is found again by its training-set hash
-        plan = plan_batch(project, batch_size=rnd.batch_size, strategy=rnd.strategy)
+        plan = plan_batch(project, batch_size=rnd.batch_size, strategy=rnd.strategy,
+                          model_version=_trained_version(conn, train_job_id))
         n = record_plan(project.store, round_id, plan)
     _report(selected=n, strategy=plan.strategy)
     return {"selected": n, "strategy": plan.strategy, "model_version": plan.model_version}
+
+
+def _trained_version(conn: Redis, train_job_id: str | None) -> str | None:
+    """The ``model_version`` a finished train job returned (None: no job, no result, or
+    no head)."""
+    if train_job_id is None:
+        return None
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    try:
+        result = Job.fetch(train_job_id, connection=conn).return_value()
+    except NoSuchJobError:
+        return None
+    return result.get("model_version") if isinstance(result, dict) else None
 
 
 def push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
@@ -181,7 +201,7 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
         result = close_round(project, round_id,
                              recompute=bool(is_stale(project.store, round_id)))
     _report(closed=True)
-    return {**result, "closed": True}
+    return {**result.to_json(), "closed": True}
 
 
 def adjudication_push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
