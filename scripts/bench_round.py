@@ -149,7 +149,7 @@ def bench_pool(n: int, args: argparse.Namespace, client: LSClient, users: list[i
     return {
         "pool": n, "dim": DIM, "trusted_labels_before": args.labels,
         "batch_size": args.batch_size, "overlap": 3, "annotations": n_ann,
-        "pulled_new": pull.new, "consensus": metrics.get("consensus"),
+        "pulled_new": pull.new, "consensus": metrics.consensus,
         "seconds": {k: round(v, 3) for k, v in phases.items()},
         "turnaround_s": round(sum(phases.values()), 3),
         "setup_s": round(setup_s, 1),

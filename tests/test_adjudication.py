@@ -13,6 +13,7 @@ from sqlalchemy import select
 from alearn.config import AgreementConfig, ProjectConfig, Settings, render_config
 from alearn.project import Project
 from alearn.report.status import project_status
+from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adjudication import (
     EXTRA_VOTES,
     Decision,
@@ -21,7 +22,6 @@ from alearn.rounds.adjudication import (
     judge_decision,
     more_votes_targets,
     record_more_votes,
-    vote_targets,
     votes_text,
 )
 from alearn.rounds.close import close_round
@@ -103,8 +103,8 @@ def test_judge_decision_reviewer_filter_and_labels() -> None:
 def test_queue_lists_unsettled_items_with_their_votes(proj: Project) -> None:
     rid, ids = _round(proj, VOTES)
     m = close_round(proj, rid)
-    assert m["adjudication_items"] == [ids[1], ids[2], ids[3]]
-    assert m["adjudication"] == {"mode": "review", "items": 3, "pushed": 0, "decided": 0,
+    assert m.adjudication_items == [ids[1], ids[2], ids[3]]
+    assert m.adjudication.to_json() == {"mode": "review", "items": 3, "pushed": 0, "decided": 0,
                                  "pending": 3, "set_aside": []}
     queue = adjudication_queue(proj.store, rid, CLASSES)
     assert [q["item_id"] for q in queue] == [ids[1], ids[2], ids[3]]
@@ -196,7 +196,7 @@ def test_more_votes_targets_progress_and_close(proj: Project) -> None:
     targets = more_votes_targets(proj, rid)
     assert targets == {ids[1]: 3 + EXTRA_VOTES, ids[3]: 3 + EXTRA_VOTES}  # not the gold tie
     record_more_votes(proj.store, rid, targets)
-    assert vote_targets(get_round(proj.store, rid).metrics) == targets
+    assert round_metrics.of(get_round(proj.store, rid)).vote_targets == targets
     assert more_votes_targets(proj, rid) == {}  # asked once per round
     progress = round_progress(proj.store, rid)
     assert not progress.complete and progress.tasks_done == 3
@@ -208,7 +208,7 @@ def test_more_votes_targets_progress_and_close(proj: Project) -> None:
     assert round_progress(proj.store, rid).tasks_done == 4
     m = close_round(proj, rid)  # over all votes: item 1 is settled now, item 3 is not
     assert proj.store.trusted_labels()[ids[1]] == "dog"
-    assert m["adjudication_items"] == [ids[3]] and m["adjudication"]["mode"] == "more_votes"
+    assert m.adjudication_items == [ids[3]] and m.adjudication.mode == "more_votes"
 
 
 def test_settings_fields() -> None:

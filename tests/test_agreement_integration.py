@@ -24,8 +24,8 @@ from alearn.ingestion.driver import ingest
 from alearn.project import Project
 from alearn.report.status import project_status
 from alearn.rounds.adjudication import votes_text
-from alearn.rounds.close import round_votes
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round
+from alearn.rounds.votes import round_votes
 from alearn.stats.consensus import dawid_skene, majority_vote
 from alearn.stats.ratings import ratings_matrix
 from alearn.store import Annotation, Item, Label, Selection

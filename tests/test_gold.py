@@ -166,10 +166,10 @@ def test_close_never_counts_gold_as_consensus_and_measures_annotators(project) -
         lab = labels[ids[k]]
         assert (lab.label, lab.origin, lab.round_id) == ("cat", "manifest", None)
     assert labels[ids[7]].origin == "consensus" and labels[ids[8]].label == "dog"
-    assert m["adjudication_items"] == [ids[9]] and ids[9] not in labels
-    assert m["consensus_items"] == 3 and sum(m["consensus"].values()) == 3
-    assert m["consensus"] == {"agreed": 2, "tie": 1}
-    by = {a["annotator"]: a for a in m["annotators"]}
+    assert m.adjudication_items == [ids[9]] and ids[9] not in labels
+    assert m.consensus_items == 3 and sum(m.consensus.values()) == 3
+    assert m.consensus == {"agreed": 2, "tie": 1}
+    by = {a["annotator"]: a for a in m.annotators}
     assert by["ann-a"]["n_gold"] == by["ann-c"]["n_gold"] == 7
     assert by["ann-a"]["gold_accuracy"] == pytest.approx(6 / 7)  # wrong on item 6
     assert by["ann-c"]["gold_accuracy"] == pytest.approx(1 / 7)
