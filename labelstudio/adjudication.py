@@ -41,9 +41,10 @@ from alearn.rounds.adjudication import (
 )
 from alearn.store import Selection, Store
 from alearn.team import reviewers
-from labelstudio.client import LSClient, ensure_storage, project_title, upsert_project
+from labelstudio.client import LSClient
 from labelstudio.convert import annotator_of, chosen_labels, parse_time
 from labelstudio.label_config import label_config
+from labelstudio.projects import ensure_storage, project_title, upsert_project
 from labelstudio.urls import image_url, image_url_base, storage_path
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,9 @@ def _project(store: Store) -> tuple[int, str]:
     pid, base = store.get_meta(META_PROJECT), store.get_meta(META_IMAGE_BASE)
     if pid is None or base is None:
         raise RoundError(
-            "there is no Label Studio adjudication project for this store yet; set it up "
-            "first with labelstudio.adjudication.ensure_adjudication_project."
+            "there is no Label Studio adjudication project for this store yet. It is set "
+            "up when a round closes with agreement.adjudication = 'review' and a reviewer "
+            "on the team ('alearn ls users add NAME --role reviewer', 'alearn round close')."
         )
     return int(pid), str(base)
 
@@ -209,7 +211,8 @@ def pull_adjudications(
             except (ValueError, TypeError, KeyError) as exc:
                 logger.warning("adjudication pull skipped an annotation of task %s: %s",
                                task["id"], exc)
-    return apply_decisions(store, decisions, tasks=tasks, classes=classes, reviewers=reviewers)
+    return apply_decisions(store, decisions, tasks=tasks, classes=classes,
+                           reviewers=list(reviewers))
 
 
 def ask_for_more_votes(project: Project, client: LSClient, round_id: int) -> dict[int, int]:
@@ -228,7 +231,8 @@ def request_more_votes(store: Store, client: LSClient, targets: dict[int, int],
     the main project, so Label Studio serves them again; return the tasks changed.
 
     Idempotent. Label Studio resets every task's overlap when the project's
-    ``maximum_annotations`` changes, which only a push of a later round does.
+    ``maximum_annotations`` changes, which only a push of a later round does (project
+    set-up, :mod:`labelstudio.projects`, never changes it).
     """
     if not targets:
         return 0

@@ -24,29 +24,22 @@ deleted one is kept, set aside) and the round is marked *stale* with what change
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import select
 
 from alearn.exceptions import LabelStudioError
-from alearn.rounds.lifecycle import CLOSED, record_event
-from alearn.store import Annotation, QuarantinedAnnotation, Round, Selection, Store, utcnow
+from alearn.store import Round, Selection, Store
 from alearn.team import voters
 from labelstudio.client import LSClient
 from labelstudio.convert import SET_ASIDE, annotation_to_record
+from labelstudio.mirror import Quarantine, annotation_id, keep_quarantine, mirror_votes
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-_FIELDS = [c.name for c in Annotation.__table__.columns if c.name != "id"]
-#: A change to one of these on a closed round's vote makes the round stale.
-_VOTE_FIELDS = ("annotator", "label", "status", "was_cancelled")
 
 
 @dataclass(frozen=True)
@@ -67,17 +60,6 @@ class PullSummary:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def _chunks(values: Iterable[T], n: int = 500) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for v in values:
-        batch.append(v)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _recorded_tasks(store: Store) -> dict[int, tuple[int, int]]:
@@ -101,7 +83,7 @@ def _why_foreign(task: Mapping[str, Any], where: tuple[int, int] | None) -> str 
     tid = task.get("id")
     if where is None:
         return f"Label Studio task {tid} was not created by alearn's push"
-    data = task.get("data") or {}
+    data: Any = task.get("data") or {}
     try:
         named = (int(data.get("item_id")), int(data.get("round")))
     except (TypeError, ValueError):
@@ -110,41 +92,6 @@ def _why_foreign(task: Mapping[str, Any], where: tuple[int, int] | None) -> str 
         return (f"Label Studio task {tid} names item/round {named} but alearn pushed it "
                 f"for item {where[0]}, round id {where[1]}")
     return None
-
-
-def _ann_id(ann: Any) -> int | None:
-    try:
-        return int(ann["id"]) if isinstance(ann, Mapping) and ann.get("id") is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _raw(value: Any) -> Any:
-    """A JSON-safe copy of what Label Studio sent."""
-    return json.loads(json.dumps(value, default=str))
-
-
-class _Quarantine:
-    """Annotations seen in this pull that alearn does not count."""
-
-    def __init__(self, ls_project_id: int) -> None:
-        self.project = ls_project_id
-        self.rows: dict[str, dict[str, Any]] = {}
-
-    def add(self, task: Mapping[str, Any], ann: Any, kind: str, reason: str) -> None:
-        aid = _ann_id(ann)
-        raw = _raw(ann)
-        key = (f"{self.project}:{aid}" if aid is not None else
-               f"{self.project}:task{task.get('id')}:" + hashlib.sha1(
-                   json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16])
-        task_id = task.get("id")
-        self.rows[key[:128]] = {
-            "ls_project_id": self.project, "ls_annotation_id": aid, "kind": kind,
-            "ls_task_id": task_id if isinstance(task_id, int) else None,
-            "reason": reason, "raw": {"annotation": raw, "task_data": _raw(task.get("data"))},
-        }
-        logger.warning("pull set aside annotation ls_task_id=%s ls_annotation_id=%s kind=%s "
-                       "reason=%s", task.get("id"), aid, kind, reason)
 
 
 def pull_annotations(
@@ -181,7 +128,7 @@ def pull_annotations(
     users = client.user_emails()
     records: dict[int, dict[str, Any]] = {}
     unreadable: dict[int, str] = {}
-    quarantine = _Quarantine(project_id)
+    quarantine = Quarantine(project_id)
     tasks_seen: set[int] = set()
     for task in client.iter_tasks(project_id, annotations=True):
         where = recorded.get(task.get("id"))  # type: ignore[arg-type]
@@ -202,17 +149,17 @@ def pull_annotations(
             except Exception as exc:  # noqa: BLE001 - one bad record never stops a pull
                 reason = f"unreadable annotation: {exc}"
                 quarantine.add(task, ann, "unreadable", reason)
-                aid = _ann_id(ann)
+                aid = annotation_id(ann)
                 if aid is not None:
                     unreadable[aid] = reason
                 continue
             records[rec["ls_annotation_id"]] = rec
     superseded = _supersede(records)
     _off_roster(records, voters(store))
-    summary = _mirror(store, records, unreadable, tasks_seen, _rounds(store))
-    _keep_quarantine(store, quarantine, set(records))
-    summary = PullSummary(**{**summary.to_dict(), "quarantined": len(quarantine.rows),
-                             "superseded": superseded})
+    counts = mirror_votes(store, records, unreadable, tasks_seen, _rounds(store))
+    keep_quarantine(store, quarantine, set(records))
+    summary = PullSummary(**counts, tasks=len(tasks_seen), quarantined=len(quarantine.rows),
+                          superseded=superseded)
     logger.info(
         "pull done ls_project_id=%s round_id=%s tasks=%s new=%s updated=%s deleted=%s "
         "unchanged=%s set_aside=%s quarantined=%s superseded=%s stale_rounds=%s",
@@ -252,90 +199,3 @@ def _supersede(records: dict[int, dict[str, Any]]) -> int:
     return n
 
 
-def _mirror(
-    store: Store,
-    records: dict[int, dict[str, Any]],
-    unreadable: dict[int, str],
-    tasks_seen: set[int],
-    rounds: dict[int, tuple[int, str]],
-) -> PullSummary:
-    new = updated = unchanged = set_aside = deleted = 0
-    stale: dict[int, list[dict[str, Any]]] = defaultdict(list)
-
-    def closed(round_id: int | None) -> bool:
-        return round_id is not None and rounds.get(round_id, (0, ""))[1] == CLOSED
-
-    with store.session() as s:
-        existing: dict[int, Annotation] = {}
-        for ann_ids in _chunks(list(records) + list(unreadable)):
-            query = select(Annotation).where(Annotation.ls_annotation_id.in_(ann_ids))
-            existing.update((row.ls_annotation_id, row) for row in s.scalars(query))
-        for task_ids in _chunks(tasks_seen):
-            for row in s.scalars(select(Annotation).where(Annotation.ls_task_id.in_(task_ids))):
-                if row.ls_annotation_id in records or row.ls_annotation_id in unreadable:
-                    continue
-                if not closed(row.round_id):
-                    s.delete(row)  # an open round mirrors Label Studio exactly
-                    deleted += 1
-                    continue
-                reason = "deleted in Label Studio after its round closed"
-                if row.reason != reason:
-                    stale[row.round_id].append(  # type: ignore[index]
-                        {"annotation": row.ls_annotation_id, "change": "deleted",
-                         "label": row.label, "annotator": row.annotator})
-                    row.status, row.reason = SET_ASIDE, reason
-                    updated += 1
-        for ann_id, why in unreadable.items():
-            row = existing.get(ann_id)
-            reason = f"Label Studio's record can no longer be read ({why})"
-            if row is not None and row.reason != reason:
-                if closed(row.round_id) and row.status != SET_ASIDE:
-                    stale[row.round_id].append(  # type: ignore[index]
-                        {"annotation": ann_id, "change": "unreadable", "label": row.label})
-                row.status, row.reason = SET_ASIDE, reason
-                updated += 1
-        for ann_id, rec in records.items():
-            row = existing.get(ann_id)
-            if row is None:
-                s.add(Annotation(**rec))
-                new += 1
-                if closed(rec["round_id"]):
-                    stale[rec["round_id"]].append(
-                        {"annotation": ann_id, "change": "added", "label": rec["label"]})
-            elif all(getattr(row, f) == rec[f] for f in _FIELDS):
-                unchanged += 1
-                continue
-            else:
-                if closed(rec["round_id"]) and any(getattr(row, f) != rec[f]
-                                                   for f in _VOTE_FIELDS):
-                    stale[rec["round_id"]].append(
-                        {"annotation": ann_id, "change": "edited", "was": row.label,
-                         "now": rec["label"], "status": rec["status"]})
-                for f in _FIELDS:
-                    setattr(row, f, rec[f])
-                updated += 1
-            set_aside += rec["status"] == SET_ASIDE
-    for rid, changes in stale.items():
-        record_event(store, rid, "stale", round=rounds[rid][0], changes=changes)
-    return PullSummary(
-        new=new, updated=updated, deleted=deleted, unchanged=unchanged,
-        set_aside=set_aside, tasks=len(tasks_seen), stale_rounds=len(stale),
-    )
-
-
-def _keep_quarantine(store: Store, found: _Quarantine, mirrored: set[int]) -> None:
-    """Upsert this pull's quarantined annotations; drop those that are now mirrored
-    (a task an interrupted push created is adopted by the retried push)."""
-    now = utcnow()
-    with store.session() as s:
-        have = {q.key: q for q in s.scalars(select(QuarantinedAnnotation).where(
-            QuarantinedAnnotation.ls_project_id == found.project))}
-        for key, row in found.rows.items():
-            q = have.get(key)
-            if q is None:
-                s.add(QuarantinedAnnotation(key=key, first_seen=now, updated_at=now, **row))
-            elif (q.reason, q.kind, q.raw) != (row["reason"], row["kind"], row["raw"]):
-                q.reason, q.kind, q.raw, q.updated_at = row["reason"], row["kind"], row["raw"], now
-        for q in have.values():
-            if q.ls_annotation_id is not None and q.ls_annotation_id in mirrored:
-                s.delete(q)

@@ -72,8 +72,8 @@ def _project_id(store: Store) -> tuple[int, str]:
     pid, base = store.get_meta("ls_project_id"), store.get_meta("ls_image_url_base")
     if pid is None or base is None:
         raise RoundError(
-            "there is no Label Studio project for this store yet. Set it up first "
-            "(labelstudio.ensure_project, which the push step of 'alearn round start' runs)."
+            "there is no Label Studio project for this store yet. Set it up with 'alearn "
+            "ls up' (a local server) or 'alearn round start' (its push step sets it up)."
         )
     return int(pid), str(base)
 
@@ -122,8 +122,9 @@ def push_round(
 
     Idempotent: selections that already have a task are left alone, and tasks created
     by an interrupted push are found and adopted, never created twice. Afterwards the
-    project asks for ``round.overlap`` annotations per task and serves tasks by
-    uncertainty for this round's model version.
+    project asks for ``round.overlap`` annotations per task (the round is the one source
+    of truth for overlap: project set-up never sets ``maximum_annotations``) and serves
+    tasks by uncertainty for this round's model version.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")

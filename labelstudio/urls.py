@@ -47,7 +47,7 @@ def served_link(image_root: Path | str, document_root: Path | str | None) -> Pat
     """The link in ``document_root`` that stands for the image root, if there is one.
 
     alearn's local Label Studio serves a document root that holds one link to the image
-    root and nothing else (see :func:`labelstudio.server.serve_only`), so no file beside
+    root and nothing else (see :func:`labelstudio.server_security.serve_only`), so no file beside
     the images (the store, tokens, Label Studio's own database) can be reached.
     """
     if not document_root:

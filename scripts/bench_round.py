@@ -47,11 +47,13 @@ from alearn.query.selection import plan_batch  # noqa: E402
 from alearn.rounds.close import close_round  # noqa: E402
 from alearn.rounds.lifecycle import PUSHED, create_round, record_plan, transition  # noqa: E402
 from alearn.store import Item, Label  # noqa: E402
-from labelstudio.client import LSClient, ensure_project  # noqa: E402
+from labelstudio.client import LSClient  # noqa: E402
 from labelstudio.label_config import choice_result  # noqa: E402
+from labelstudio.projects import ensure_project  # noqa: E402
 from labelstudio.pull import pull_annotations  # noqa: E402
 from labelstudio.push import push_round  # noqa: E402
-from labelstudio.server import admin_credentials, free_port, start_server, stop_server  # noqa: E402
+from labelstudio.server import free_port, start_server, stop_server  # noqa: E402
+from labelstudio.server_security import admin_credentials  # noqa: E402
 
 CLASSES = [f"c{i}" for i in range(10)]
 DIM = 1280

@@ -72,7 +72,7 @@ def test_service_commands_are_real_cli_commands() -> None:
 
 
 def test_label_studio_is_closed_and_ssrf_protected_but_for_the_webhook() -> None:
-    from labelstudio.server import banned_subnets
+    from labelstudio.server_security import banned_subnets
 
     env = COMPOSE["services"]["label-studio"]["environment"]
     assert env["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "true"

@@ -21,8 +21,9 @@ from alearn.exceptions import ConfigError, LabelStudioError
 from alearn.store import Annotation, Item, Round, Selection, Store
 from alearn.team import add_member
 from labelstudio.annotators import invite_annotator, label_stream, signup_annotator
-from labelstudio.client import LSClient, ensure_project
+from labelstudio.client import LSClient
 from labelstudio.label_config import choice_result
+from labelstudio.projects import ensure_project
 from labelstudio.pull import pull_annotations
 from labelstudio.push import push_round
 from labelstudio.server import free_port, server_status, start_server
@@ -111,9 +112,10 @@ def test_ensure_project_is_idempotent_and_refuses_class_changes(live_ls, tmp_pat
     client, cfg = live_ls.client(), config(overlap=3)
     doc = {"document_root": live_ls.document_root}
     pid = ensure_project(store, client, cfg, images, **doc)
+    client.update_project(pid, maximum_annotations=5)  # as a round's push would
     assert ensure_project(store, client, cfg, images, **doc) == pid
     project = client.get_project(pid)
-    assert project["maximum_annotations"] == 3
+    assert project["maximum_annotations"] == 5  # set-up leaves the overlap to the round
     assert project["show_collab_predictions"] is False
     assert 'value="bird" hotkey="3"' in project["label_config"]
     assert [s["path"] for s in client.local_storages(pid)] == [str(images.resolve())]

@@ -14,7 +14,7 @@ from alearn.exceptions import ConfigError
 from labelstudio.annotators import annotator_email
 from labelstudio.convert import annotation_to_record, parse_time
 from labelstudio.label_config import choice_result, config_hash, hotkeys, label_config
-from labelstudio.server import admin_credentials
+from labelstudio.server_security import admin_credentials
 from labelstudio.urls import image_url, image_url_base
 from labelstudio.webhook import create_app
 
@@ -273,3 +273,58 @@ def test_start_server_checks_its_arguments(tmp_path: Path) -> None:
                      token="t" * 40, **common)
     with pytest.raises(ConfigError, match="at least 6"):
         start_server(tmp_path, image_root=tmp_path / "x", token="t", **common)
+
+
+# -- overlap: one source of truth (the round) -----------------------------------------
+class RecordingLS:
+    """What project set-up and push ask of Label Studio, recorded."""
+
+    url = "http://stub"
+
+    def __init__(self) -> None:
+        self.project: dict = {}
+        self.sent: list[dict] = []
+        self.imported: list[dict] = []
+
+    def create_project(self, **fields) -> int:
+        self.sent.append(fields)
+        self.project = {"id": 7, "maximum_annotations": 1, **fields}
+        return 7
+
+    def get_project(self, project_id: int) -> dict:
+        return dict(self.project)
+
+    def update_project(self, project_id: int, **fields) -> None:
+        self.sent.append(fields)
+        self.project.update(fields)
+
+    def iter_tasks(self, project_id: int, **_kw):
+        return iter(())
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        self.imported += [{**t, "overlap": self.project["maximum_annotations"]} for t in tasks]
+        return list(range(100, 100 + len(tasks)))
+
+
+def test_project_set_up_never_touches_the_overlap_push_sets_it(tmp_path: Path) -> None:
+    from alearn.config import ProjectConfig
+    from alearn.store import Item, Round, Selection, Store
+    from labelstudio.projects import ensure_project
+    from labelstudio.push import push_round
+
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    with store.session() as s:
+        s.add(Item(id=1, sha256="0" * 64, path="a.png", width=4, height=4))
+        s.add(Round(id=1, number=1, status="planned", strategy="margin", batch_size=1,
+                    overlap=3, model_version="head-v1"))
+        s.add(Selection(round_id=1, item_id=1, rank=0, score=0.5))
+    cfg = ProjectConfig(classes=CLASSES, rounds={"overlap": 2},
+                        labelstudio={"image_url_prefix": "http://img/"})
+    ls = RecordingLS()
+    ensure_project(store, ls, cfg, tmp_path)  # type: ignore[arg-type]
+    push_round(store, ls, 1)  # type: ignore[arg-type]
+    assert ls.project["maximum_annotations"] == 3 and ls.imported[0]["overlap"] == 3
+    ensure_project(store, ls, cfg, tmp_path)  # 'alearn ls up' mid-round
+    assert ls.project["maximum_annotations"] == 3  # the round's overlap stands
+    assert [f for f in ls.sent if "maximum_annotations" in f] == [{"maximum_annotations": 3}]
+    store.dispose()

@@ -166,7 +166,8 @@ def test_votes_from_off_the_roster_do_not_count_and_nothing_leaks(served: Served
     remove_member(project.store, outsider["email"])  # had an account; is not on the team
     from alearn.query.selection import Plan, PlannedItem
     from alearn.rounds.lifecycle import create_round, record_plan
-    from labelstudio.client import LSClient, ensure_project
+    from labelstudio.client import LSClient
+    from labelstudio.projects import ensure_project
     from labelstudio.pull import pull_annotations
     from labelstudio.push import push_round
 

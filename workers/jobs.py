@@ -42,7 +42,7 @@ def document_root(project: Project) -> Any:
     """Label Studio's document root as this host sees it: ALEARN_LS_DOCUMENT_ROOT, else
     the served root of the project's local server (alearn ls up), else None (the image
     root's parent)."""
-    from labelstudio.server import local_document_root
+    from labelstudio.server_security import local_document_root
 
     return project.settings.ls_document_root or local_document_root(
         project.data_dir / "labelstudio")
@@ -137,7 +137,8 @@ def _trained_version(conn: Redis, train_job_id: str | None) -> str | None:
 
 def push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
     """Create the round's tasks (with predictions) in Label Studio."""
-    from labelstudio.client import connect_label_studio, ensure_project
+    from labelstudio.client import connect_label_studio
+    from labelstudio.projects import ensure_project
     from labelstudio.push import push_round
 
     with _step(project_dir, f"push:{round_id}") as held:

@@ -29,13 +29,10 @@ def _ls_data_dir(ctx: Context) -> Path:
 @pass_ctx
 def ls_up(ctx: Context, port: int, allow_hosts: tuple[str, ...], as_json: bool) -> None:
     """Start a local Label Studio (loopback only) and set this project up in it."""
-    from labelstudio.client import LSClient, ensure_project
-    from labelstudio.server import (
-        ADMIN_FILE,
-        admin_credentials,
-        local_document_root,
-        start_server,
-    )
+    from labelstudio.client import LSClient
+    from labelstudio.projects import ensure_project
+    from labelstudio.server import start_server
+    from labelstudio.server_security import ADMIN_FILE, admin_credentials, local_document_root
 
     project, data_dir = ctx.project, _ls_data_dir(ctx)
     creds = admin_credentials(data_dir)
@@ -94,7 +91,8 @@ def _admin_token(ctx: Context, url: str) -> str:
     token = ctx.settings.label_studio_token()
     if token:
         return token
-    from labelstudio.server import ADMIN_FILE, admin_credentials, server_status
+    from labelstudio.server import server_status
+    from labelstudio.server_security import ADMIN_FILE, admin_credentials
 
     data_dir = _ls_data_dir(ctx)
     local = server_status(data_dir)
