@@ -573,7 +573,7 @@ def pg_restart_during_close(sc: Scenario) -> dict[str, Any]:
         sc.wait_status(rid, "closed", timeout=120)
     from rq.job import Job
 
-    from workers.orchestrate import close_job_id
+    from workers.enqueue import close_job_id
 
     close = Job.fetch(close_job_id(sc.project, rid), connection=sc.redis)
     return {"round": rid, "postgres": how, "recovery_s": round(time.monotonic() - t0, 1),
@@ -631,7 +631,7 @@ def webhook_repeated_and_wrong_secret(sc: Scenario) -> dict[str, Any]:
         hook.wait(timeout=10)
     from rq.job import Job
 
-    from workers.orchestrate import close_job_id
+    from workers.enqueue import close_job_id
 
     closes = int(Job.exists(close_job_id(sc.project, rid), connection=sc.redis))
     return {"round": rid, "accepted": codes.count(202), "wrong_secret_status": bad,

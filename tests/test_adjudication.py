@@ -243,7 +243,7 @@ def test_reconcile_enqueues_a_missing_adjudication_push_and_status_shows_it(
 
     from alearn.cli import cli
     from workers import queues
-    from workers.orchestrate import reconcile
+    from workers.reconcile import reconcile
 
     monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
     monkeypatch.setenv("ALEARN_DATABASE_URL", proj.settings.database_url or "")

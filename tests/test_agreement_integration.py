@@ -30,7 +30,8 @@ from alearn.stats.consensus import dawid_skene, majority_vote
 from alearn.stats.ratings import ratings_matrix
 from alearn.store import Annotation, Item, Label, Selection
 from labelstudio.annotators import label_stream
-from workers.orchestrate import enqueue_pull, start_round
+from workers.enqueue import enqueue_pull
+from workers.orchestrate import start_round
 
 pytestmark = pytest.mark.integration
 

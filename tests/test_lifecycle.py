@@ -35,17 +35,10 @@ from alearn.rounds.lifecycle import (
     transition,
 )
 from alearn.store import Selection
-from workers import orchestrate, queues
-from workers.orchestrate import (
-    close_job_id,
-    enqueue_close,
-    ensure_tick,
-    follow_close,
-    reconcile,
-    start_round,
-    step_failed,
-    tick_job_id,
-)
+from workers import commands, queues
+from workers.enqueue import close_job_id, enqueue_close, ensure_tick, tick_job_id
+from workers.orchestrate import follow_close, start_round, step_failed
+from workers.reconcile import reconcile
 
 TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
         "batch_size": 8, "num_workers": 0}
@@ -238,8 +231,8 @@ def test_retries_left_do_not_fail_the_round(proj: Project, redis_conn: Redis) ->
 def test_retry_and_abort_from_the_orchestrator(proj: Project, redis_conn: Redis) -> None:
     rnd = start_round(proj, redis_conn)
     fail_round(proj.store, rnd.id, "train", "boom")
-    assert orchestrate.retry_round(proj, redis_conn, rnd.id) == "embed"
+    assert commands.retry_round(proj, redis_conn, rnd.id) == "embed"
     assert get_round(proj.store, rnd.id).status == PLANNED
-    assert orchestrate.abort_round(proj, redis_conn, rnd.id) == {}  # nothing was pushed
+    assert commands.abort_round(proj, redis_conn, rnd.id) == {}  # nothing was pushed
     assert get_round(proj.store, rnd.id).status == ABORTED
     assert start_round(proj, redis_conn).number == rnd.number + 1

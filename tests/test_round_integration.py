@@ -18,7 +18,8 @@ from alearn.project import Project
 from alearn.rounds.lifecycle import CLOSED, PUSHED, get_round
 from alearn.store import Annotation, Item, Label, Selection
 from labelstudio.annotators import label_stream
-from workers.orchestrate import enqueue_pull, start_round
+from workers.enqueue import enqueue_pull
+from workers.orchestrate import start_round
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,9 @@ from alearn.project import Project
 from alearn.rounds.lifecycle import PLANNED, get_round
 from alearn.store import Label, Selection
 from workers import jobs, queues
-from workers.orchestrate import enqueue_pull, reconcile, start_round
+from workers.enqueue import enqueue_pull
+from workers.orchestrate import start_round
+from workers.reconcile import reconcile
 
 TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
         "batch_size": 8, "num_workers": 0}
@@ -112,3 +114,14 @@ def test_labeled_items_are_never_selected(pool_project: Project, redis_conn: Red
     with pool_project.store.session() as s:
         chosen = {sel.item_id for sel in s.query(Selection).filter_by(round_id=rnd.id)}
     assert len(chosen) == 5 and not chosen & set(ids[:12])
+
+
+def test_every_dotted_path_handed_to_rq_imports() -> None:
+    """RQ stores callbacks and the tick by dotted path; each must resolve to itself."""
+    from rq.utils import import_attribute
+
+    from workers.enqueue import ENTRY_POINTS
+
+    for path in ENTRY_POINTS:
+        fn = import_attribute(path)
+        assert callable(fn) and f"{fn.__module__}.{fn.__qualname__}" == path

@@ -1,4 +1,4 @@
-"""Queues, the Redis connection and locks.
+"""Queues, the Redis connection and locks, and what ``alearn status`` shows of them.
 
 Four queues, so that hosts can specialise: GPU hosts take ``embed``; CPU hosts take
 ``train``, ``sync`` (Label Studio push/pull) and ``round`` (orchestration, close).
@@ -77,12 +77,17 @@ def alive_key(job_id: str) -> str:
     return f"alearn:alive:{job_id}"
 
 
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (replies are bytes unless the connection decodes them)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def job_is_running(conn: Redis, job_id: str) -> bool:
     """True while a worker process is still running ``job_id`` (its lease is renewed)."""
     holder = conn.get(alive_key(job_id))
     if holder is None:
         return False
-    host, _, pid = holder.decode().rpartition(":")
+    host, _, pid = _text(holder).rpartition(":")
     if host == _HOST and pid.isdigit():
         return pid_alive(int(pid))  # same host: a killed process is seen at once
     return True
@@ -188,8 +193,8 @@ def take_over_dead_schedulers(conn: Redis, queue_names: list[str]) -> list[str]:
         holder = conn.get(key)
         if holder is None:
             continue
-        info = {k.decode(): v.decode() for k, v in
-                conn.hgetall(SCHEDULER_KEY_TEMPLATE % holder.decode()).items()}
+        info = {_text(k): _text(v) for k, v in
+                conn.hgetall(SCHEDULER_KEY_TEMPLATE % _text(holder)).items()}
         beat = _parse_utc(info.get("last_heartbeat"))
         if beat is None:  # no hash yet: a starting scheduler, unless its lock went stale
             ttl = conn.ttl(key)
@@ -201,7 +206,7 @@ def take_over_dead_schedulers(conn: Redis, queue_names: list[str]) -> list[str]:
         if dead and conn.eval(_RELEASE_IF_HOLDER, 1, key, holder):
             freed.append(queue)
             log.warning("worker_event=scheduler_taken_over queue=%s dead_scheduler=%s",
-                        queue, holder.decode())
+                        queue, _text(holder))
     return freed
 
 
@@ -233,3 +238,28 @@ def _parse_utc(text: str | None) -> float | None:
         return utcparse(text).replace(tzinfo=dt.UTC).timestamp()
     except ValueError:
         return None
+
+
+def queue_info(conn: Redis, settings: Settings) -> dict[str, Any]:
+    """What ``alearn status`` shows of the queues: depths (queued, started, scheduled,
+    failed) and workers, dead ones told apart (no heartbeat for a while, or, on this
+    host, the process is gone)."""
+    from rq import Worker
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+    depths: dict[str, Any] = {}
+    for name in QUEUE_NAMES:
+        q = get_queue(conn, settings, name)
+        depths[name] = {
+            "queued": q.count,
+            "started": StartedJobRegistry(queue=q).count,
+            "scheduled": ScheduledJobRegistry(queue=q).count,
+            "failed": FailedJobRegistry(queue=q).count,
+        }
+    workers = []
+    for w in Worker.all(connection=conn):
+        alive = worker_alive(w)
+        workers.append({"name": w.name, "state": w.get_state() if alive else "dead",
+                        "alive": alive, "queues": ",".join(w.queue_names())})
+    return {"queues": depths, "workers": workers,
+            "live_workers": sum(w["alive"] for w in workers)}

@@ -60,7 +60,7 @@ class AlearnWorker(Worker):
         queues.take_over_dead_schedulers(self.connection, self.queue_names())
         for project in self.projects.values():
             try:
-                from workers.orchestrate import kick
+                from workers.enqueue import kick
 
                 kick(project, self.connection)
             except Exception:  # noqa: BLE001 - a bad project never stops the worker
@@ -70,7 +70,7 @@ class AlearnWorker(Worker):
     def run_maintenance_tasks(self) -> None:
         queues.take_over_dead_schedulers(self.connection, self.queue_names())
         super().run_maintenance_tasks()
-        from workers.orchestrate import ensure_tick
+        from workers.enqueue import ensure_tick
 
         for project in list(self.projects.values()):
             try:

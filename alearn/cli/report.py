@@ -71,7 +71,8 @@ def agreement_cmd(ctx: Context, number: int | None, as_json: bool) -> None:
 def status(ctx: Context, as_json: bool) -> None:
     """Pool, trusted labels, rounds, the current round's progress, queues and workers."""
     from alearn.report.status import project_status
-    from workers.orchestrate import ensure_tick, queue_info
+    from workers.enqueue import ensure_tick
+    from workers.queues import queue_info
 
     info = project_status(ctx.project)
     try:

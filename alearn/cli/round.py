@@ -61,7 +61,8 @@ def round_plan(ctx: Context, batch_size: int | None, strategy: str | None,
 def round_start(ctx: Context, batch_size: int | None, strategy: str | None,
                 overlap: int | None, embed_shards: int, as_json: bool) -> None:
     """Start a round: the workers embed, train, select and push the batch."""
-    from workers.orchestrate import ensure_tick, start_round, team_warnings
+    from workers.enqueue import ensure_tick
+    from workers.orchestrate import start_round, team_warnings
 
     check_strategy(strategy)
     conn = redis_connection(ctx)
@@ -85,7 +86,7 @@ def round_start(ctx: Context, batch_size: int | None, strategy: str | None,
 def round_sync(ctx: Context, wait: bool) -> None:
     """Pull annotations from Label Studio now (the workers also pull periodically)."""
     from workers import jobs
-    from workers.orchestrate import enqueue_pull
+    from workers.enqueue import enqueue_pull
 
     if wait:
         from workers.orchestrate import progress_round
@@ -109,7 +110,7 @@ def round_sync(ctx: Context, wait: bool) -> None:
 def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
     """Close a round now: pull, then agreement, consensus and metrics. A closed round
     marked stale (a vote changed after it closed) is recomputed."""
-    from workers.orchestrate import close_now
+    from workers.commands import close_now
 
     rnd = round_by_number(ctx, number)
     metrics = close_now(ctx.project, redis_connection(ctx), rnd.id)
@@ -128,7 +129,7 @@ def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
 @pass_ctx
 def round_retry(ctx: Context, number: int | None) -> None:
     """Resume a failed or stuck round from its first unfinished step, on the workers."""
-    from workers.orchestrate import retry_round
+    from workers.commands import retry_round
 
     rnd = round_by_number(ctx, number)
     step = retry_round(ctx.project, redis_connection(ctx), rnd.id)
@@ -141,7 +142,7 @@ def round_retry(ctx: Context, number: int | None) -> None:
 @pass_ctx
 def round_abort(ctx: Context, number: int | None) -> None:
     """End a round: keep its votes, take its unlabeled tasks out of Label Studio."""
-    from workers.orchestrate import abort_round
+    from workers.commands import abort_round
 
     rnd = round_by_number(ctx, number)
     done = abort_round(ctx.project, redis_connection(ctx), rnd.id)

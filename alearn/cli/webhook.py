@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from alearn.cli.common import Context, console, pass_ctx, redis_connection
@@ -26,10 +28,14 @@ def _webhook_secret(ctx: Context) -> str:
 def webhook_serve(ctx: Context, host: str, port: int) -> None:
     """Serve POST /webhook; each accepted call enqueues a debounced pull."""
     from labelstudio.webhook import create_app, serve
-    from workers.orchestrate import enqueue_pull
+    from workers.enqueue import enqueue_pull
 
     project, conn = ctx.project, redis_connection(ctx)
-    app = create_app(_webhook_secret(ctx), lambda _event: enqueue_pull(project, conn))
+
+    def on_event(_event: dict[str, Any]) -> None:
+        enqueue_pull(project, conn)
+
+    app = create_app(_webhook_secret(ctx), on_event)
     console.print(f"Webhook receiver on http://{host}:{port}/webhook")
     serve(app, host=host, port=port)
 
