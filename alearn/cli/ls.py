@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -126,7 +127,7 @@ def ls_users_add(ctx: Context, name: str, role: str, existing: bool, password: s
     email = annotator_email(name)
     if existing:
         add_member(ctx.project.store, email, role)
-        out = {"email": email, "role": role}
+        out: dict[str, Any] = {"email": email, "role": role}
         print_json(out) if as_json else click.echo(f"{email} is on the roster as {role}.")
         return
     if url is None:
