@@ -32,6 +32,7 @@ from rq.job import Job
 
 from alearn.config import Settings
 from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
 from alearn.rounds.lifecycle import (
     CLOSED,
     COLLECTING,
@@ -135,10 +136,11 @@ def follow_close(project: Project, conn: Redis, round_id: int,
     rnd = get_round(project.store, round_id)
     if rnd.status != CLOSED:
         return None
-    if project.config.agreement.adjudication == "review" and result.get("adjudication_items"):
+    metrics = round_metrics.RoundMetrics.from_json(result)
+    if project.config.agreement.adjudication == "review" and metrics.adjudication_items:
         if has_reviewers(project):
             enqueue_adjudication_push(project, conn, round_id)
-    if not project.config.rounds.auto_next or result.get("converged", False):
+    if not project.config.rounds.auto_next or metrics.converged:
         return None
     latest = get_round(project.store)  # the active round, else the latest one
     if latest.id != round_id:

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from alearn.exceptions import RoundError
 from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
 from alearn.rounds.lifecycle import (
     ACTIVE,
     CLOSED,
@@ -120,9 +121,8 @@ def _reconcile_adjudication(project: Project, conn: Redis) -> list[str]:
     with project.store.session() as s:
         rounds = s.scalars(select(Round).where(Round.status == CLOSED)).all()
     for rnd in rounds:
-        m = rnd.metrics or {}
-        if len(m.get("adjudication_items") or []) > int(
-                (m.get("adjudication") or {}).get("pushed") or 0):
+        m = round_metrics.of(rnd)
+        if len(m.adjudication_items) > (m.adjudication.pushed if m.adjudication else 0):
             if enqueue_adjudication_push(project, conn, rnd.id):
                 actions.append(f"round {rnd.number}: adjudication push enqueued")
     return actions

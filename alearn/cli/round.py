@@ -110,17 +110,19 @@ def round_sync(ctx: Context, wait: bool) -> None:
 def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
     """Close a round now: pull, then agreement, consensus and metrics. A closed round
     marked stale (a vote changed after it closed) is recomputed."""
+    from alearn.rounds import metrics as round_metrics
     from workers.commands import close_now
 
     rnd = round_by_number(ctx, number)
-    metrics = close_now(ctx.project, redis_connection(ctx), rnd.id)
+    result = close_now(ctx.project, redis_connection(ctx), rnd.id)
     if as_json:
-        print_json(metrics)
+        print_json(result)
         return
-    console.print(f"Round {rnd.number} closed: {metrics.get('labels_spent')} labels, "
-                  f"mean pairwise Cohen's kappa {fmt(metrics.get('kappa'))}, cv accuracy "
-                  f"{fmt(metrics.get('cv_accuracy'))}, consensus {metrics.get('consensus')}."
-                  + (f" Round {metrics['next_round']} started." if metrics.get("next_round")
+    m = round_metrics.RoundMetrics.from_json(result)
+    console.print(f"Round {rnd.number} closed: {m.labels_spent} labels, "
+                  f"mean pairwise Cohen's kappa {fmt(m.kappa)}, cv accuracy "
+                  f"{fmt(m.cv_accuracy)}, consensus {m.consensus}."
+                  + (f" Round {result['next_round']} started." if result.get("next_round")
                      else ""))
 
 
