@@ -1,4 +1,11 @@
-"""Shared fixtures: projects, stores on SQLite and PostgreSQL, images."""
+"""Shared fixtures (built by tests/factories.py) and the markers of tests that need a service.
+
+A test that needs Redis or PostgreSQL is marked ``services``; one that needs Label Studio,
+``integration``. Tests get these marks from the fixtures they use (see
+``SERVICE_FIXTURES``), the PostgreSQL side of ``db_url``, or by hand for a test that
+reaches a service on its own. ``pytest -m "not integration and not services"`` runs
+on a machine with none of them.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from factories import image_tree, make_project
 from redis import Redis
 
-from alearn.config import Settings
 from alearn.project import Project
 from alearn.store import Store
 
@@ -22,6 +27,43 @@ PG_ADMIN_URL = os.environ.get(
     "ALEARN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_TEST_URL = os.environ.get("ALEARN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+# (module, fixture) that reaches a service -> the mark of every test that uses it
+SERVICE_FIXTURES = {
+    ("conftest", "redis_conn"): "services",
+    ("conftest", "pg_url"): "services",
+    ("ls_server", "live_ls"): "integration",  # ``env`` uses it
+    ("ls_server", "env"): "services",
+}
+
+
+# Resources the Label Studio side of alearn leaves to the garbage collector (ours, not yet
+# fixed), tolerated in integration tests only; everywhere else every warning is an error.
+INTEGRATION_LEAKS = [
+    # start_server launches Label Studio detached; it outlives its Popen object on purpose
+    "ignore:Exception ignored in. <function Popen.__del__:pytest.PytestUnraisableExceptionWarning",
+    # LSClient has no close(): the SDK's httpx connections close when it is collected
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        _mark_by_fixtures(item)
+        if item.get_closest_marker("integration") is not None:
+            for spec in INTEGRATION_LEAKS:
+                item.add_marker(pytest.mark.filterwarnings(spec))
+
+
+def _mark_by_fixtures(item: pytest.Item) -> None:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return
+    # the fixtures the test really uses, not a parameter that happens to share a name
+    for name, defs in info.name2fixturedefs.items():
+        mark = SERVICE_FIXTURES.get((getattr(defs[-1].func, "__module__", ""), name))
+        if mark is not None and item.get_closest_marker(mark) is None:
+            item.add_marker(mark)
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +102,7 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Parametrised over both supported databases."""
     if request.param == "sqlite":
@@ -75,32 +117,24 @@ def store(db_url: str) -> Iterator[Store]:
     s.dispose()
 
 
-def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (32, 24), mode: str = "RGB",
-                fmt: str | None = None) -> Path:
-    """Write a small random image (distinct per seed)."""
-    rng = np.random.default_rng(seed)
-    channels = {"RGB": 3, "L": 1}[mode]
-    arr = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
-    img = Image.fromarray(arr.squeeze() if channels == 1 else arr, mode=mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format=fmt)
-    return path
-
-
 @pytest.fixture
 def image_dir(tmp_path: Path) -> Path:
     """Six distinct small PNG/JPEG images in nested folders."""
-    root = tmp_path / "images"
-    for i in range(3):
-        write_image(root / "a" / f"img{i}.png", seed=i)
-    for i in range(3, 6):
-        write_image(root / "b" / f"img{i}.jpg", seed=i)
-    return root
+    return image_tree(tmp_path / "images")
 
 
 @pytest.fixture
-def project(tmp_path: Path, image_dir: Path) -> Project:
-    """An initialised project on SQLite over ``image_dir``."""
-    return Project.init(
-        tmp_path / "proj", classes=["cat", "dog", "bird"], images=image_dir, settings=Settings()
-    )
+def project(tmp_path: Path, image_dir: Path) -> Iterator[Project]:
+    """An initialised project on SQLite over ``image_dir`` (classes cat, dog, bird)."""
+    made = make_project(tmp_path / "proj", image_dir)
+    yield made
+    made.store.dispose()  # its connections close now, not whenever they are collected
+
+
+@pytest.fixture
+def proj(tmp_path: Path, image_dir: Path, db_url: str) -> Iterator[Project]:
+    """An initialised project over ``image_dir`` (classes cat, dog, bird), on each supported
+    database in turn."""
+    made = make_project(tmp_path / "p", image_dir, database_url=db_url)
+    yield made
+    made.store.dispose()

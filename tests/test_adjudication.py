@@ -7,7 +7,9 @@ import datetime as dt
 import xml.etree.ElementTree as ET
 
 import pytest
+from factories import CLASSES, FIRST_TASK_ID, voted_round
 from pydantic import ValidationError
+from redis import Redis
 from sqlalchemy import select
 
 from alearn.config import AgreementConfig, ProjectConfig, Settings, render_config
@@ -25,42 +27,10 @@ from alearn.rounds.adjudication import (
     votes_text,
 )
 from alearn.rounds.close import close_round
-from alearn.rounds.lifecycle import PUSHED, create_round, get_round, round_progress, transition
-from alearn.store import Annotation, Item, Label, Round, Selection
+from alearn.rounds.lifecycle import get_round, round_progress
+from alearn.store import Annotation, Label, Round
 from alearn.team import add_member
 from labelstudio.adjudication import adjudication_label_config, decision_of
-
-CLASSES = ["cat", "dog", "bird"]
-WHO = ("ann-a", "ann-b", "ann-c")
-
-
-@pytest.fixture
-def proj(tmp_path, image_dir, db_url) -> Project:
-    return Project.init(tmp_path / "p", classes=CLASSES, images=image_dir,
-                        settings=Settings(database_url=db_url))
-
-
-def _round(project: Project, votes: dict[int, list[str]], *, gold: dict[int, str] | None = None):
-    store = project.store
-    rnd = create_round(store, strategy="random", batch_size=len(votes), overlap=3)
-    with store.session() as s:
-        items = [Item(sha256=f"{k:064x}", path=f"{k}.png", width=1, height=1) for k in votes]
-        s.add_all(items)
-        s.flush()
-        ids = {k: it.id for k, it in zip(votes, items, strict=True)}
-        n = 0
-        for rank, (k, labels) in enumerate(votes.items()):
-            s.add(Selection(round_id=rnd.id, item_id=ids[k], rank=rank, score=0.0,
-                            ls_task_id=700 + k))
-            for who, lab in zip(WHO, labels, strict=False):
-                n += 1
-                s.add(Annotation(ls_annotation_id=n, ls_task_id=700 + k, item_id=ids[k],
-                                 round_id=rnd.id, annotator=who, label=lab))
-        for k, lab in (gold or {}).items():
-            s.add(Label(item_id=ids[k], label=lab, origin="manifest", is_gold=True))
-    transition(store, rnd.id, PUSHED)
-    return rnd.id, ids
-
 
 VOTES = {
     0: ["cat", "cat", "cat"],
@@ -101,7 +71,7 @@ def test_judge_decision_reviewer_filter_and_labels() -> None:
 
 
 def test_queue_lists_unsettled_items_with_their_votes(proj: Project) -> None:
-    rid, ids = _round(proj, VOTES)
+    rid, ids = voted_round(proj, VOTES)
     m = close_round(proj, rid)
     assert m.adjudication_items == [ids[1], ids[2], ids[3]]
     assert m.adjudication.to_json() == {"mode": "review", "items": 3, "pushed": 0, "decided": 0,
@@ -114,7 +84,7 @@ def test_queue_lists_unsettled_items_with_their_votes(proj: Project) -> None:
 
 def test_decisions_become_adjudicated_labels_others_set_aside(proj: Project) -> None:
     proj.config.agreement.reviewers = ["rev@team.org"]
-    rid, ids = _round(proj, VOTES)
+    rid, ids = voted_round(proj, VOTES)
     close_round(proj, rid)
     tasks = {(ids[k], rid) for k in (1, 2, 3)}
     decisions = [
@@ -155,7 +125,7 @@ def test_decisions_become_adjudicated_labels_others_set_aside(proj: Project) -> 
 
 
 def test_decision_on_a_gold_item_is_set_aside(proj: Project) -> None:
-    rid, ids = _round(proj, VOTES, gold={1: "cat"})
+    rid, ids = voted_round(proj, VOTES, gold={1: "cat"})
     close_round(proj, rid)
     s = apply_decisions(proj.store, [_decision(1, ids[1], rid, "r", "dog")],
                         tasks={(ids[1], rid)}, classes=CLASSES, reviewers=["r"])
@@ -191,7 +161,7 @@ def test_adjudication_label_config_shows_image_votes_and_choices() -> None:
 
 def test_more_votes_targets_progress_and_close(proj: Project) -> None:
     proj.config.agreement.adjudication = "more_votes"
-    rid, ids = _round(proj, VOTES, gold={2: "dog"})
+    rid, ids = voted_round(proj, VOTES, gold={2: "dog"})
     assert round_progress(proj.store, rid).complete
     targets = more_votes_targets(proj, rid)
     assert targets == {ids[1]: 3 + EXTRA_VOTES, ids[3]: 3 + EXTRA_VOTES}  # not the gold tie
@@ -203,7 +173,7 @@ def test_more_votes_targets_progress_and_close(proj: Project) -> None:
     assert project_status(proj)["adjudication"]["waiting_for_votes"] == 2
     with proj.store.session() as s:  # two more annotators vote on item 1 only
         for n, who in enumerate(("ann-d", "ann-e")):
-            s.add(Annotation(ls_annotation_id=100 + n, ls_task_id=701, item_id=ids[1],
+            s.add(Annotation(ls_annotation_id=100 + n, ls_task_id=FIRST_TASK_ID + 1, item_id=ids[1],
                              round_id=rid, annotator=who, label="dog"))
     assert round_progress(proj.store, rid).tasks_done == 4
     m = close_round(proj, rid)  # over all votes: item 1 is settled now, item 3 is not
@@ -223,7 +193,7 @@ def test_settings_fields() -> None:
 
 def test_round_metrics_are_reassigned_not_mutated(proj: Project) -> None:
     """JSON columns only save a new value: check that the stored metrics changed."""
-    rid, ids = _round(proj, VOTES)
+    rid, ids = voted_round(proj, VOTES)
     close_round(proj, rid)
     apply_decisions(proj.store, [_decision(1, ids[2], rid, "r", "cat")],
                     tasks={(ids[2], rid)}, classes=CLASSES, reviewers=["r"])
@@ -233,35 +203,27 @@ def test_round_metrics_are_reassigned_not_mutated(proj: Project) -> None:
 
 
 def test_reconcile_enqueues_a_missing_adjudication_push_and_status_shows_it(
-    proj: Project, monkeypatch: pytest.MonkeyPatch
+    proj: Project, redis_conn: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Real Redis: a closed round whose unsettled items never reached Label Studio gets
     its push enqueued (once a minute at most); ``alearn status`` prints the counts."""
     from click.testing import CliRunner
-    from conftest import REDIS_TEST_URL
-    from redis import Redis
 
     from alearn.cli import cli
     from workers import queues
     from workers.reconcile import reconcile
 
-    monkeypatch.setenv("ALEARN_REDIS_URL", REDIS_TEST_URL)
     monkeypatch.setenv("ALEARN_DATABASE_URL", proj.settings.database_url or "")
-    proj.settings = Settings()
-    conn = Redis.from_url(REDIS_TEST_URL)
-    conn.flushdb()
-    try:
-        rid, _ids = _round(proj, VOTES)
-        close_round(proj, rid)
-        assert reconcile(proj, conn) == []  # no reviewer: nothing could decide them
-        add_member(proj.store, "rev@team.org", "reviewer")
-        assert reconcile(proj, conn) == ["round 1: adjudication push enqueued"]
-        assert reconcile(proj, conn) == []  # debounced
-        (job,) = queues.get_queue(conn, proj.settings, "sync").get_jobs()
-        assert job.func_name == "workers.jobs.adjudication_push_job"
-        assert job.args == (str(proj.root), rid)
-        out = CliRunner().invoke(cli, ["--project", str(proj.root), "status"])
-        assert out.exit_code == 0, out.output
-        assert "Adjudication (review): 3 pending, 0 decided, 0 decisions set aside" in out.output
-    finally:
-        conn.flushdb()
+    proj.settings = Settings()  # the test Redis (redis_conn) and the project's database
+    rid, _ids = voted_round(proj, VOTES)
+    close_round(proj, rid)
+    assert reconcile(proj, redis_conn) == []  # no reviewer: nothing could decide them
+    add_member(proj.store, "rev@team.org", "reviewer")
+    assert reconcile(proj, redis_conn) == ["round 1: adjudication push enqueued"]
+    assert reconcile(proj, redis_conn) == []  # debounced
+    (job,) = queues.get_queue(redis_conn, proj.settings, "sync").get_jobs()
+    assert job.func_name == "workers.jobs.adjudication_push_job"
+    assert job.args == (str(proj.root), rid)
+    out = CliRunner().invoke(cli, ["--project", str(proj.root), "status"])
+    assert out.exit_code == 0, out.output
+    assert "Adjudication (review): 3 pending, 0 decided, 0 decisions set aside" in out.output

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
+from factories import ingested_project
 from ls_server import work
 from redis import Redis
 from sqlalchemy import select
 
-from alearn.config import EmbedConfig, Settings
 from alearn.ingestion.driver import ingest
 from alearn.project import Project
 from alearn.report.status import project_status
@@ -36,8 +35,6 @@ from workers.orchestrate import start_round
 pytestmark = pytest.mark.integration
 
 CLASSES = ["cat", "dog", "bird", "fish"]
-TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
-        "batch_size": 16, "num_workers": 0}
 N_GOLD, N_POOL = 12, 72
 SEED = 7
 GOOD_ACCURACY = 0.85
@@ -58,16 +55,11 @@ def answer(who: int, path: str, *, seed: int = SEED) -> str:
 
 
 def make_project(tmp_path: Path, n_images: int, *, gold: int) -> Project:
-    root = tmp_path / "images"
-    for i in range(n_images):
-        write_image(root / f"{i:03d}.png", seed=900 + i, size=(20, 20))
-    project = Project.init(tmp_path / "proj", classes=CLASSES, images=root, settings=Settings())
-    project.config.embed = EmbedConfig(**TINY)
-    project.config.rounds.min_labels_per_class = 2
+    project = ingested_project(tmp_path, n_images, seed=900, classes=CLASSES,
+                               embed={"batch_size": 16}, min_labels_per_class=2)
     manifest = tmp_path / "gold.csv"
     manifest.write_text("path,label\n" + "".join(
         f"{i:03d}.png,{truth_of(f'{i}.png')}\n" for i in range(gold)))
-    assert ingest(project).added == n_images
     if gold:
         ingest(project, manifest=manifest)
     return project

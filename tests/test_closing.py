@@ -4,44 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factories import CLASSES, voted_round
 from sklearn.metrics import cohen_kappa_score
 
-from alearn.config import Settings
 from alearn.exceptions import RoundError
 from alearn.project import Project
 from alearn.rounds.close import close_round
-from alearn.rounds.lifecycle import CLOSED, PUSHED, create_round, get_round, transition
-from alearn.store import Annotation, Item, Label, Selection
-
-CLASSES = ["cat", "dog", "bird"]
-
-
-@pytest.fixture
-def proj(tmp_path, image_dir, db_url) -> Project:
-    return Project.init(tmp_path / "p", classes=CLASSES, images=image_dir,
-                        settings=Settings(database_url=db_url))
-
-
-def _round_with_votes(project: Project, votes: dict[int, list[str]], gold: dict[int, str]):
-    store = project.store
-    rnd = create_round(store, strategy="random", batch_size=len(votes), overlap=3)
-    with store.session() as s:
-        items = [Item(sha256=f"{i:064x}", path=f"{i}.png", width=1, height=1) for i in votes]
-        s.add_all(items)
-        s.flush()
-        ids = {k: it.id for k, it in zip(votes, items, strict=True)}
-        for rank, k in enumerate(votes):
-            s.add(Selection(round_id=rnd.id, item_id=ids[k], rank=rank, score=0.0))
-        n = 0
-        for k, labels in votes.items():
-            for who, lab in zip(("ann-a", "ann-b", "ann-c"), labels, strict=False):
-                n += 1
-                s.add(Annotation(ls_annotation_id=n, ls_task_id=1000 + k, item_id=ids[k],
-                                 round_id=rnd.id, annotator=who, label=lab, lead_time=2.0 + n))
-        for k, lab in gold.items():
-            s.add(Label(item_id=ids[k], label=lab, origin="manifest", is_gold=True))
-    transition(store, rnd.id, PUSHED)
-    return rnd, ids
+from alearn.rounds.lifecycle import CLOSED, create_round, get_round
 
 
 def test_close_stores_consensus_kappa_and_adjudication(proj: Project) -> None:
@@ -53,8 +22,8 @@ def test_close_stores_consensus_kappa_and_adjudication(proj: Project) -> None:
         4: ["dog", "dog", "dog"],
         5: ["cat", "cat", "dog"],   # gold item: keeps its known label
     }
-    rnd, ids = _round_with_votes(proj, votes, gold={5: "dog"})
-    m = close_round(proj, rnd.id)
+    rid, ids = voted_round(proj, votes, gold={5: "dog"})
+    m = close_round(proj, rid)
     labels = proj.store.trusted_labels()
     assert labels[ids[0]] == "cat" and labels[ids[1]] == "dog" and labels[ids[3]] == "bird"
     assert ids[2] not in labels and m.adjudication_items == [ids[2]]
@@ -69,16 +38,16 @@ def test_close_stores_consensus_kappa_and_adjudication(proj: Project) -> None:
     # item 5 is gold 'dog': ann-a and ann-b said cat, ann-c said dog
     gold = {who: (a["gold_accuracy"], a["n_gold"]) for who, a in by_name.items()}
     assert gold == {"ann-a": (0.0, 1), "ann-b": (0.0, 1), "ann-c": (1.0, 1)}
-    assert get_round(proj.store, rnd.id).status == CLOSED
+    assert get_round(proj.store, rid).status == CLOSED
     # idempotent: a second close returns the stored metrics and changes nothing
-    assert close_round(proj, rnd.id) == m
+    assert close_round(proj, rid) == m
     assert proj.store.trusted_labels() == labels
 
 
 def test_low_agreement_round_is_flagged(proj: Project) -> None:
     votes = {k: [CLASSES[k % 3], CLASSES[(k + 1) % 3], CLASSES[(k + 2) % 3]] for k in range(9)}
-    rnd, _ = _round_with_votes(proj, votes, gold={})
-    m = close_round(proj, rnd.id)
+    rid, _ = voted_round(proj, votes)
+    m = close_round(proj, rid)
     assert m.kappa < 0.6 and m.flagged is True
 
 
@@ -97,7 +66,7 @@ def test_agreement_command_shows_figures_and_annotators(proj: Project, monkeypat
     from alearn.cli import cli
 
     votes = {k: ["cat", "cat", "dog"] if k % 3 == 0 else [CLASSES[k % 3]] * 3 for k in range(9)}
-    _round_with_votes(proj, votes, gold={})
+    voted_round(proj, votes)
     monkeypatch.setenv("ALEARN_DATABASE_URL", proj.settings.database_url or "")
     runner = CliRunner()
     out = runner.invoke(cli, ["--project", str(proj.root), "agreement", "--json"])

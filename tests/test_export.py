@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_image
+from factories import write_image
 from PIL import Image
 from sqlalchemy import update
 

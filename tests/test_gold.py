@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factories import CLASSES, voted_round
 from sqlalchemy import select
 from statsmodels.stats.proportion import proportion_confint
 
@@ -13,12 +14,11 @@ from alearn.features.backbone import cache_key_for
 from alearn.features.cache import FeatureCache
 from alearn.query.selection import gold_count, plan_batch
 from alearn.rounds.close import annotator_report, close_round, wilson_upper
-from alearn.rounds.lifecycle import PUSHED, create_round, record_plan, transition
+from alearn.rounds.lifecycle import create_round, record_plan
 from alearn.stats.ratings import ratings_matrix
-from alearn.store import Annotation, Item, Label, Round, Selection
+from alearn.store import Item, Label, Round, Selection
 from labelstudio.push import task_payload
 
-CLASSES = ["cat", "dog", "bird"]
 N_ITEMS = 60
 GOLD = list(range(1, 13))  # items 1..12 are gold, four per class
 
@@ -126,31 +126,6 @@ def test_gold_task_looks_like_any_other_task(project, pool) -> None:
     assert gold["predictions"][0]["result"] and "gold" not in repr(gold).lower()
 
 
-def _voted_round(project, votes: dict[int, list[str]], *, gold: dict[int, str]) -> int:
-    """A pushed round over new items with three annotators' votes; ``gold`` items get a
-    manifest gold label."""
-    store = project.store
-    rnd = create_round(store, strategy="random", batch_size=len(votes), overlap=3)
-    with store.session() as s:
-        items = [Item(sha256=f"{k + 1000:064x}", path=f"v/{k}.png", width=1, height=1)
-                 for k in votes]
-        s.add_all(items)
-        s.flush()
-        ids = {k: it.id for k, it in zip(votes, items, strict=True)}
-        n = 0
-        for rank, (k, labels) in enumerate(votes.items()):
-            s.add(Selection(round_id=rnd.id, item_id=ids[k], rank=rank, score=0.0,
-                            is_gold=k in gold))
-            for who, lab in zip(("ann-a", "ann-b", "ann-c"), labels, strict=True):
-                n += 1
-                s.add(Annotation(ls_annotation_id=50_000 + n, ls_task_id=9000 + k,
-                                 item_id=ids[k], round_id=rnd.id, annotator=who, label=lab))
-        for k, lab in gold.items():
-            s.add(Label(item_id=ids[k], label=lab, origin="manifest", is_gold=True))
-    transition(store, rnd.id, PUSHED)
-    return rnd.id, ids
-
-
 def test_close_never_counts_gold_as_consensus_and_measures_annotators(project) -> None:
     # items 0-5 are gold (truth: cat); ann-c always says dog, ann-a/b are right
     votes = {k: ["cat", "cat", "dog"] for k in range(6)}
@@ -158,7 +133,7 @@ def test_close_never_counts_gold_as_consensus_and_measures_annotators(project) -
     votes.update({7: ["bird", "bird", "bird"], 8: ["dog", "dog", "cat"],
                   9: ["cat", "dog", "bird"]})  # 9: a real tie
     gold = {k: "cat" for k in range(7)}
-    rid, ids = _voted_round(project, votes, gold=gold)
+    rid, ids = voted_round(project, votes, gold=gold)
     m = close_round(project, rid)
     with project.store.session() as s:
         labels = {lab.item_id: lab for lab in s.scalars(select(Label))}

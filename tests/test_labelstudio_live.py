@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from factories import write_image
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
@@ -28,7 +29,6 @@ from labelstudio.pull import pull_annotations
 from labelstudio.push import push_round
 from labelstudio.server import free_port, server_status, start_server
 from labelstudio.webhook import EVENTS, create_app, register_webhook
-from tests.conftest import write_image
 
 pytestmark = pytest.mark.integration
 

@@ -9,15 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_image
+from factories import ingested_project
 from redis import Redis
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 
-from alearn.config import EmbedConfig, Settings
 from alearn.exceptions import RoundError
-from alearn.ingestion.driver import ingest
 from alearn.project import Project
 from alearn.rounds.lifecycle import (
     ABORTED,
@@ -40,22 +38,10 @@ from workers.enqueue import close_job_id, enqueue_close, ensure_tick, tick_job_i
 from workers.orchestrate import follow_close, start_round, step_failed
 from workers.reconcile import reconcile
 
-TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
-        "batch_size": 8, "num_workers": 0}
-
 
 @pytest.fixture
 def proj(tmp_path: Path, redis_conn: Redis) -> Project:
-    root = tmp_path / "images"
-    for i in range(12):
-        write_image(root / f"{i:03d}.png", seed=300 + i, size=(20, 20))
-    project = Project.init(tmp_path / "proj", classes=["a", "b", "c"], images=root,
-                           settings=Settings())
-    project.config.embed = EmbedConfig(**TINY)
-    project.config.rounds.batch_size = 4
-    project.save_config()
-    assert ingest(project).added == 12
-    return project
+    return ingested_project(tmp_path, 12, seed=300, classes=["a", "b", "c"], batch_size=4)
 
 
 def _select(project: Project, round_id: int, n: int = 3, pushed: bool = False) -> None:

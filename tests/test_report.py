@@ -140,6 +140,7 @@ def _loaded(dom: str) -> tuple[int, int]:
     return int(loaded.group(1)), int(total.group(1))
 
 
+@pytest.mark.slow  # starts a headless Chromium
 def test_report_renders_in_chromium(two_rounds: Project, tmp_path: Path) -> None:
     out = write_report(two_rounds, tmp_path / "report.html")
     shot = tmp_path / "shot.png"

@@ -7,14 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_image
+from factories import ingested_project
 from ls_server import work
 from redis import Redis
 from sqlalchemy import select
 
-from alearn.config import EmbedConfig, Settings
 from alearn.ingestion.driver import ingest
-from alearn.project import Project
 from alearn.rounds.lifecycle import CLOSED, PUSHED, get_round
 from alearn.store import Annotation, Item, Label, Selection
 from labelstudio.annotators import label_stream
@@ -24,8 +22,6 @@ from workers.orchestrate import start_round
 pytestmark = pytest.mark.integration
 
 CLASSES = ["cat", "dog", "bird"]
-TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
-        "batch_size": 8, "num_workers": 0}
 
 
 def truth_of(name: str) -> str:
@@ -33,19 +29,11 @@ def truth_of(name: str) -> str:
 
 
 def test_a_whole_round_then_the_next(live_ls, env: Redis, tmp_path: Path) -> None:
-    root = tmp_path / "images"
-    for i in range(30):
-        write_image(root / f"{i:03d}.png", seed=500 + i, size=(24, 24))
-    project = Project.init(tmp_path / "proj", classes=CLASSES, images=root, settings=Settings())
-    project.config.embed = EmbedConfig(**TINY)
-    project.config.rounds.batch_size = 6
-    project.config.rounds.overlap = 3
-    project.config.rounds.min_labels_per_class = 2
-    project.save_config()
+    project = ingested_project(tmp_path, 30, seed=500, size=(24, 24), classes=CLASSES,
+                               batch_size=6, overlap=3, min_labels_per_class=2)
     manifest = tmp_path / "seed.csv"
     manifest.write_text("path,label\n" + "".join(f"{i:03d}.png,{truth_of(f'{i}.png')}\n"
                                                  for i in range(6)))
-    assert ingest(project).added == 30
     assert ingest(project, manifest=manifest).to_dict()["updated"] == 6
     seeded = set(project.store.trusted_labels())
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import write_image
+from factories import write_image
 
 from alearn.config import Settings
 from alearn.exceptions import LabelStudioError
 from alearn.project import Project
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.services]  # Label Studio and Redis
 
 ALEARN = str(Path(sys.executable).parent / "alearn")
 CHROMIUM = "/usr/bin/chromium"

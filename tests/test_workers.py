@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_image
+from factories import ingested_project
 from redis import Redis
 from rq import Retry, SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
-from alearn.config import EmbedConfig, Settings
+from alearn.config import Settings
 from alearn.exceptions import RoundError
-from alearn.ingestion.driver import ingest
 from alearn.project import Project
 from alearn.rounds.lifecycle import PLANNED, get_round
 from alearn.store import Label, Selection
@@ -21,22 +20,10 @@ from workers.enqueue import enqueue_pull
 from workers.orchestrate import start_round
 from workers.reconcile import reconcile
 
-TINY = {"backbone": "test_efficientnet", "weights": "none", "image_size": 32,
-        "batch_size": 8, "num_workers": 0}
-
 
 @pytest.fixture
 def pool_project(tmp_path: Path, redis_conn: Redis) -> Project:
-    root = tmp_path / "images"
-    for i in range(24):
-        write_image(root / f"{i:03d}.png", seed=100 + i, size=(20, 20))
-    project = Project.init(tmp_path / "proj", classes=["a", "b", "c"], images=root,
-                           settings=Settings())
-    project.config.embed = EmbedConfig(**TINY)
-    project.config.rounds.batch_size = 5
-    project.save_config()
-    assert ingest(project).added == 24
-    return project
+    return ingested_project(tmp_path, 24, seed=100, classes=["a", "b", "c"], batch_size=5)
 
 
 def work(conn: Redis, settings: Settings, *names: str) -> None:
