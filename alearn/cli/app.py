@@ -44,6 +44,7 @@ def cli(click_ctx: click.Context, project_dir: Path | None, verbose: int) -> Non
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     click_ctx.obj = Context(project_dir)
+    click_ctx.call_on_close(click_ctx.obj.close)
 
 
 for _command in (init, ingest_cmd, embed_cmd, round_group, ls_group, status, agreement_cmd,

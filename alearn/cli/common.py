@@ -39,6 +39,12 @@ class Context:
             self._project = Project.open(self.project_dir, self.settings)
         return self._project
 
+    def close(self) -> None:
+        """Close the store's database connections once the command is done (a command run
+        in-process, as the tests do, must not leave them to the garbage collector)."""
+        if self._project is not None and "store" in vars(self._project):
+            self._project.store.dispose()
+
 
 pass_ctx = click.make_pass_decorator(Context)
 
