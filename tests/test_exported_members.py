@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import alearn
 
 EXPECTED_PUBLIC_NAMES = {
@@ -67,13 +69,36 @@ EXPECTED_PUBLIC_NAMES = {
 }
 
 
-def test_all_exports_resolve() -> None:
-    for name in alearn.__all__:
-        assert getattr(alearn, name) is not None, name
+def test_every_exported_class_and_function_is_alearns_own_and_named_as_exported() -> None:
+    # each name resolves (lazily or not) to the object alearn defines under that name,
+    # not to a stray import or a differently named alias
+    for name in sorted(EXPECTED_PUBLIC_NAMES - {"__version__", "CONSENSUS_METHODS",
+                                                "STRATEGIES"}):
+        obj = getattr(alearn, name)
+        assert callable(obj), name
+        assert obj.__name__ == name, (name, obj)
+        assert obj.__module__.split(".")[0] == "alearn", (name, obj.__module__)
+        assert name in dir(alearn)
 
 
-def test_public_functions_are_exported() -> None:
-    # every public callable of these modules is reachable from the package
+def test_the_two_registries_are_exported_with_their_names() -> None:
+    assert set(alearn.CONSENSUS_METHODS) >= {"majority", "dawid_skene"}
+    assert set(alearn.STRATEGIES) >= {"margin", "random"}
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    assert alearn.__version__ == version("alearn")
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        alearn.not_a_name  # noqa: B018
+
+
+def test_public_functions_are_the_modules_own_objects() -> None:
+    # the package hands out the very functions its modules define, not copies
     import alearn.ingestion.driver
     import alearn.stats.consensus
 
