@@ -9,6 +9,7 @@ on a machine with none of them.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -64,6 +65,15 @@ def _mark_by_fixtures(item: pytest.Item) -> None:
         mark = SERVICE_FIXTURES.get((getattr(defs[-1].func, "__module__", ""), name))
         if mark is not None and item.get_closest_marker(mark) is None:
             item.add_marker(mark)
+
+
+@pytest.fixture(autouse=True)
+def _collect_integration_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
+    """An integration test's leaks (INTEGRATION_LEAKS) are collected under its own
+    filters, not at the end of the session, where every warning is an error."""
+    yield
+    if request.node.get_closest_marker("integration") is not None:
+        gc.collect()
 
 
 @pytest.fixture(autouse=True)
