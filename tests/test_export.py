@@ -490,7 +490,7 @@ def test_empty_export_says_what_each_filter_removed(built, tmp_path):
         export_dataset(project, tmp_path / "out", format="csv", min_confidence=0.6)
     msg = str(err.value)
     assert "22 trusted labels" in msg and "3 are not a project class" in msg
-    assert "19 fall below --min-confidence 0.6" in msg and "0 below --min-agreement" in msg
+    assert "19 fall below min_confidence 0.6" in msg and "0 below min_agreement" in msg
     assert not (tmp_path / "out").exists()
 
 

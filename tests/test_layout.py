@@ -174,7 +174,7 @@ def test_module_is_small(name: str) -> None:
 def _grep(pattern: str) -> dict[str, list[int]]:
     rx = re.compile(pattern)
     hits: dict[str, list[int]] = defaultdict(list)
-    for name, path in MODULES.items():
+    for path in MODULES.values():
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if rx.search(line):
                 hits[str(path.relative_to(ROOT))].append(i)
