@@ -59,7 +59,20 @@ class LSClient:
                 "or ALEARN_LS_TOKEN_FILE."
             )
         self.url = url.rstrip("/")
-        self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=timeout)
+        # our own connection pool, so close() (or ``with``) frees its sockets
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True)
+        self._sdk = LabelStudio(base_url=self.url, api_key=token, timeout=timeout,
+                                httpx_client=self._http)
+
+    def close(self) -> None:
+        """Close the client's connections (it cannot be used afterwards)."""
+        self._http.close()
+
+    def __enter__(self) -> LSClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LSClient:
@@ -231,9 +244,14 @@ class LSClient:
 
 
 def connect_label_studio(settings: Settings, *, check: bool = True) -> LSClient:
-    """A client for ``ALEARN_LS_URL`` / ``ALEARN_LS_TOKEN``; checks the server answers."""
+    """A client for ``ALEARN_LS_URL`` / ``ALEARN_LS_TOKEN``; checks the server answers.
+    Close it when done (``with connect_label_studio(settings) as client:``)."""
     client = LSClient.from_settings(settings)
     if check:
-        client.whoami()
+        try:
+            client.whoami()
+        except BaseException:
+            client.close()
+            raise
     return client
 

@@ -357,7 +357,8 @@ class Scenario:
         return LSClient(self.world.ls_url, self.world.token)
 
     def tasks(self) -> list[dict[str, Any]]:
-        return list(self.admin().iter_tasks(self.ls_project, annotations=True))
+        with self.admin() as admin:
+            return list(admin.iter_tasks(self.ls_project, annotations=True))
 
     # invariants ----------------------------------------------------------------------
     def invariants(self, round_id: int, injected: set[int] | None = None) -> dict[str, Any]:

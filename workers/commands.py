@@ -75,8 +75,8 @@ def abort_round(project: Project, conn: Redis, round_id: int) -> dict[str, Any]:
         from labelstudio.client import connect_label_studio
         from labelstudio.push import withdraw_round
 
-        withdrawn = withdraw_round(project.store, connect_label_studio(project.settings),
-                                   round_id).to_dict()
+        with connect_label_studio(project.settings) as client:
+            withdrawn = withdraw_round(project.store, client, round_id).to_dict()
     transition(project.store, round_id, ABORTED)
     record_event(project.store, round_id, "aborted", **withdrawn)
     return withdrawn

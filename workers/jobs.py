@@ -145,10 +145,10 @@ def push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
         if held is None:
             return BUSY
         project, _conn = held
-        client = connect_label_studio(project.settings)
-        ensure_project(project.store, client, project.config, project.image_root,
-                       document_root=document_root(project))
-        summary = push_round(project.store, client, round_id)
+        with connect_label_studio(project.settings) as client:
+            ensure_project(project.store, client, project.config, project.image_root,
+                           document_root=document_root(project))
+            summary = push_round(project.store, client, round_id)
     out = summary.to_dict()
     _report(**out)
     return out
@@ -165,12 +165,13 @@ def pull_job(project_dir: str) -> dict[str, Any] | Retry:
         if held is None:
             return BUSY
         project, _conn = held
-        client = connect_label_studio(project.settings)
-        summary = pull_annotations(project.store, client, classes=project.config.classes)
-        out: dict[str, Any] = summary.to_dict()
-        out["adjudication"] = pull_adjudications(
-            project.store, client, project.config.classes,
-            reviewers=reviewers(project.store, project.config.agreement.reviewers)).to_dict()
+        with connect_label_studio(project.settings) as client:
+            summary = pull_annotations(project.store, client, classes=project.config.classes)
+            out: dict[str, Any] = summary.to_dict()
+            out["adjudication"] = pull_adjudications(
+                project.store, client, project.config.classes,
+                reviewers=reviewers(project.store, project.config.agreement.reviewers),
+            ).to_dict()
     _report(**{k: v for k, v in out.items() if k != "adjudication"})
     return out
 
@@ -194,8 +195,8 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
             from labelstudio.adjudication import ask_for_more_votes
             from labelstudio.client import connect_label_studio
 
-            client = connect_label_studio(project.settings)
-            targets = ask_for_more_votes(project, client, round_id)
+            with connect_label_studio(project.settings) as client:
+                targets = ask_for_more_votes(project, client, round_id)
             if targets:
                 _report(waiting_for_votes=len(targets))
                 return {"closed": False, "waiting_for_votes": len(targets)}
@@ -214,10 +215,10 @@ def adjudication_push_job(project_dir: str, round_id: int) -> dict[str, Any] | R
         if held is None:
             return BUSY
         project, _conn = held
-        client = connect_label_studio(project.settings)
-        ensure_adjudication_project(project.store, client, project.config, project.image_root,
-                                    document_root=document_root(project))
-        created = push_adjudication(project.store, client, round_id,
-                                    classes=project.config.classes)
+        with connect_label_studio(project.settings) as client:
+            ensure_adjudication_project(project.store, client, project.config,
+                                        project.image_root, document_root=document_root(project))
+            created = push_adjudication(project.store, client, round_id,
+                                        classes=project.config.classes)
     _report(created=created)
     return {"created": created}

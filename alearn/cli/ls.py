@@ -41,9 +41,9 @@ def ls_up(ctx: Context, port: int, allow_hosts: tuple[str, ...], as_json: bool) 
         info = start_server(data_dir, image_root=project.image_root, port=port,
                             username=creds["email"], password=creds["password"],
                             token=creds["token"], allow_hosts=allow_hosts)
-    client = LSClient(info.url, creds["token"])
-    ls_project = ensure_project(project.store, client, project.config, project.image_root,
-                                document_root=local_document_root(data_dir))
+    with LSClient(info.url, creds["token"]) as client:
+        ls_project = ensure_project(project.store, client, project.config, project.image_root,
+                                    document_root=local_document_root(data_dir))
     out = {"url": info.url, "pid": info.pid, "ls_project_id": ls_project,
            "project_url": f"{info.url}/projects/{ls_project}/", "email": creds["email"],
            "credentials_file": str(data_dir / ADMIN_FILE)}

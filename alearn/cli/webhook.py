@@ -52,6 +52,6 @@ def webhook_register(ctx: Context, url: str) -> None:
     ls_project = ctx.project.store.get_meta("ls_project_id")
     if ls_project is None:
         raise click.UsageError("no Label Studio project yet: start a round first.")
-    hook = register_webhook(connect_label_studio(ctx.settings), int(ls_project), url,
-                            _webhook_secret(ctx))
+    with connect_label_studio(ctx.settings) as client:
+        hook = register_webhook(client, int(ls_project), url, _webhook_secret(ctx))
     console.print(f"Webhook {hook} sends annotation events to {url}.")
