@@ -9,12 +9,13 @@ from factories import ingested_project
 from redis import Redis
 from rq import Retry, SimpleWorker
 from rq.registry import ScheduledJobRegistry
+from sqlalchemy import select
 
 from alearn.config import Settings
 from alearn.exceptions import RoundError
 from alearn.project import Project
 from alearn.rounds.lifecycle import PLANNED, get_round
-from alearn.store import Label, Selection
+from alearn.store import Label, ModelRecord, Selection
 from workers import jobs, queues
 from workers.enqueue import enqueue_pull
 from workers.orchestrate import start_round
@@ -101,6 +102,31 @@ def test_labeled_items_are_never_selected(pool_project: Project, redis_conn: Red
     with pool_project.store.session() as s:
         chosen = {sel.item_id for sel in s.query(Selection).filter_by(round_id=rnd.id)}
     assert len(chosen) == 5 and not chosen & set(ids[:12])
+
+
+def test_select_scores_with_the_head_its_train_job_fitted(pool_project: Project,
+                                                          redis_conn: Redis) -> None:
+    # labels that arrive between train and select must not make select fit a head of
+    # its own: it scores with the version the round's train job returned
+    settings = Settings()
+    ids = pool_project.store.item_ids()
+    with pool_project.store.session() as s:
+        for n, item in enumerate(ids[:9]):
+            s.add(Label(item_id=item, label="abc"[n % 3], origin="manifest", is_gold=True))
+    rnd = start_round(pool_project, redis_conn, strategy="margin")
+    work(redis_conn, settings, "embed")
+    train_q = queues.get_queue(redis_conn, settings, "train")
+    SimpleWorker([train_q], connection=redis_conn).work(burst=True, max_jobs=1)  # train only
+    with pool_project.store.session() as s:
+        (trained,) = s.scalars(select(ModelRecord.version)).all()
+        for n, item in enumerate(ids[9:12]):
+            s.add(Label(item_id=item, label="abc"[n % 3], origin="manifest", is_gold=True))
+    work(redis_conn, settings, "train")  # select
+    assert get_round(pool_project.store, rnd.id).model_version == trained
+    with pool_project.store.session() as s:
+        assert s.scalars(select(ModelRecord.version)).all() == [trained]  # no second fit
+        chosen = {sel.item_id for sel in s.query(Selection).filter_by(round_id=rnd.id)}
+    assert len(chosen) == 5
 
 
 def test_every_dotted_path_handed_to_rq_imports() -> None:
