@@ -52,6 +52,7 @@ from _datasets import load_split  # noqa: E402
 
 from alearn.config import EmbedConfig, HeadConfig, RoundsConfig  # noqa: E402
 from alearn.model.head import EmbeddingClassifier  # noqa: E402
+from alearn.model.training import head_from_settings  # noqa: E402
 from alearn.query.selection import resolve_strategy, select_from_pool  # noqa: E402
 from alearn.query.strategies import STRATEGIES, choose_strategy  # noqa: E402
 
@@ -95,11 +96,9 @@ def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
 
 
 def make_head(head_cfg: HeadConfig, Xp: np.ndarray) -> EmbeddingClassifier:
-    """The product's head (alearn.model.training.make_head): standardised with pool statistics."""
-    cw = None if head_cfg.class_weight == "none" else head_cfg.class_weight
+    """The product's head, standardised with the pool's statistics, as a project makes it."""
     stats = (Xp.mean(axis=0, dtype=np.float64), Xp.std(axis=0, dtype=np.float64))
-    return EmbeddingClassifier(C=head_cfg.C, class_weight=cw, max_iter=head_cfg.max_iter,
-                               pool_stats=stats)
+    return head_from_settings(head_cfg, stats)
 
 
 def run_loop(name: str, seed: int, d: dict[str, np.ndarray], args: argparse.Namespace,

@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_va
 from sqlalchemy import func, select
 
 from alearn.atomic import write_with
+from alearn.config_sections import HeadConfig
 from alearn.exceptions import StoreError
 from alearn.files import sha256_file
 from alearn.model.head import EmbeddingClassifier
@@ -134,12 +135,18 @@ def labeled_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
 
 def make_head(project: Project) -> EmbeddingClassifier:
     """An unfitted head with the project's ``[head]`` settings and the pool's statistics."""
-    cfg = project.config.head
+    return head_from_settings(project.config.head, pool_stats(project))
+
+
+def head_from_settings(cfg: HeadConfig,
+                       stats: tuple[np.ndarray, np.ndarray] | None) -> EmbeddingClassifier:
+    """An unfitted head from ``[head]`` settings and (mean, std) pool statistics; the
+    benchmarks build the product's head through this too."""
     return EmbeddingClassifier(
         C=cfg.C,
         class_weight=None if cfg.class_weight == "none" else cfg.class_weight,
         max_iter=cfg.max_iter,
-        pool_stats=pool_stats(project),
+        pool_stats=stats,
     )
 
 
