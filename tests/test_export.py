@@ -392,6 +392,46 @@ def test_split_keeps_class_proportions(built, tmp_path):
         assert all(abs(g - n * f) <= 2 for g, f in zip(got, (0.5, 0.25, 0.25), strict=True))
 
 
+def test_every_class_reaches_every_split_and_the_card_says_so(built, tmp_path):
+    project, _ = built  # bird has 3 items: the greedy rounding alone left it in train only
+    summary = export_dataset(project, tmp_path / "out", format="csv")
+    assert list(summary.counts) == ["train", "validation", "test"]
+    assert all(n >= 1 for per_class in summary.counts.values() for n in per_class.values())
+    assert summary.shortfalls == []
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Every class has items in every split with a non-zero share." in card
+
+
+def test_a_class_too_small_for_every_split_is_in_the_card_and_output(tmp_path):
+    from click.testing import CliRunner
+
+    from alearn.cli import cli
+
+    project, _ = build_project(tmp_path, counts={"cat": 12, "dog": 6, "bird": 2})
+    summary = export_dataset(project, tmp_path / "out", format="jsonl")
+    short = {(f["split"], f["class"]): f["reason"] for f in summary.shortfalls}
+    assert sorted(short) == [("test", "bird"), ("validation", "bird")]
+    assert set(short.values()) == {"only 2 items, for 3 splits"}
+    assert summary.counts["train"]["bird"] == 2
+    assert all(summary.counts[s][c] >= 1 for s in summary.counts for c in ("cat", "dog"))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| bird | validation | only 2 items, for 3 splits |" in card
+    assert "| bird | test | only 2 items, for 3 splits |" in card
+    assert "`--split 0.9,0.1,0`" in card
+    base = ["--project", str(project.root), "export", "--format", "jsonl"]
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    assert ("warning: class bird has no item in the validation split: only 2 items, for 3 "
+            "splits.") in res.output
+    assert "warning: class bird has no item in the test split" in res.output
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "j"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["shortfalls"] == summary.shortfalls
+    # a split that is asked for with share 0 is no shortfall
+    summary = export_dataset(project, tmp_path / "two", format="jsonl", split="0.9,0.1,0")
+    assert summary.shortfalls == [] and summary.counts["validation"]["bird"] == 1
+
+
 # --- class balance -------------------------------------------------------------------------
 
 

@@ -14,11 +14,18 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from alearn.exceptions import ConfigError, UnknownNameError
+from alearn.export import splits as splits_module
 from alearn.export.balance import apply_ops, augment_ops, balance_train, class_weights
 from alearn.export.dataset import class_dirs
 from alearn.export.files import atomic_folder, write_checksums
 from alearn.export.images import PixelStats, fit_image
-from alearn.export.splits import near_duplicate_groups, parse_split, phash, stratified_group_split
+from alearn.export.splits import (
+    near_duplicate_groups,
+    parse_split,
+    phash,
+    split_shortfalls,
+    stratified_group_split,
+)
 
 # --- --split ----------------------------------------------------------------------------
 
@@ -140,6 +147,133 @@ def test_large_random_split_is_close_to_the_target_shares():
     for c in range(4):
         share = np.bincount(split[labels == c], minlength=3) / (labels == c).sum()
         assert np.allclose(share, (0.8, 0.1, 0.1), atol=0.01)
+
+
+def _per_class(split, labels, k):
+    return [np.bincount(split[labels == c], minlength=3).tolist() for c in range(k)]
+
+
+def test_the_newcomers_46_labels_fill_every_split_with_every_class():
+    # 46 trusted labels, 8 classes of 5-6: the greedy rounding alone gives each class
+    # 5/1/0 or 4/1/0 at 0.8/0.1/0.1, so the test split was empty
+    labels = np.repeat(np.arange(8), [6, 6, 6, 6, 6, 6, 5, 5])
+    groups = np.arange(46)
+    split = stratified_group_split(labels, groups, (0.8, 0.1, 0.1), n_classes=8, seed=0)
+    assert all(0 not in row for row in _per_class(split, labels, 8))
+    assert split_shortfalls(labels, groups, split, (0.8, 0.1, 0.1), n_classes=8) == []
+    for c, n in enumerate([6, 6, 6, 6, 6, 6, 5, 5]):  # still within 1 of the shares
+        got = np.bincount(split[labels == c], minlength=3)
+        assert np.all(np.abs(got - n * np.array([0.8, 0.1, 0.1])) <= 1)
+
+
+@pytest.mark.parametrize("counts", [[20, 16, 10], [40, 3, 3], [15, 15, 16]])
+def test_46_labels_over_3_classes_reach_every_split(counts):
+    labels = np.repeat(np.arange(3), counts)
+    for seed in range(5):
+        split = stratified_group_split(labels, np.arange(46), (0.8, 0.1, 0.1), n_classes=3,
+                                       seed=seed)
+        assert all(0 not in row for row in _per_class(split, labels, 3)), (counts, seed)
+
+
+def test_a_class_too_small_for_every_split_is_reported_with_the_reason():
+    labels = np.repeat([0, 1, 2, 3], [30, 14, 2, 0])
+    groups = np.arange(46)
+    split = stratified_group_split(labels, groups, (0.8, 0.1, 0.1), n_classes=4, seed=0)
+    assert all(0 not in row for row in _per_class(split, labels, 2))
+    short = split_shortfalls(labels, groups, split, (0.8, 0.1, 0.1), n_classes=4)
+    placed = _per_class(split, labels, 3)[2]
+    missing = [s for s in range(3) if placed[s] == 0]
+    assert [(c, s) for c, s, _ in short] == [(2, s) for s in missing] + [(3, 0), (3, 1), (3, 2)]
+    assert len(missing) >= 1 and "only 2 items, for 3 splits" in short[0][2]
+    assert short[-1][2] == "no exported labels"
+    # a zero share is no shortfall: with 0.9/0.1/0 the class of 2 fits
+    split = stratified_group_split(labels, groups, (0.9, 0.1, 0.0), n_classes=4, seed=0)
+    assert _per_class(split, labels, 3)[2] == [1, 1, 0]
+    assert [c for c, _, _ in split_shortfalls(labels, groups, split, (0.9, 0.1, 0.0),
+                                              n_classes=4)] == [3, 3]
+
+
+def test_near_duplicate_groups_count_as_one_item_for_the_shortfall():
+    labels = np.array([0] * 20 + [1] * 4)
+    groups = np.concatenate([np.arange(20), [100, 100, 101, 101]])  # 4 items, 2 groups
+    split = stratified_group_split(labels, groups, (0.8, 0.1, 0.1), n_classes=2, seed=1)
+    short = split_shortfalls(labels, groups, split, (0.8, 0.1, 0.1), n_classes=2)
+    assert [(c, s) for c, s, _ in short] == [(1, 1), (1, 2)]  # both groups stay in train
+    assert short[0][2] == ("4 items in only 2 near-duplicate groups, for 3 splits (a group "
+                           "stays in one split)")
+
+
+def test_splits_are_never_empty_when_there_are_enough_groups():
+    labels = np.repeat(np.arange(5), 2)  # every class too small, 10 groups
+    split = stratified_group_split(labels, np.arange(10), (0.8, 0.1, 0.1), n_classes=5)
+    assert np.bincount(split, minlength=3).min() >= 1
+    # fewer groups than splits: the earlier splits are filled, train never emptied
+    split = stratified_group_split([0, 1], [0, 1], (0.8, 0.1, 0.1), n_classes=2)
+    assert np.bincount(split, minlength=3).tolist() == [1, 1, 0]
+    assert stratified_group_split([1], [0], (0.8, 0.1, 0.1), n_classes=2).tolist() == [0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 80), k=st.integers(1, 6),
+       frac=st.sampled_from([(0.8, 0.1, 0.1), (0.6, 0.2, 0.2), (0.7, 0.3, 0.0), (0.5, 0, 0.5)]))
+def test_every_class_with_enough_groups_reaches_every_split(seed, n, k, frac):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    groups = labels * 1000 + rng.integers(0, max(1, n // 3), n)  # groups of one class
+    split = stratified_group_split(labels, groups, frac, n_classes=k, seed=seed)
+    usable = [s for s in range(3) if frac[s] > 0]
+    for g in np.unique(groups):
+        assert len(np.unique(split[groups == g])) == 1
+    if len(np.unique(groups)) >= len(usable):
+        assert all((split == s).any() for s in usable)
+    missing = [(c, s) for c in range(k) for s in usable if not (split[labels == c] == s).any()]
+    for c, _ in missing:
+        assert len(np.unique(groups[labels == c])) < len(usable)
+    short = split_shortfalls(labels, groups, split, frac, n_classes=k)
+    assert [(c, s) for c, s, _ in short] == missing
+
+
+def test_groups_spanning_classes_still_leave_no_split_empty():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 12)
+    groups = rng.integers(0, 4, 12)  # 4 groups, mixed classes
+    split = stratified_group_split(labels, groups, (0.8, 0.1, 0.1), n_classes=3, seed=2)
+    assert np.bincount(split, minlength=3).min() >= 1
+
+
+def test_large_splits_are_the_greedy_pass_unchanged(monkeypatch):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 6, 3000)
+    labels[:4] = 6  # and one class of 4 items, which the greedy pass gives 3/1/0
+    groups = np.concatenate([np.arange(4), rng.integers(10, 2500, 2996)])
+    split = stratified_group_split(labels, groups, (0.8, 0.1, 0.1), n_classes=7, seed=4)
+    monkeypatch.setattr(splits_module, "_cover", lambda *args: None)
+    greedy = stratified_group_split(labels, groups, (0.8, 0.1, 0.1), n_classes=7, seed=4)
+    assert _per_class(greedy, labels, 7)[6] == [3, 1, 0]
+    assert _per_class(split, labels, 7)[6] == [2, 1, 1]
+    moved = np.flatnonzero(split != greedy)
+    assert len(moved) == 1 and labels[moved[0]] == 6  # the one move the small class needs
+
+
+def test_shares_match_sklearn_stratified_shuffle_split_within_one_per_class():
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(5), [400, 150, 60, 25, 9])
+    rng.shuffle(labels)
+    split = stratified_group_split(labels, np.arange(len(labels)), (0.8, 0.2, 0.0),
+                                   n_classes=5, seed=0)
+    sss = StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=0)
+    _, test_idx = next(sss.split(np.zeros(len(labels)), labels))
+    for c in range(5):
+        ours = int(((split == 1) & (labels == c)).sum())
+        assert abs(ours - int((labels[test_idx] == c).sum())) <= 1, c
+    # three shares: each class within one item of n * share
+    split = stratified_group_split(labels, np.arange(len(labels)), (0.7, 0.15, 0.15),
+                                   n_classes=5, seed=0)
+    for c, n in enumerate([400, 150, 60, 25, 9]):
+        got = np.bincount(split[labels == c], minlength=3)
+        assert np.all(np.abs(got - n * np.array([0.7, 0.15, 0.15])) <= 1), (c, got)
 
 
 # --- balance ----------------------------------------------------------------------------

@@ -84,3 +84,10 @@ def export_cmd(ctx: Context, out: Path, fmt: str, split: tuple[float, float, flo
                   f"({summary.format}); filters removed {r['unknown_class']} unknown-class, "
                   f"{r['min_confidence']} low-confidence, {r['min_agreement']} low-agreement "
                   "labels.", highlight=False, markup=False)
+    for f in summary.shortfalls:
+        console.print(f"warning: class {f['class']} has no item in the {f['split']} split: "
+                      f"{f['reason']}.", highlight=False, markup=False)
+    if summary.shortfalls:
+        console.print("Label more items of these classes ('alearn round start'), or export "
+                      "fewer splits (e.g. --split 0.9,0.1,0); the dataset card README.md "
+                      "lists them too.", highlight=False, markup=False)

@@ -1,9 +1,10 @@
 """The dataset card: ``README.md`` inside every export.
 
-It says what is in the export and where it came from: counts per class and split, the
-rounds with their agreement figures, the stopping reason, the filters and options, and
-provenance (project, backbone, alearn version). It never holds a URL, a token or a
-clock time, so the same store and options always give the same card.
+It says what is in the export and where it came from: counts per class and split, which
+classes are missing from which split and why, the rounds with their agreement figures, the
+stopping reason, the filters and options, and provenance (project, backbone, alearn
+version). It never holds a URL, a token or a clock time, so the same store and options
+always give the same card.
 """
 
 from __future__ import annotations
@@ -83,6 +84,18 @@ def layout(fmt: str, weights: bool) -> list[str]:
     return files + (["class_weights.json: train class weights"] if weights else [])
 
 
+def _shortfalls(shortfalls: Sequence[dict[str, str]]) -> list[str]:
+    """The card's lines on classes missing from a split with a non-zero share."""
+    if not shortfalls:
+        return ["Every class has items in every split with a non-zero share."]
+    return ["Classes missing from a split with a non-zero share (that split cannot "
+            "measure them):", "",
+            *_table(["class", "split", "why"],
+                    [[f["class"], f["split"], f["reason"]] for f in shortfalls]),
+            "", "Label more items of these classes (`alearn round start`), or export fewer "
+            "splits (e.g. `--split 0.9,0.1,0`)."]
+
+
 def render_card(info: dict[str, Any]) -> str:
     """Markdown for the card; ``info`` is what :func:`alearn.export.dataset.export_dataset`
     gathered (see the keys used below)."""
@@ -147,8 +160,8 @@ def render_card(info: dict[str, Any]) -> str:
               f"{opts['near_duplicate_distance']} bits are grouped, and a group never spans "
               f"two splits. Near-duplicate groups: {info['n_dup_groups']}, holding "
               f"{info['n_dup_items']} items (column `group`); the largest has "
-              f"{info['largest_group']}.", "",
-              "## Images", ""]
+              f"{info['largest_group']}.", ""]
+    lines += _shortfalls(info["shortfalls"]) + ["", "## Images", ""]
     if opts["resize"]:
         lines += [f"Resized to {opts['resize']} x {opts['resize']} ({opts['fit']}: "
                   + ("letterboxed on black" if opts["fit"] == "pad" else "center-cropped")

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExportSummary:
-    """What an export wrote. ``counts`` is {split: {class: image files}}."""
+    """What an export wrote. ``counts`` is {split: {class: image files}}; ``shortfalls``
+    lists each class missing from a split with a non-zero share, as {class, split, reason}."""
 
     out: str
     format: str
@@ -56,6 +57,7 @@ class ExportSummary:
     largest_group: int = 1
     class_weights: dict[str, float] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    shortfalls: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +180,7 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
         counts=counts, train_before_balance={c: plan["train_before"].get(c, 0) for c in classes},
         removed=removed, n_copies=len(bal.copies), n_dropped=len(dropped),
         n_dup_groups=plan["n_dup_groups"], largest_group=plan["largest_group"],
-        class_weights=bal.weights, stats=stats.to_dict())
+        class_weights=bal.weights, stats=stats.to_dict(), shortfalls=plan["shortfalls"])
     files.write_json(tmp / "classes.json", [{"index": i, "name": c, "folder": dirs[c]}
                                        for i, c in enumerate(classes)])
     files.write_json(tmp / "stats.json", {"split": "train", "resize": opts["resize"],
@@ -200,7 +202,7 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
         "rounds": card.rounds_summary(project),
         "stopping_reason": card.stopping_reason(project),
         "n_dup_groups": plan["n_dup_groups"], "n_dup_items": plan["n_dup_items"],
-        "largest_group": plan["largest_group"],
+        "largest_group": plan["largest_group"], "shortfalls": plan["shortfalls"],
         "stats": summary.stats, "layout": card.layout(fmt, bal.weights is not None),
     }
     (tmp / "README.md").write_text(card.render_card(info), encoding="utf-8")

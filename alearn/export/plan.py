@@ -2,7 +2,8 @@
 
 :func:`check_options` checks and normalises the options; :func:`make_plan` hashes each
 image, groups near-duplicates, assigns whole groups to train/validation/test
-(:mod:`alearn.export.splits`) and decides how the train split is balanced
+(:mod:`alearn.export.splits`), lists the classes missing from a split (``shortfalls``: each
+a class, a split and the reason) and decides how the train split is balanced
 (:mod:`alearn.export.balance`). :mod:`alearn.export.dataset` then writes the files.
 """
 
@@ -67,9 +68,16 @@ def make_plan(project: Project, records: list[dict[str, Any]], opts: dict[str, A
     groups = splits.near_duplicate_groups(hashes, max_distance=opts["near_duplicate_distance"])
     classes = project.config.classes
     index = {c: i for i, c in enumerate(classes)}
+    label_idx = [index[r["label"]] for r in records]
     split_idx = splits.stratified_group_split(
-        [index[r["label"]] for r in records], groups.tolist(), opts["fractions"],
-        n_classes=len(classes), seed=opts["seed"])
+        label_idx, groups.tolist(), opts["fractions"], n_classes=len(classes), seed=opts["seed"])
+    shortfalls = [{"class": classes[c], "split": splits.SPLIT_NAMES[s], "reason": why}
+                  for c, s, why in splits.split_shortfalls(
+                      label_idx, groups.tolist(), split_idx.tolist(), opts["fractions"],
+                      n_classes=len(classes))]
+    for f in shortfalls:
+        log.warning("export: class %s has no item in the %s split: %s", f["class"], f["split"],
+                    f["reason"])
     sizes = Counter(groups.tolist())
     for rec, h, g, s in zip(records, hashes, groups, split_idx, strict=True):
         rec.update(split=splits.SPLIT_NAMES[s], phash=f"{h:016x}", group=records[g]["id"])
@@ -80,7 +88,8 @@ def make_plan(project: Project, records: list[dict[str, Any]], opts: dict[str, A
     return {"balance": plan, "train_before": Counter(r["label"] for r in train),
             "n_dup_groups": sum(1 for n in sizes.values() if n > 1),
             "n_dup_items": sum(n for n in sizes.values() if n > 1),
-            "largest_group": _largest_group(sizes, len(records), opts)}
+            "largest_group": _largest_group(sizes, len(records), opts),
+            "shortfalls": shortfalls}
 
 
 def _largest_group(sizes: Counter, n: int, opts: dict[str, Any]) -> int:

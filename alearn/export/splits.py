@@ -4,8 +4,9 @@ Near-identical images (a re-save, a slightly noisier copy) must never sit on bot
 of a split, or the test score measures memory. Each image gets a 64-bit perceptual hash
 (:func:`phash`); images whose hashes differ in at most ``max_distance`` bits are joined
 into one group (union-find, :func:`near_duplicate_groups`), and whole groups are assigned
-to splits by a deterministic greedy pass that keeps each class near its target share
-(:func:`stratified_group_split`).
+to splits by a deterministic greedy pass that keeps each class near its target share, then
+moved where needed so that every class with enough groups reaches every split
+(:func:`stratified_group_split`). :func:`split_shortfalls` names the classes that could not.
 """
 
 from __future__ import annotations
@@ -172,6 +173,14 @@ def stratified_group_split(
     per-class shortfall ``target - current``, summed over the group's items, is largest;
     ties go to the earlier split. With singleton groups a class of n items gets the
     split sizes a largest-deficit rounding of ``n * fractions`` gives.
+
+    That rounding leaves small classes out of small splits (5 items at 0.8/0.1/0.1: 4/1/0),
+    and with many small classes a split can end up empty. A second pass (:func:`_cover`)
+    then moves whole groups: every class with at least as many groups as there are splits
+    with a non-zero share gets a group in each of them, and no such split stays empty when
+    there are at least as many groups as such splits. Each move is the one that moves the
+    class counts least from their targets, and never takes a class's last group out of a
+    split, so a split the greedy pass already covers is left as it is.
     """
     labels_a = np.asarray(labels, dtype=np.int64)
     groups_a = np.asarray(groups, dtype=np.int64)
@@ -197,5 +206,73 @@ def stratified_group_split(
         s = int(np.argmax(gain))
         group_split[g] = s
         current[s] += counts[g]
+    _cover(group_split, counts, target, usable, order)
     split[:] = group_split[inverse]
     return split
+
+
+def _cover(group_split: np.ndarray, counts: np.ndarray, target: np.ndarray,
+           usable: np.ndarray, order: np.ndarray) -> None:
+    """Move whole groups (in place) so that each class with at least as many groups as
+    usable splits is in every usable split, and no usable split is empty while another
+    holds two groups or more."""
+    has = counts > 0
+    n_groups, k = len(group_split), int(usable.sum())
+    per_class = has.sum(axis=0)
+    eligible = per_class >= k
+    rank = np.empty(n_groups, dtype=np.int64)
+    rank[order] = np.arange(n_groups)
+    present = np.zeros_like(target)  # groups holding each class, per split
+    np.add.at(present, group_split, has.astype(float))
+    current = np.zeros_like(target)
+    np.add.at(current, group_split, counts)
+    wanted = [(int(c), int(s)) for c in np.argsort(per_class, kind="stable") if eligible[c]
+              for s in np.flatnonzero(usable)]
+    wanted += [(-1, int(s)) for s in np.flatnonzero(usable)]
+    for c, s in wanted:
+        n_in = np.bincount(group_split, minlength=len(target))
+        if (present[s, c] > 0) if c >= 0 else n_in[s] > 0:
+            continue
+        movable = (group_split != s) & (n_in[group_split] >= 2)
+        keeps = ~(has & eligible[None, :] & (present[group_split] < 2)).any(axis=1)
+        cand = movable & keeps & (has[:, c] if c >= 0 else True)
+        if c < 0 and not cand.any():
+            cand = movable  # an empty split is worse than a class missing from one
+        if not cand.any():
+            continue
+        # change in the squared distance of the counts from their targets
+        surplus = current[group_split] - target[group_split] - (current[s] - target[s])
+        cost = (2 * counts**2 - 2 * counts * surplus).sum(axis=1)
+        g = min(np.flatnonzero(cand), key=lambda i: (cost[i], rank[i]))
+        t = group_split[g]
+        present[t] -= has[g]
+        current[t] -= counts[g]
+        present[s] += has[g]
+        current[s] += counts[g]
+        group_split[g] = s
+
+
+def split_shortfalls(labels: Sequence[int], groups: Sequence[int], split: Sequence[int],
+                     fractions: Sequence[float], *, n_classes: int
+                     ) -> list[tuple[int, int, str]]:
+    """``(class, split, reason)`` for each split with a non-zero share that has no item of
+    a class, in class then split order; the reason says why the class could not be there."""
+    labels_a, groups_a = np.asarray(labels, dtype=np.int64), np.asarray(groups, dtype=np.int64)
+    split_a = np.asarray(split, dtype=np.int64)
+    usable = np.flatnonzero(np.asarray(fractions, dtype=float) > 0)
+    k, out = len(usable), []
+    for c in range(n_classes):
+        mine = labels_a == c
+        n, n_groups = int(mine.sum()), len(np.unique(groups_a[mine]))
+        if not n:
+            reason = "no exported labels"
+        elif n < k:
+            reason = f"only {n} item{'s' if n > 1 else ''}, for {k} splits"
+        elif n_groups < k:
+            reason = (f"{n} items in only {n_groups} near-duplicate group"
+                      f"{'s' if n_groups > 1 else ''}, for {k} splits (a group stays in "
+                      "one split)")
+        else:
+            reason = "its near-duplicate groups also hold other classes needed elsewhere"
+        out += [(c, int(s), reason) for s in usable if not (split_a[mine] == s).any()]
+    return out
