@@ -13,14 +13,60 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 
 from alearn.config import Settings
 from alearn.project import Project
 
-console = Console()
-err_console = Console(stderr=True)
+# the width of output that goes to a pipe, a file or CI: wide enough that no table is cut
+PIPE_WIDTH = 10_000
+
+
+class OutputConsole(Console):
+    """A console that uses the terminal's width on a terminal and never cuts anything
+    when its stream is not one (``alearn status | less``, a log file, CI): there it is
+    :data:`PIPE_WIDTH` wide, whatever ``COLUMNS``, ``FORCE_COLOR`` or stdin say.
+
+    The stream is looked at on every print, so a command run in-process with its output
+    captured (click's CliRunner) gets the pipe's width too.
+    """
+
+    def __init__(self, *args: Any, width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, width=width, **kwargs)
+        self._width_given = width is not None  # else Rich may have taken COLUMNS
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if not self._width_given and not _writes_to_terminal(self):
+            return ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+        self._width_given = True
+
+    @property
+    def width(self) -> int:
+        return self.size.width
+
+    @width.setter
+    def width(self, width: int) -> None:
+        self._width, self._width_given = width, True
+
+
+def _writes_to_terminal(con: Console) -> bool:
+    isatty = getattr(con.file, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+console = OutputConsole()
+err_console = OutputConsole(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,11 +102,15 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def print_table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+def print_table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None,
+                headers: dict[str, str] | None = None) -> None:
+    """Rows as a table; ``headers`` gives a column (a row's key) a human name. A cell that
+    does not fit the terminal is folded onto more lines, never cut."""
     columns = columns or (list(rows[0]) if rows else [])
+    headers = headers or {}
     table = Table(title=title)
     for col in columns:
-        table.add_column(col)
+        table.add_column(headers.get(col, col), overflow="fold")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     console.print(table)
