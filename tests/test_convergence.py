@@ -265,7 +265,7 @@ def test_stable_heads_converge_with_a_stabilizing_rule(tmp_path: Path) -> None:
         CLASSES.index(truth[i]) for i in stop]
     assert m2.convergence["stop_kappa"] == 1.0 and m2.converged is True
     assert m2.convergence["summary"].startswith("converged because stabilizing "
-                                                   "(stop-set kappa 1.000 >= 0.95")
+                                                   "(stop-set Cohen's kappa 1.000 >= 0.95")
 
 
 def test_a_bad_rule_does_not_stop_the_close(tmp_path: Path) -> None:

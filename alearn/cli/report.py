@@ -9,6 +9,7 @@ import click
 from alearn.cli.common import (
     Context,
     console,
+    fmt,
     json_option,
     pass_ctx,
     print_json,
@@ -17,6 +18,12 @@ from alearn.cli.common import (
     round_number_option,
 )
 from alearn.exceptions import AlearnError
+
+# the names people read for the keys of a round in 'alearn status --json'
+ROUND_HEADERS = {"batch_size": "batch size", "model_version": "model",
+                 "labels_spent": "labels spent", "cv_accuracy": "cv accuracy",
+                 "kappa": "mean pairwise Cohen's kappa", "consensus_items": "consensus items",
+                 "flagged": "low agreement"}
 
 
 @click.command("report")
@@ -62,7 +69,9 @@ def agreement_cmd(ctx: Context, number: int | None, as_json: bool) -> None:
     if summary["annotators"]:
         print_table("Annotators", summary["annotators"],
                     ["annotator", "items", "accuracy (Dawid-Skene)", "accuracy vs others",
-                     "peer kappa", "gold accuracy", "median s", "flag"])
+                     "peer kappa", "gold accuracy", "median s", "flag"],
+                    headers={"peer kappa": "mean Cohen's kappa with peers",
+                             "median s": "median seconds"})
 
 
 @click.command("status")
@@ -92,7 +101,9 @@ def status(ctx: Context, as_json: bool) -> None:
     print_table("Trusted labels by class",
                 [{"class": c, "labels": n} for c, n in info["trusted_by_class"].items()])
     if info["rounds"]:
-        print_table("Rounds", info["rounds"])
+        rounds = [{k: fmt(v) if isinstance(v, float) else v for k, v in r.items()}
+                  for r in info["rounds"]]
+        print_table("Rounds", rounds, headers=ROUND_HEADERS)
     cur = info["current_round"]
     if cur:
         console.print(

@@ -42,7 +42,7 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
                         ("gwet_ac1", "Gwet's AC1")):
         out["figures"].append(_row(label, getattr(report, name)))
     for cls, est in report.per_class.items():
-        out["figures"].append(_row(f"alpha, {cls} vs rest", est))
+        out["figures"].append(_row(f"Krippendorff's alpha, {cls} vs rest", est))
     for pair in report.pairwise_kappa.to_dict()["pairs"]:
         out["pairwise"].append({"a": pair["a"], "b": pair["b"], **_cells(pair)})
     # the same figures and flag rule as round close

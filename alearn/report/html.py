@@ -178,7 +178,8 @@ def _agreement(fig: Figures, closed: list[Rounds], threshold: float) -> str:
     kappa = [m.kappa for _, m in rows]
     fleiss = [_interval((m.agreement or {}).get("fleiss_kappa")) for _, m in rows]
     alpha = [_interval((m.agreement or {}).get("krippendorff_alpha")) for _, m in rows]
-    grid = table(["round", "mean pairwise kappa", "Fleiss' kappa", "95% CI", "alpha", "95% CI"],
+    grid = table(["round", "mean pairwise Cohen's kappa", "Fleiss' kappa", "95% CI",
+                  "Krippendorff's alpha", "95% CI"],
                  [[n, k, f[0], f"{fmt(f[1])} to {fmt(f[2])}", a[0],
                    f"{fmt(a[1])} to {fmt(a[2])}"]
                   for n, k, f, a in zip(numbers, kappa, fleiss, alpha, strict=True)])
@@ -254,7 +255,7 @@ def _annotators(fig: Figures, closed: list[Rounds], threshold: float) -> str:
              a.get("gold_accuracy"), a.get("n_gold"), a.get("median_seconds"),
              "; ".join(a.get("reasons") or []) or ("flagged" if a.get("flagged") else "")]
             for a in people]
-    grid = table(["annotator", "items", "leave-one-out accuracy", "peer kappa",
+    grid = table(["annotator", "items", "leave-one-out accuracy", "mean Cohen's kappa with peers",
                   "gold accuracy", "gold items", "median seconds", "flagged because"],
                  rows, ["flagged" if a.get("flagged") else "" for a in people])
     shown = [a for a in people if a.get("loo_accuracy") is not None]
@@ -281,10 +282,10 @@ def _rounds_table(rounds: list[Rounds]) -> str:
                      cons or None, len(m.adjudication_items), m.converged,
                      r.model_version, r.closed_at, r.error])
     columns = ["round", "status", "strategy", "items", "overlap", "labels", "labels total",
-               "kappa", "alpha", "cv accuracy", "consensus", "to adjudicate", "converged",
-               "model", "closed", "error"]
+               "mean pairwise Cohen's kappa", "Krippendorff's alpha", "cv accuracy",
+               "consensus", "to adjudicate", "converged", "model", "closed", "error"]
     if not any(r.error for r, _ in rounds):
         columns, rows = columns[:-1], [row[:-1] for row in rows]
-    return ("<h2>Rounds</h2><p>Highlighted: rounds whose mean pairwise kappa fell below the "
-            "agreement threshold.</p>" + table(
+    return ("<h2>Rounds</h2><p>Highlighted: rounds whose mean pairwise Cohen's kappa fell "
+            "below the agreement threshold.</p>" + table(
                 columns, rows, ["flagged" if m.flagged else "" for _, m in rounds]))

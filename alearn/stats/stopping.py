@@ -111,11 +111,13 @@ def stabilizing(kappas: Sequence[float | None], *, threshold: float = 0.99,
     last = kappas[-1] if len(kappas) else None
     if last is None:
         return Signal("stabilizing", False, None,
-                      "no stop-set kappa yet (needs heads from two successive rounds)")
+                      "no stop-set Cohen's kappa yet (needs heads from two successive "
+                      "rounds)")
     run = _trailing(kappas, lambda v: v >= threshold)
     op = ">=" if last >= threshold else "<"
     return Signal("stabilizing", run >= k, float(last),
-                  f"stop-set kappa {last:.3f} {op} {threshold:g}, {min(run, k)} of {k} rounds")
+                  f"stop-set Cohen's kappa {last:.3f} {op} {threshold:g}, {min(run, k)} of "
+                  f"{k} rounds")
 
 
 def accuracy_gains(curve: Sequence[tuple[float, float | None]]) -> list[float]:
