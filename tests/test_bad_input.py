@@ -229,7 +229,6 @@ CLI_CASES: list[tuple[str, list[str], dict[str, str], Setup, str]] = [
     ("ingest-images-outside-root", ["ingest", "--images", "/tmp"], {}, None, "image root"),
     ("plan-batch-zero", ["round", "plan", "--batch-size", "0"], {}, None, "--batch-size"),
     ("plan-strategy", ["round", "plan", "--strategy", "nope"], {}, None, "strategy"),
-    ("plan-no-embeddings", ["round", "plan"], {}, None, "embed"),
     ("start-overlap-zero", ["round", "start", "--overlap", "0"], {}, None, "--overlap"),
     ("start-strategy", ["round", "start", "--strategy", "nope"], {}, None, "strategy"),
     ("start-shards-zero", ["round", "start", "--embed-shards", "0"], {}, None, "--embed-shards"),

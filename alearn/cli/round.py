@@ -34,10 +34,14 @@ def round_group() -> None:
 @pass_ctx
 def round_plan(ctx: Context, batch_size: int | None, strategy: str | None,
                as_json: bool) -> None:
-    """Preview the next batch (item, path, score, predicted class); nothing is pushed."""
+    """Preview the next batch (item, path, score, predicted class); nothing is pushed.
+    Images not embedded yet are embedded first, as 'alearn embed' does."""
     from alearn.query.selection import plan_batch
+    from alearn.query.strategies import check_strategy_name
 
     check_strategy(strategy)
+    check_strategy_name(strategy or ctx.project.config.rounds.strategy)  # before any work
+    _embed_missing(ctx, as_json)
     plan = plan_batch(ctx.project, batch_size=batch_size, strategy=strategy)
     if as_json:
         print_json(plan.to_dict())
@@ -47,6 +51,21 @@ def round_plan(ctx: Context, batch_size: int | None, strategy: str | None,
     rows = [{"rank": it.rank, "item": it.item_id, "path": it.path, "score": f"{it.score:.3f}",
              "predicted": it.predicted} for it in plan.items]
     print_table("Planned batch", rows, ["rank", "item", "path", "score", "predicted"])
+
+
+def _embed_missing(ctx: Context, as_json: bool) -> None:
+    """Embed the ingested images the feature cache lacks (nothing to do is cheap: no
+    weights are loaded); says so on stderr, so that --json stays clean."""
+    import sys
+
+    from alearn.features.pipeline import embed_project
+
+    summary = embed_project(ctx.project, progress=not as_json and sys.stderr.isatty())
+    if summary.computed or summary.failed:
+        err_console.print(f"Embedded {summary.computed} new images first ('alearn embed'), "
+                          f"{len(summary.failed)} failed"
+                          + (": see 'alearn embed'." if summary.failed else "."),
+                          highlight=False)
 
 
 @round_group.command("start")

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from alearn.exceptions import EmptyPoolError
 from alearn.model import training
@@ -154,11 +154,7 @@ def plan_batch(
     taken = set(labels) | chosen
     in_pool = ~np.isin(ids, np.fromiter(taken | set(exclude), dtype=np.int64))
     if not in_pool.any():
-        raise EmptyPoolError(
-            f"nothing to select: {len(ids)} embedded items, {len(labels)} labeled, "
-            f"{len(chosen)} already selected. Add images with 'alearn ingest', then "
-            "'alearn embed'."
-        )
+        raise EmptyPoolError(_empty_pool_hint(project, len(ids), len(labels), len(chosen)))
     head, version, n_train = _head(project, model_version)
     counts = Counter(labels.values())
     name = choose_strategy(cfg.rounds.model_copy(update={"strategy": requested}), counts,
@@ -215,6 +211,22 @@ def gold_count(batch_size: int, rate: float, available: int) -> int:
     if rate <= 0 or available <= 0 or batch_size < 2:
         return 0
     return min(max(1, round(batch_size * rate)), available, batch_size - 1)
+
+
+def _empty_pool_hint(project: Project, n_embedded: int, n_labeled: int,
+                     n_chosen: int) -> str:
+    """Why nothing is left to select, with the command that fixes that cause."""
+    with project.store.session() as s:
+        n_items = s.scalar(select(func.count()).select_from(Item)) or 0
+    if n_items == 0:
+        return "nothing to select: no images are ingested yet. Run 'alearn ingest'."
+    if n_embedded < n_items:
+        return (f"nothing to select: {n_items - n_embedded} of {n_items} ingested items are "
+                f"not embedded yet ({n_labeled} labeled, {n_chosen} already selected). "
+                "Run 'alearn embed'.")
+    return (f"nothing to select: all {n_items} items are labeled ({n_labeled}) or already "
+            f"selected ({n_chosen}). Add images under the image root, then run 'alearn "
+            "ingest' and 'alearn embed'.")
 
 
 def _gold_candidates(project: Project, *, exclude: set[int], chosen: set[int],
