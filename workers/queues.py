@@ -184,30 +184,44 @@ def take_over_dead_schedulers(conn: Redis, queue_names: list[str]) -> list[str]:
     A scheduler is dead when its heartbeat is older than :data:`SCHEDULER_STALE_SECONDS`,
     or, on this host, when its process is gone.
     """
-    from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+    from rq.scheduler import RQScheduler
 
     freed = []
-    now = time.time()
     for queue in queue_names:
         key = RQScheduler.get_locking_key(queue)
         holder = conn.get(key)
         if holder is None:
             continue
-        info = {_text(k): _text(v) for k, v in
-                conn.hgetall(SCHEDULER_KEY_TEMPLATE % _text(holder)).items()}
-        beat = _parse_utc(info.get("last_heartbeat"))
-        if beat is None:  # no hash yet: a starting scheduler, unless its lock went stale
-            ttl = conn.ttl(key)
-            dead = 0 <= ttl < 60 - SCHEDULER_STALE_SECONDS
-        else:
-            dead = now - beat > SCHEDULER_STALE_SECONDS
-        if not dead and info.get("hostname") == _HOST and info.get("pid", "").isdigit():
-            dead = not pid_alive(int(info["pid"]))
-        if dead and conn.eval(_RELEASE_IF_HOLDER, 1, key, holder):
+        if _scheduler_dead(conn, key, holder) and conn.eval(_RELEASE_IF_HOLDER, 1, key, holder):
             freed.append(queue)
             log.warning("worker_event=scheduler_taken_over queue=%s dead_scheduler=%s",
                         queue, _text(holder))
     return freed
+
+
+def scheduler_alive(conn: Redis, queue: str) -> bool:
+    """Whether a live scheduler holds ``queue``'s scheduler lock (read only)."""
+    from rq.scheduler import RQScheduler
+
+    key = RQScheduler.get_locking_key(queue)
+    holder = conn.get(key)
+    return holder is not None and not _scheduler_dead(conn, key, holder)
+
+
+def _scheduler_dead(conn: Redis, key: str, holder: bytes | str) -> bool:
+    from rq.scheduler import SCHEDULER_KEY_TEMPLATE
+
+    info = {_text(k): _text(v) for k, v in
+            conn.hgetall(SCHEDULER_KEY_TEMPLATE % _text(holder)).items()}
+    beat = _parse_utc(info.get("last_heartbeat"))
+    if beat is None:  # no hash yet: a starting scheduler, unless its lock went stale
+        ttl = conn.ttl(key)
+        dead = 0 <= ttl < 60 - SCHEDULER_STALE_SECONDS
+    else:
+        dead = time.time() - beat > SCHEDULER_STALE_SECONDS
+    if not dead and info.get("hostname") == _HOST and info.get("pid", "").isdigit():
+        dead = not pid_alive(int(info["pid"]))
+    return dead
 
 
 #: A worker with no heartbeat for this long is dead (ours beat every 15 s when idle and

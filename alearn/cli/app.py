@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from alearn.cli.common import Context, err_console
+from alearn.cli.doctor import doctor
 from alearn.cli.export import export_cmd
 from alearn.cli.ls import ls_group
 from alearn.cli.project import embed_cmd, ingest_cmd, init
@@ -48,7 +49,7 @@ def cli(click_ctx: click.Context, project_dir: Path | None, verbose: int) -> Non
 
 
 for _command in (init, ingest_cmd, embed_cmd, round_group, ls_group, status, agreement_cmd,
-                 report_cmd, export_cmd, worker, webhook):
+                 report_cmd, export_cmd, worker, webhook, doctor):
     cli.add_command(_command)
 
 
