@@ -54,7 +54,8 @@ def failure_of(conn: Redis, job_id: str | None) -> tuple[str, str]:
     except NoSuchJobError:
         return "unknown", "its job vanished"
     if job.get_status(refresh=True) == JobStatus.FAILED:
-        lines = (job.exc_info or "").strip().splitlines()
+        result = job.latest_result()
+        lines = ((result.exc_string if result else "") or "").strip().splitlines()
         return str(job.meta.get("step", "unknown")), (lines[-1] if lines else "failed")
     for dep in job.dependency_ids:
         if job_state(conn, dep) == "failed":
