@@ -90,6 +90,21 @@ def test_train_head_records_deterministic_version_and_cv(project, pool):
     assert training.train_head(project).version != rec.version
 
 
+def test_a_head_fitted_outside_a_round_is_claimed_by_the_next_round(project, pool):
+    # close and the report fit through current_head with no round; the round's train job
+    # that reuses that fit records its round, so a head's provenance is kept
+    _label(project, range(1, 13), pool["truth"])
+    first = training.train_head(project)
+    assert first.round_id is None
+    with project.store.session() as s:
+        s.add(Round(id=7, number=1, status="planned", strategy="margin", batch_size=5,
+                    overlap=3))
+    again = training.train_head(project, round_id=7)
+    assert again.version == first.version and again.round_id == 7
+    with project.store.session() as s:
+        assert s.scalars(select(ModelRecord.round_id)).all() == [7]
+
+
 def test_new_embeddings_change_the_pool_stats_and_the_version(project, pool):
     _label(project, range(1, 13), pool["truth"])
     before = training.train_head(project).version

@@ -17,7 +17,8 @@ from pathlib import Path
 import joblib
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from alearn.atomic import write_with
 from alearn.config_sections import HeadConfig
@@ -226,20 +227,29 @@ def train_head(project: Project, *, round_id: int | None = None) -> ModelRecord 
         existing = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
     if existing is not None and existing.path and Path(existing.path).is_file() and \
             store.get_meta(f"model_sha256:{version}") == sha256_file(Path(existing.path)):
+        if round_id is not None and existing.round_id is None:  # fitted first by a close
+            with store.session() as s:
+                s.execute(update(ModelRecord).where(ModelRecord.id == existing.id)
+                          .values(round_id=round_id))
+            existing.round_id = round_id
         return existing
     head = make_head(project).fit(X, y)
     cv = cv_accuracy(make_head(project), X, y)
     path = project.models_dir / f"{version}.joblib"
     _atomic_dump(head, path)
     store.set_meta(f"model_sha256:{version}", sha256_file(path))
-    with store.session() as s:
-        record = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
-        if record is None:
-            record = ModelRecord(version=version, round_id=round_id, n_train=len(y),
-                                 cv_accuracy=cv, path=str(path))
-            s.add(record)
-        else:  # its file had gone missing: rewritten above
-            record.path = str(path)
+    try:
+        with store.session() as s:
+            record = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
+            if record is None:
+                record = ModelRecord(version=version, round_id=round_id, n_train=len(y),
+                                     cv_accuracy=cv, path=str(path))
+                s.add(record)
+            else:  # its file had gone missing: rewritten above
+                record.path = str(path)
+    except IntegrityError:  # another process recorded the same fit meanwhile
+        with store.session() as s:
+            record = s.scalars(select(ModelRecord).where(ModelRecord.version == version)).one()
     logger.info("model_event=trained model_version=%s round=%s n_train=%d cv_accuracy=%s",
                 version, round_id, len(y), cv)
     return record
