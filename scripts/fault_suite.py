@@ -720,7 +720,8 @@ def foreign_task(sc: Scenario) -> dict[str, Any]:
     paths = sc.paths()
     real = sc.tasks()[0]
     item = int(real["data"]["item_id"])
-    (fake,) = sc.admin().import_tasks(sc.ls_project, [{"data": {**real["data"]}}])
+    with sc.admin() as admin:
+        (fake,) = admin.import_tasks(sc.ls_project, [{"data": {**real["data"]}}])
     for a in sc.world.team:
         _post_annotation(sc, a.token, fake, choice_result(wrong_of(paths[item])))
     sc.label()
@@ -746,10 +747,11 @@ def _changed_after_close(change: str) -> Callable[[Scenario], dict[str, Any]]:
         task = sc.tasks()[0]
         ann = task["annotations"][0]
         path = paths[int(task["data"]["item_id"])]
-        if change == "edited":
-            sc.admin().update_annotation(int(ann["id"]), result=choice_result(wrong_of(path)))
-        else:
-            sc.admin().delete_annotation(int(ann["id"]))
+        with sc.admin() as admin:
+            if change == "edited":
+                admin.update_annotation(int(ann["id"]), result=choice_result(wrong_of(path)))
+            else:
+                admin.delete_annotation(int(ann["id"]))
         from alearn.rounds.lifecycle import is_stale
 
         t = sc.wait(lambda: bool(is_stale(sc.project.store, rid)),

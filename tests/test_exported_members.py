@@ -35,6 +35,7 @@ EXPECTED_PUBLIC_NAMES = {
     "ProjectNotFound",
     "Ratings",
     "RoundError",
+    "RoundMetrics",
     "STRATEGIES",
     "Settings",
     "Store",

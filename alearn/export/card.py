@@ -39,10 +39,8 @@ def rounds_summary(project: Project) -> list[dict[str, Any]]:
 
 def stopping_reason(project: Project) -> str:
     """``alearn.rounds.convergence.convergence_status(project).summary``, or 'not assessed'."""
-    try:
-        from alearn.rounds.convergence import convergence_status
-    except ImportError:
-        return "not assessed (no convergence check available)"
+    from alearn.rounds.convergence import convergence_status
+
     try:
         status = convergence_status(project)
         return str(status.summary or ("converged" if status.converged else "not converged"))

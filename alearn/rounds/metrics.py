@@ -174,14 +174,6 @@ def put(rnd: Round, metrics: RoundMetrics) -> None:
     rnd.metrics = metrics.to_json()
 
 
-def load(store: Store, round_id: int) -> RoundMetrics:
-    with store.session() as s:
-        rnd = s.get(Round, round_id)
-        if rnd is None:
-            raise RoundError(f"round id {round_id} does not exist in the store.")
-        return of(rnd)
-
-
 @contextmanager
 def editing(store: Store, round_id: int) -> Iterator[RoundMetrics]:
     """Change a round's metrics in one transaction: ``with editing(store, rid) as m:``."""
