@@ -1,5 +1,6 @@
 """The operator's round commands that act on the queues: ``alearn round retry``,
-``alearn round abort`` and ``alearn round close``.
+``alearn round abort`` and ``alearn round close`` (which refuses a round with open tasks
+unless ``--force``).
 
 ``alearn round start`` is :func:`workers.orchestrate.start_round`: a close may start
 the next round too.
@@ -11,13 +12,16 @@ from typing import Any
 
 from redis import Redis
 from rq import Retry
+from sqlalchemy import func, select
 
 from alearn.exceptions import RoundError
 from alearn.project import Project
 from alearn.rounds.lifecycle import (
     ABORTED,
     ACTIVE,
+    COLLECTING,
     FAILED,
+    PUSHED,
     active_round,
     get_round,
     record_event,
@@ -25,6 +29,7 @@ from alearn.rounds.lifecycle import (
     resume_point,
     transition,
 )
+from alearn.store import Annotation, Round, Selection
 from workers import jobs
 from workers.enqueue import (
     CHAIN,
@@ -82,15 +87,60 @@ def abort_round(project: Project, conn: Redis, round_id: int) -> dict[str, Any]:
     return withdrawn
 
 
-def close_now(project: Project, conn: Redis, round_id: int) -> dict[str, Any]:
+def open_tasks(project: Project, round_id: int) -> int:
+    """The round's pushed tasks that have fewer mirrored annotations than its overlap
+    (Label Studio still serves them)."""
+    with project.store.session() as s:
+        rnd = s.get(Round, round_id)
+        if rnd is None:
+            raise RoundError(f"no round {round_id}")
+        votes = (select(Annotation.ls_task_id, func.count().label("n"))
+                 .where(Annotation.round_id == round_id)
+                 .group_by(Annotation.ls_task_id).subquery())
+        return s.scalar(
+            select(func.count()).select_from(Selection)
+            .outerjoin(votes, votes.c.ls_task_id == Selection.ls_task_id)
+            .where(Selection.round_id == round_id, Selection.ls_task_id.is_not(None),
+                   func.coalesce(votes.c.n, 0) < rnd.overlap)) or 0
+
+
+def close_now(project: Project, conn: Redis, round_id: int, *,
+              force: bool = False) -> dict[str, Any]:
     """``alearn round close``: pull, close (or recompute a stale closed round) in this
-    process, then what follows a close."""
+    process, then what follows a close.
+
+    A pushed or collecting round whose tasks do not all have their overlap is refused
+    unless ``force``; with ``force`` it closes on the votes given, then its open tasks
+    leave Label Studio as in ``alearn round abort`` (unlabeled ones removed, partly
+    labeled ones locked), and the result says so under ``withdrawn``.
+    """
     pulled = jobs.pull_job(str(project.root))
+    if isinstance(pulled, Retry):
+        raise RoundError(BUSY)
+    rnd = get_round(project.store, round_id)
+    n_open = open_tasks(project, round_id)
+    if n_open and not force and rnd.status in (PUSHED, COLLECTING):
+        raise RoundError(
+            f"round {rnd.number} has {n_open} open tasks (fewer than {rnd.overlap} votes). "
+            f"'alearn round close --round {rnd.number} --force' closes it on the votes given, "
+            "removes its unlabeled tasks from Label Studio and locks its partly labeled "
+            "ones; or wait for the votes.")
     closed = jobs.close_job(str(project.root), round_id, force=True)
-    if isinstance(pulled, Retry) or isinstance(closed, Retry):
-        raise RoundError("a worker is pulling or closing this round right now; run "
-                         "'alearn round close' again in a few seconds.")
+    if isinstance(closed, Retry):
+        raise RoundError(BUSY)
+    if force and n_open and project.store.get_meta("ls_project_id") is not None:
+        from labelstudio.client import connect_label_studio
+        from labelstudio.push import withdraw_round
+
+        with connect_label_studio(project.settings) as client:
+            withdrawn = withdraw_round(project.store, client, round_id).to_dict()
+        record_event(project.store, round_id, "force_closed", open=n_open, **withdrawn)
+        closed["withdrawn"] = withdrawn
     nxt = follow_close(project, conn, round_id, closed)
     if nxt is not None:
         closed["next_round"] = nxt
     return closed
+
+
+BUSY = ("a worker is pulling or closing this round right now; run 'alearn round close' "
+        "again in a few seconds.")

@@ -124,23 +124,31 @@ def round_sync(ctx: Context, wait: bool) -> None:
 
 @round_group.command("close")
 @round_number_option("the active round")
+@click.option("--force", is_flag=True,
+              help="Close even with open tasks: those nobody labeled are removed from Label "
+                   "Studio, partly labeled ones locked; votes given are kept and counted.")
 @json_option
 @pass_ctx
-def round_close(ctx: Context, number: int | None, as_json: bool) -> None:
-    """Close a round now: pull, then agreement, consensus and metrics. A closed round
-    marked stale (a vote changed after it closed) is recomputed."""
+def round_close(ctx: Context, number: int | None, force: bool, as_json: bool) -> None:
+    """Close a round now: pull, then agreement, consensus and metrics. A round with open
+    tasks (fewer votes than its overlap) needs --force. A closed round marked stale (a
+    vote changed after it closed) is recomputed."""
     from alearn.rounds import metrics as round_metrics
     from workers.commands import close_now
 
     rnd = round_by_number(ctx, number)
-    result = close_now(ctx.project, redis_connection(ctx), rnd.id)
+    result = close_now(ctx.project, redis_connection(ctx), rnd.id, force=force)
     if as_json:
         print_json(result)
         return
     m = round_metrics.RoundMetrics.from_json(result)
+    gone = result.get("withdrawn")
     console.print(f"Round {rnd.number} closed: {m.labels_spent} labels, "
                   f"mean pairwise Cohen's kappa {fmt(m.kappa)}, cv accuracy "
                   f"{fmt(m.cv_accuracy)}, consensus {m.consensus}."
+                  + (f" Open tasks: {gone['deleted']} unlabeled removed from Label Studio, "
+                     f"{gone['locked']} partly labeled locked (their votes counted)."
+                     if gone else "")
                   + (f" Round {result['next_round']} started." if result.get("next_round")
                      else ""))
 
