@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 from collections import Counter
 from html.parser import HTMLParser
@@ -22,8 +24,14 @@ from alearn.config import Settings
 from alearn.exceptions import ConfigError
 from alearn.model import training
 from alearn.project import Project
+from alearn.report import plots
 from alearn.report.html import load_reference, write_report
-from tests.test_convergence import make_project, run_round
+from alearn.report.sections import FLAG_SETTING, ls_project_url
+from alearn.rounds import metrics as round_metrics
+from alearn.rounds.close import MIN_ITEMS, close_round, wilson_upper
+from alearn.rounds.lifecycle import PUSHED, create_round, transition
+from alearn.store import Annotation, Round, Selection
+from tests.test_convergence import CLASSES, make_project, run_round
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "apt-get update -qq && apt-get install -y -qq chromium (scripts/setup does it)"
@@ -64,6 +72,47 @@ def two_rounds(tmp_path: Path) -> Project:
     labels = dict(zip(ids, truth, strict=True))
     run_round(project, ids[:12], labels, wrong=1)
     run_round(project, ids[12:24], labels, wrong=6, annotation_base=1000)
+    return project
+
+
+#: long names, as e-mail logins are: the tables must still fit
+PEOPLE = [f"annotator.number.{k}.with.a.long.login@example.org" for k in range(6)]
+LS_URL = "http://ls.example.org:8080/label-studio/"
+
+
+@pytest.fixture
+def many_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """Five closed rounds of 15 items, three votes each from six annotators in turn; the
+    last annotator is wrong on most items, and each round has two three-way ties (sent to
+    adjudication). The last round carries a long error text; the adjudication project is
+    Label Studio project 7."""
+    monkeypatch.setenv("ALEARN_LS_URL", LS_URL)
+    monkeypatch.setenv("ALEARN_LS_TOKEN", "tok-very-secret-456")
+    project, ids, truth = make_project(tmp_path, n=120, stop_set_size=20)
+    project.settings = Settings()
+    project.config.agreement.annotator_min_accuracy = 0.65
+    store, n = project.store, 0
+    for number in range(5):
+        rnd = create_round(store, strategy="random", batch_size=15, overlap=3)
+        with store.session() as s:
+            for rank, item in enumerate(ids[number * 15:(number + 1) * 15]):
+                s.add(Selection(round_id=rnd.id, item_id=item, rank=rank, score=0.0))
+                for k in range(3):
+                    who = PEOPLE[(rank + k + number) % len(PEOPLE)]
+                    label = truth[item]
+                    if rank < 2:  # a three-way tie
+                        label = CLASSES[(CLASSES.index(label) + k) % 3]
+                    elif who == PEOPLE[-1] and rank % 4:
+                        label = CLASSES[(CLASSES.index(label) + 1) % 3]
+                    n += 1
+                    s.add(Annotation(ls_annotation_id=n, ls_task_id=n, item_id=item,
+                                     round_id=rnd.id, annotator=who, label=label,
+                                     lead_time=3.0))
+        transition(store, rnd.id, PUSHED)
+        close_round(project, rnd.id)
+    with store.session() as s:
+        s.get(Round, rnd.id).error = "push failed: " + "/very/long/path" * 20
+    store.set_meta("ls_adjudication_project_id", 7)
     return project
 
 
@@ -117,8 +166,81 @@ def test_empty_project_says_no_data(project: Project, tmp_path: Path) -> None:
     out = write_report(project, tmp_path / "empty.html")
     html = out.read_text(encoding="utf-8")
     assert image_srcs(html) == [] and not list((tmp_path / "empty_files").glob("*.png"))
-    assert html.count('class="nodata"') == 6  # every section but convergence says so
+    assert html.count('class="nodata"') == 7  # every section but convergence says so
     assert "not assessed: no round closed yet" in html
+
+
+def test_annotator_chart_spans_rounds_and_draws_the_flag_rule(
+        many_rounds: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart gets every round of every annotator, the flag threshold the rounds were
+    closed with, named by its setting, and a point is flagged exactly when its bar (the
+    90% upper bound, on enough items) ends below that line."""
+    drawn: dict = {}
+    draw = plots.annotator_rounds
+
+    def spy(series: list, path: Path, **kw: object) -> Path:
+        drawn.update(kw, series=dict(series))
+        return draw(series, path, **kw)
+
+    monkeypatch.setattr(plots, "annotator_rounds", spy)
+    html = write_report(many_rounds, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert drawn["threshold"] == 0.65 and drawn["setting"] == FLAG_SETTING
+    assert f"<code>{FLAG_SETTING}</code> = 0.65" in html
+    assert set(drawn["series"]) == set(PEOPLE)
+    assert all([p[0] for p in pts] == [1, 2, 3, 4, 5] for pts in drawn["series"].values())
+    stored = {(r.number, a["annotator"]): a
+              for r, m in round_metrics.by_round(many_rounds.store) for a in m.annotators}
+    flags = 0
+    for name, points in drawn["series"].items():
+        for number, value, upper, flagged in points:
+            a = stored[(number, name)]
+            assert value == a["model_accuracy"]
+            assert upper == pytest.approx(wilson_upper(value, a["n_items"]))
+            # no gold items here: the flag is the Dawid-Skene rule, nothing else
+            assert flagged is a["flagged"] is (a["n_items"] >= MIN_ITEMS and upper < 0.65)
+            flags += flagged
+    assert flags == 5  # the bad annotator, in every round
+    assert all(p[3] for p in drawn["series"][PEOPLE[-1]])
+    # its table row: highlighted, with the reason and every round it was flagged in
+    row = re.search(rf'<tr class="flagged"><td class="long">{re.escape(PEOPLE[-1])}</td>'
+                    r"(.*?)</tr>", html)
+    assert row and "90% upper bound" in row.group(1) and "1, 2, 3, 4, 5" in row.group(1)
+
+
+def test_pending_adjudications_link_to_label_studio(many_rounds: Project,
+                                                    tmp_path: Path) -> None:
+    html = write_report(many_rounds, tmp_path / "r.html").read_text(encoding="utf-8")
+    section = html[html.index("<h2>Adjudication</h2>"):html.index("<h2>Rounds</h2>")]
+    assert "<b>10 pending</b>" in section
+    link = "http://ls.example.org:8080/label-studio/projects/7/"
+    assert f'<a href="{link}">{link}</a>' in section
+    assert "tok-very-secret-456" not in html
+    # nothing pending: no link; no project yet: how one is made
+    many_rounds.store.set_meta("ls_adjudication_project_id", None)
+    html = write_report(many_rounds, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "/projects/" not in html and "--role reviewer" in html
+
+
+def test_ls_project_url() -> None:
+    assert ls_project_url("http://h:8080", 3) == "http://h:8080/projects/3/"
+    assert ls_project_url("https://h/ls/?x=1#y", "12") == "https://h/ls/projects/12/"
+    assert ls_project_url("http://[::1]:8080/", 5) == "http://[::1]:8080/projects/5/"
+    for bad in (None, 0, "7/../../x", '7"><script>'):
+        assert ls_project_url("http://h:8080", bad) is None
+
+
+def test_report_is_written_0644_whatever_the_umask(two_rounds: Project, tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        out = write_report(two_rounds, tmp_path / "r.html")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    files = tmp_path / "r_files"
+    assert stat.S_IMODE(files.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files.glob("*.png")}
+    assert modes == dict.fromkeys(PLOTS, 0o644)
+    assert not list(tmp_path.glob(".tmp-*"))
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -157,6 +279,54 @@ def test_report_renders_in_chromium(two_rounds: Project, tmp_path: Path) -> None
     assert _loaded(dom) == (len(PLOTS) - 1, len(PLOTS))
 
 
+#: appended to a copy of the page: records, on <body>, the page's scroll width and every
+#: table that needs scrolling (its box scrolls, or it reaches past the window)
+MEASURE = """<script>window.addEventListener("load", function () {
+  var d = document.documentElement, wide = [];
+  document.querySelectorAll("table").forEach(function (t, i) {
+    var box = t.parentElement;
+    if (box.scrollWidth > box.clientWidth || t.scrollWidth > t.clientWidth
+        || t.getBoundingClientRect().right > d.clientWidth) {
+      wide.push(i + ":" + box.scrollWidth + ">" + box.clientWidth); }
+  });
+  document.body.dataset.scrollWidth = d.scrollWidth;
+  document.body.dataset.clientWidth = d.clientWidth;
+  document.body.dataset.tables = document.querySelectorAll("table").length;
+  document.body.dataset.wideTables = wide.join(" ");
+});</script>"""
+
+
+def _layout(tmp_path: Path, html: Path, extra: str = "") -> dict[str, str]:
+    """The page's widths in a 1280 px wide window, as MEASURE records them."""
+    check = html.with_name("check.html")  # beside the page, so that its plots load
+    check.write_text(html.read_text(encoding="utf-8").replace(
+        "</body>", f"{extra}{MEASURE}</body>"), encoding="utf-8")
+    dom = _chromium(tmp_path, "--window-size=1280,2000", "--dump-dom", check.as_uri()).stdout
+    body = re.search(r"<body[^>]*>", dom)
+    assert body, dom[:500]
+    found = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(0)))
+    assert "scroll-width" in found, f"the measuring script did not run: {body.group(0)}"
+    return found
+
+
+@pytest.mark.slow  # starts a headless Chromium
+def test_report_fits_1280_px_in_chromium(many_rounds: Project, tmp_path: Path) -> None:
+    """Five rounds (one with a long error), six annotators with long logins: at 1280 px
+    nothing needs horizontal scrolling, the page nor any table."""
+    out = write_report(many_rounds, tmp_path / "report.html")
+    found = _layout(tmp_path, out)
+    assert int(found["tables"]) >= 6
+    assert int(found["scroll-width"]) <= int(found["client-width"]) <= 1280, found
+    assert found["wide-tables"] == "", found
+    assert found["images-loaded"] == found["images-total"] == str(len(PLOTS))
+    # the check can fail: tables whose cells may not wrap need scrolling
+    found = _layout(tmp_path, out, "<style>th,td{white-space:nowrap}</style>")
+    assert found["wide-tables"] != "" and int(found["scroll-width"]) <= 1280, found
+    found = _layout(tmp_path, out, "<style>.scroll{overflow:visible}table{max-width:none}"
+                                   "th,td{white-space:nowrap}</style>")
+    assert int(found["scroll-width"]) > 1280, found
+
+
 def test_cli_report(two_rounds: Project, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "cli" / "r.html"
@@ -172,3 +342,4 @@ def test_cli_report(two_rounds: Project, tmp_path: Path) -> None:
                               "--reference", str(bad)])
     assert isinstance(res.exception, ConfigError) and "--reference" in str(res.exception)
     shutil.rmtree(out.parent)
+

@@ -4,8 +4,11 @@
 Sections: the convergence verdict, the learning curve (with a random-sampling reference
 from ``scripts/bench_label_efficiency.py`` when one is given), agreement per round with
 95% bootstrap intervals, the class distribution, the head's cross-validated confusion
-matrix, annotator quality and the rounds table. A section without data says so instead
-of drawing an empty plot. Only the store's contents go in: no database URL, no token.
+matrix, annotator quality over all rounds against the flag rule, pending adjudications
+(linked to the Label Studio adjudication project) and the rounds tables. A section
+without data says so instead of drawing an empty plot. Only the store's contents go in:
+no database URL, no token. The page and its plots are written 0644 and the plots' folder
+0755, whatever the umask, so that the team and a web server can read them.
 """
 
 from __future__ import annotations
@@ -13,26 +16,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from collections import Counter, defaultdict
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from alearn.atomic import write_text
+from alearn.atomic import write_with
 from alearn.exceptions import AlearnError, ConfigError
 from alearn.project import Project
-from alearn.report import plots
-from alearn.report.markup import Figures, fmt, nodata, page, table
+from alearn.report import plots, sections
+from alearn.report.markup import FILE_MODE, Figures, fmt, nodata, page, table
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.convergence import convergence_status
-from alearn.store import Round
 
 log = logging.getLogger(__name__)
 
-#: a round and its metrics
-Rounds = tuple[Round, round_metrics.RoundMetrics]
+Rounds = sections.Rounds
 
 
 def write_report(project: Project, out: Path | str, *, reference: Path | str | None = None) -> Path:
@@ -47,6 +49,7 @@ def write_report(project: Project, out: Path | str, *, reference: Path | str | N
         out = out / "report.html"
     files = out.parent / f"{out.stem}_files"
     files.mkdir(parents=True, exist_ok=True)
+    files.chmod(0o755)
     for old in files.glob("*.png"):  # plots from an earlier report that may have no data now
         old.unlink()
     ref = load_reference(Path(reference), overlap=project.config.rounds.overlap) if reference \
@@ -62,10 +65,17 @@ def write_report(project: Project, out: Path | str, *, reference: Path | str | N
         _agreement(fig, closed, project.config.agreement.kappa_threshold),
         _classes(fig, project, head),
         _confusion(fig, project, head),
-        _annotators(fig, closed, project.config.agreement.annotator_min_accuracy),
-        _rounds_table(rounds),
+        sections.annotators(fig, closed, project.config.agreement.annotator_min_accuracy),
+        sections.adjudication(project),
+        sections.rounds_tables(rounds),
     ]
-    write_text(out, page(f"alearn report: {project.config.name}", body))
+    text = page(f"alearn report: {project.config.name}", body).encode("utf-8")
+
+    def fill(f: BinaryIO) -> None:
+        os.fchmod(f.fileno(), FILE_MODE)  # before the rename: readers never see another mode
+        f.write(text)
+
+    write_with(out, fill)
     log.info("report written to %s (%d plots)", out, fig.count)
     return out
 
@@ -243,49 +253,3 @@ def _confusion_matrix(truth: list, pred: list, classes: list[str]) -> np.ndarray
         if t in index and p in index:
             out[index[t], index[p]] += 1
     return out
-
-
-def _annotators(fig: Figures, closed: list[Rounds], threshold: float) -> str:
-    title = "<h2>Annotator quality</h2>"
-    latest = next(((r, m) for r, m in reversed(closed) if m.annotators), None)
-    if latest is None:
-        return title + nodata("no closed round with annotators.")
-    number, people = latest[0].number, latest[1].annotators
-    rows = [[a["annotator"], a.get("n_items"), a.get("loo_accuracy"), a.get("peer_kappa"),
-             a.get("gold_accuracy"), a.get("n_gold"), a.get("median_seconds"),
-             "; ".join(a.get("reasons") or []) or ("flagged" if a.get("flagged") else "")]
-            for a in people]
-    grid = table(["annotator", "items", "leave-one-out accuracy", "mean Cohen's kappa with peers",
-                  "gold accuracy", "gold items", "median seconds", "flagged because"],
-                 rows, ["flagged" if a.get("flagged") else "" for a in people])
-    shown = [a for a in people if a.get("loo_accuracy") is not None]
-    intro = f"<p>Round {number}. Flagged annotators are highlighted.</p>"
-    if not shown:
-        return title + intro + grid + nodata("no leave-one-out accuracy to plot.")
-    return title + intro + fig.html(
-        "annotators.png", lambda p: plots.annotator_accuracy(
-            [str(a["annotator"]) for a in shown], [a["loo_accuracy"] for a in shown],
-            [bool(a.get("flagged")) for a in shown], p, threshold=threshold),
-        "Accuracy against the majority of the other annotators; red: flagged.",
-        "annotator accuracy") + grid
-
-
-def _rounds_table(rounds: list[Rounds]) -> str:
-    if not rounds:
-        return "<h2>Rounds</h2>" + nodata("no rounds yet (alearn round start).")
-    rows = []
-    for r, m in rounds:
-        cons = ", ".join(f"{k} {v}" for k, v in m.consensus.items())
-        rows.append([r.number, r.status, r.strategy,
-                     r.batch_size if m.tasks is None else m.tasks, r.overlap,
-                     m.labels_spent, m.labels_spent_total, m.kappa, m.alpha, m.cv_accuracy,
-                     cons or None, len(m.adjudication_items), m.converged,
-                     r.model_version, r.closed_at, r.error])
-    columns = ["round", "status", "strategy", "items", "overlap", "labels", "labels total",
-               "mean pairwise Cohen's kappa", "Krippendorff's alpha", "cv accuracy",
-               "consensus", "to adjudicate", "converged", "model", "closed", "error"]
-    if not any(r.error for r, _ in rounds):
-        columns, rows = columns[:-1], [row[:-1] for row in rows]
-    return ("<h2>Rounds</h2><p>Highlighted: rounds whose mean pairwise Cohen's kappa fell "
-            "below the agreement threshold.</p>" + table(
-                columns, rows, ["flagged" if m.flagged else "" for _, m in rounds]))

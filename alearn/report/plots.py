@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 
 BLUE, ORANGE, GREEN, RED, GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f"
 Interval = tuple[float | None, float | None, float | None]  # value, ci_low, ci_high
+#: an annotator and their (round, value, upper bound, flagged) points
+AnnotatorSeries = tuple[str, Sequence[tuple[int, float, float, bool]]]
 
 
 def _figure(width: float = 7.0, height: float = 3.6) -> tuple[Figure, Axes]:
@@ -146,20 +148,37 @@ def confusion(matrix: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def annotator_accuracy(names: Sequence[str], accuracy: Sequence[float], flagged: Sequence[bool],
-                       path: Path, *, threshold: float | None = None) -> Path:
-    """Leave-one-out accuracy per annotator; flagged annotators in red."""
-    fig, ax = _figure(7.0, max(2.0, 0.4 * len(names) + 1.2))
-    y = np.arange(len(names))
-    ax.barh(y, accuracy, color=[RED if f else BLUE for f in flagged])
-    for yi, a, f in zip(y, accuracy, flagged, strict=True):
-        ax.text(min(a, 1.0) + 0.01, float(yi), f"{a:.2f}" + ("  flagged" if f else ""),
-                va="center", fontsize=8, color=RED if f else "black")
-    if threshold is not None:
-        ax.axvline(threshold, linestyle=":", color=RED, label=f"flag below {threshold:g}")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_yticks(y, list(names))
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.15)
-    ax.set_xlabel("accuracy against the other annotators' majority (leave-one-out)")
+def annotator_rounds(series: Sequence[AnnotatorSeries], path: Path, *, threshold: float,
+                     setting: str) -> Path:
+    """Each annotator's estimated accuracy in every round, with a bar up to its 90% upper
+    bound, and the flag threshold as a line: a point is red when that round flagged the
+    annotator. ``series``: ``(name, [(round, value, upper bound, flagged), ...])``."""
+    fig, ax = _figure(8.0, 4.0)
+    rounds = sorted({p[0] for _, points in series for p in points})
+    spread = min(0.5, 0.12 * len(series))
+    colours = [f"C{j % 10}" for j in range(len(series))]
+    for j, (name, points) in enumerate(series):
+        shift = (j / max(len(series) - 1, 1) - 0.5) * spread if len(series) > 1 else 0.0
+        x = np.array([p[0] for p in points], dtype=float) + shift
+        v = np.array([p[1] for p in points], dtype=float)
+        up = np.array([p[2] for p in points], dtype=float)
+        ax.errorbar(x, v, yerr=[np.zeros_like(v), np.maximum(up - v, 0)], fmt="o-",
+                    color=colours[j], capsize=3, markersize=5, linewidth=1.2,
+                    label=name if len(name) <= 30 else f"{name[:16]}…{name[-12:]}")
+        red = [i for i, p in enumerate(points) if p[3]]
+        if red:
+            ax.plot(x[red], v[red], "X", color=RED, markersize=11, markeredgecolor="black",
+                    zorder=5)
+    if any(p[3] for _, points in series for p in points):
+        ax.plot([], [], "X", color=RED, markersize=9, markeredgecolor="black", label="flagged")
+    ax.axhline(threshold, linestyle=":", color=RED, linewidth=1.5,
+               label=f"{setting} = {threshold:g}")
+    r = np.asarray(rounds, dtype=float)
+    step = _step(len(rounds))
+    ax.set_xticks(r[::step], [f"R{int(n)}" for n in rounds][::step])
+    ax.set_xlim(r.min() - 0.6, r.max() + 0.6)
+    ax.set_ylim(min(0.0, threshold - 0.1), 1.05)
+    ax.set_xlabel("round")
+    ax.set_ylabel("estimated accuracy (Dawid-Skene)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, path)
