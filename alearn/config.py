@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from alearn import atomic
+from alearn.class_tables import ClassTables
 from alearn.config_sections import (
     AgreementConfig,
     ConvergenceConfig,
@@ -28,7 +29,6 @@ from alearn.config_sections import (
     IngestConfig,
     LabelStudioConfig,
     RoundsConfig,
-    Section,
 )
 from alearn.exceptions import ConfigError
 
@@ -41,11 +41,11 @@ __all__ = [
 CONFIG_NAME = "alearn.toml"
 
 
-class ProjectConfig(Section):
+class ProjectConfig(ClassTables):
     """The contents of ``alearn.toml``."""
 
     name: str = Field("alearn", description="Project name, shown in reports and Label Studio.")
-    classes: list[str] = Field(..., description="Class names, in order.")
+    classes: list[str] = Field(..., description="Class names in order, or [classes.<name>] tables.")
     image_root: str = Field(
         "images", description="Folder holding the images; relative paths are to this file."
     )
@@ -98,12 +98,13 @@ def load_config(path: Path) -> ProjectConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror}).") from None
     try:
-        return ProjectConfig.model_validate(data)
+        cfg = ProjectConfig.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
+    return cfg.examples_checked(path)
 
 
 def render_config(cfg: ProjectConfig) -> str:
@@ -115,8 +116,9 @@ def render_config(cfg: ProjectConfig) -> str:
         value = getattr(cfg, name)
         if isinstance(value, BaseModel):
             sections.append((name, value))
-        else:
+        elif name != "classes" or not cfg.class_table_lines():
             lines += _render_field(field.description, name, value)
+    lines += cfg.class_table_lines()
     for name, section in sections:
         lines += ["", f"[{name}]"]
         for fname, field in type(section).model_fields.items():

@@ -143,10 +143,12 @@ class LabelStudioConfig(Section):
 
 class ConvergenceConfig(Section):
     rule: str = Field(
-        "budget or pool_exhausted or (stabilizing and (plateau or human_ceiling))",
+        "budget or targets or pool_exhausted or (stabilizing and (plateau or human_ceiling))",
         description=(
             "When the project has converged: and/or/not over the signals stabilizing, "
-            "plateau, human_ceiling, budget and pool_exhausted."
+            "plateau, human_ceiling, budget, pool_exhausted and targets (every class with a "
+            "[classes.<name>] target has that many trusted labels; a stopping criterion by "
+            "default, for information only in a rule that does not name it)."
         ),
     )
     stop_set_size: int = Field(

@@ -134,6 +134,8 @@ class LSClient:
             "show_collab_predictions": p.show_collab_predictions,
             "sampling": p.sampling,
             "model_version": p.model_version,
+            "expert_instruction": p.expert_instruction,
+            "show_instruction": p.show_instruction,
         }
 
     def create_project(self, **fields: Any) -> int:

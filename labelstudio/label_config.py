@@ -3,6 +3,9 @@
 One image and one single-choice question. Each class gets a hotkey: ``1``-``9``, then
 ``0``, then letters (``u`` is skipped: Label Studio binds it to "unselect region").
 Classes beyond the last hotkey get none.
+
+:func:`instructions_html` writes the instructions Label Studio shows annotators (the
+project's ``expert_instruction``) from the classes' ``[classes.<name>]`` tables.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from html import escape
 from xml.sax.saxutils import quoteattr
 
+from alearn.class_tables import ClassSpec
 from alearn.exceptions import ConfigError
 
 #: Names used in the XML; annotations and predictions refer to them.
@@ -75,3 +80,42 @@ def choice_result(label: str) -> list[dict]:
             "value": {"choices": [label]},
         }
     ]
+
+
+def _text(value: str) -> str:
+    return "<br>".join(escape(line, quote=False) for line in value.strip().splitlines())
+
+
+def _attr(value: str) -> str:
+    return escape(value, quote=False).replace('"', "&quot;")
+
+
+def instructions_html(classes: Sequence[str], specs: Mapping[str, ClassSpec],
+                      example_url: Callable[[str], str]) -> str:
+    """The annotators' instructions: per class its name and hotkey, description, guidance
+    and example images (``example_url`` maps an example to the URL Label Studio loads).
+
+    All text is escaped, and the markup is what Label Studio's HTML cleaning keeps as it
+    is, so the stored instructions equal these. Empty when no class has a description,
+    guidance or example.
+    """
+    names = _check(classes)
+    empty = ClassSpec()
+    if all(specs.get(n, empty).model_dump(exclude={"target"})
+           == empty.model_dump(exclude={"target"}) for n in names):
+        return ""
+    parts = ["<h2>Classes</h2>"]
+    for name, key in zip(names, hotkeys(len(names)), strict=True):
+        spec = specs.get(name, empty)
+        hk = f" <kbd>{escape(key)}</kbd>" if key else ""
+        parts.append(f"<h3>{_text(name)}{hk}</h3>")
+        if spec.description.strip():
+            parts.append(f"<p>{_text(spec.description)}</p>")
+        if spec.guidance.strip():
+            parts.append(f"<p><b>Guidance:</b> {_text(spec.guidance)}</p>")
+        if spec.examples:
+            imgs = " ".join(
+                f'<img src="{_attr(example_url(e))}" alt="{_attr(f"{name} example {i}")}" '
+                'height="120">' for i, e in enumerate(spec.examples, 1))
+            parts.append(f"<p>{imgs}</p>")
+    return "\n".join(parts)

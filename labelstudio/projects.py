@@ -2,10 +2,13 @@
 
 :func:`ensure_project` creates or updates the Label Studio project idempotently: its
 title, labeling interface and whether annotators see predictions, and the image root
-as a local storage. It never touches ``maximum_annotations``: a round's overlap has one
-source of truth, the round, and :func:`labelstudio.push.push_round` sets it. So
-``alearn ls up`` in the middle of a round started with ``--overlap`` changes nothing
-about that round. The store's ``meta`` table remembers the project:
+as a local storage, and the annotators' instructions (``expert_instruction``, shown on
+the labeling page) when a class of alearn.toml has a description, guidance or examples;
+without them Label Studio's instructions are left as they are. It never touches
+``maximum_annotations``: a round's overlap has one source of truth, the round, and
+:func:`labelstudio.push.push_round` sets it. So ``alearn ls up`` in the middle of a round
+started with ``--overlap`` changes nothing about that round. The store's ``meta`` table
+remembers the project:
 
 ``ls_project_id``       the Label Studio project id
 ``ls_url``              the server it lives on
@@ -22,12 +25,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from alearn.class_tables import is_url
 from alearn.config import ProjectConfig
 from alearn.exceptions import ConfigError, LabelStudioError
 from alearn.store import Store
 from labelstudio.client import LSClient
-from labelstudio.label_config import config_hash, label_config
-from labelstudio.urls import image_url_base, storage_path
+from labelstudio.label_config import config_hash, instructions_html, label_config
+from labelstudio.urls import image_url, image_url_base, storage_path
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +43,23 @@ def project_title(cfg: ProjectConfig) -> str:
     return title if len(title) >= 3 else f"alearn {title}".strip()  # LS wants >= 3 chars
 
 
-def project_fields(cfg: ProjectConfig) -> dict[str, Any]:
-    """The main project's settings that set-up owns (never ``maximum_annotations``)."""
-    return {
+def project_fields(cfg: ProjectConfig, image_base: str = "") -> dict[str, Any]:
+    """The main project's settings that set-up owns (never ``maximum_annotations``).
+
+    ``image_base`` is what task image URLs start with (:func:`labelstudio.urls.
+    image_url_base`): example images under the image root are served the same way.
+    """
+    fields: dict[str, Any] = {
         "title": project_title(cfg),
         "label_config": label_config(cfg.classes),
         "show_collab_predictions": cfg.labelstudio.show_predictions,
     }
+    html = instructions_html(
+        cfg.classes, {c: cfg.class_spec(c) for c in cfg.classes},
+        lambda e: e if is_url(e) else image_url(image_base, e))
+    if html:
+        fields.update(expert_instruction=html, show_instruction=True)
+    return fields
 
 
 def _differs(current: object, wanted: object) -> bool:
@@ -100,7 +114,7 @@ def ensure_project(
     recorded = store.get_meta("ls_project_id")
     if recorded is not None:  # refuse a class change before touching Label Studio
         _check_classes(store, cfg, int(recorded))
-    project_id = upsert_project(store, client, "ls_project_id", project_fields(cfg),
+    project_id = upsert_project(store, client, "ls_project_id", project_fields(cfg, base),
                                 what="project")
     if recorded is None:
         store.set_meta("ls_url", client.url)

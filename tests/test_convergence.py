@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from alearn.config import ConvergenceConfig, EmbedConfig, Settings
+from alearn.config import ConvergenceConfig, EmbedConfig, ProjectConfig, Settings
 from alearn.exceptions import ConfigError
 from alearn.features.backbone import cache_key_for
 from alearn.features.cache import FeatureCache
@@ -36,6 +36,7 @@ from alearn.stats.stopping import (
     pool_exhausted,
     stabilizing,
     stop_kappa,
+    targets_reached,
 )
 from alearn.store import Annotation, Item, Selection
 
@@ -126,15 +127,28 @@ def test_budget_and_pool() -> None:
     assert not sig.met and "cache unreadable" in sig.detail
 
 
+def test_targets_reached_counts_only_classes_with_a_target() -> None:
+    sig = targets_reached({"cat": 200, "dog": 40}, {"cat": 200, "dog": 50, "bird": 0})
+    assert not sig.met and sig.value == pytest.approx(240 / 250)
+    assert sig.detail == ("1 of 2 classes short of their target: trusted labels cat 200 of "
+                          "200, dog 40 of 50")
+    sig = targets_reached({"cat": 230, "dog": 50, "bird": 1}, {"cat": 200, "dog": 50})
+    assert sig.met and sig.value == 1.0  # no class counts past its target
+    assert sig.detail.startswith("every class reached its target (2 classes)")
+    assert not targets_reached({}, {"cat": 1}).met  # a class with no label at all
+    none = targets_reached({"cat": 5}, {"cat": 0})
+    assert not none.met and none.value is None and none.detail == "no class has a target"
+
+
 # ------------------------------------------------------------------ decide
 def _signals(**met: bool) -> list[Signal]:
     return [Signal(n, met.get(n, False), None, f"{n} detail") for n in SIGNAL_NAMES]
 
 
-@pytest.mark.parametrize("combo", list(itertools.product([False, True], repeat=5)))
+@pytest.mark.parametrize("combo", list(itertools.product([False, True], repeat=6)))
 def test_default_rule_truth_table(combo: tuple[bool, ...]) -> None:
     m = dict(zip(SIGNAL_NAMES, combo, strict=True))
-    expected = m["budget"] or m["pool_exhausted"] or (
+    expected = m["budget"] or m["targets"] or m["pool_exhausted"] or (
         m["stabilizing"] and (m["plateau"] or m["human_ceiling"]))
     status = decide(_signals(**m))
     assert status.converged is expected
@@ -234,6 +248,7 @@ def test_close_records_signals_and_converges_on_budget(tmp_path: Path) -> None:
     assert c1["stop_kappa"] is None and c1["pool_remaining"] == 48 and c1["n_embedded"] == 60
     assert m1.converged is False and c1["summary"].startswith("not converged:")
     sig = {s["name"]: s for s in c1["signals"]}
+    assert "targets" not in sig and "targets" not in c1  # no target: signals as before
     assert sig["budget"]["detail"] == "36 of 72 labels spent, budget left"
     assert not sig["stabilizing"]["met"]
     # human ceiling: the head's cv accuracy against the annotators' mean loo accuracy
@@ -285,3 +300,26 @@ def test_no_features_yet(tmp_path: Path) -> None:
     sig = {s["name"]: s for s in c["signals"]}
     assert sig["pool_exhausted"]["detail"] == "no embedded items yet"
     assert not c["converged"]
+
+
+def test_close_reports_targets_and_converges_when_every_target_is_reached(
+        tmp_path: Path) -> None:
+    project, ids, truth_list = make_project(tmp_path, stop_set_size=20)
+    cfg = project.config
+    project.config = ProjectConfig.model_validate({**cfg.model_dump(), "classes": {
+        "cat": {"target": 4}, "dog": {"target": 5}, "bird": {}}})
+    truth = dict(zip(ids, truth_list, strict=True))
+
+    m1 = run_round(project, ids[:12], truth)  # 4 of each class, all trusted
+    c1 = m1.convergence
+    assert c1["targets"] == {"cat": {"trusted": 4, "target": 4},
+                             "dog": {"trusted": 4, "target": 5}}
+    sig = {s["name"]: s for s in c1["signals"]}["targets"]
+    assert not sig["met"] and sig["detail"] == (
+        "1 of 2 classes short of their target: trusted labels cat 4 of 4, dog 4 of 5")
+    assert m1.converged is False
+
+    m2 = run_round(project, ids[12:15], truth, annotation_base=1000)  # a cat, dog, bird
+    assert m2.convergence["targets"]["dog"] == {"trusted": 5, "target": 5}
+    assert m2.converged is True and m2.convergence["reasons"] == ["targets"]
+    assert m2.convergence["summary"].startswith("converged because targets (every class")

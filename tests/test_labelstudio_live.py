@@ -24,7 +24,7 @@ from alearn.team import add_member
 from labelstudio.annotators import invite_annotator, label_stream, signup_annotator
 from labelstudio.client import LSClient
 from labelstudio.label_config import choice_result
-from labelstudio.projects import ensure_project
+from labelstudio.projects import ensure_project, project_fields
 from labelstudio.pull import pull_annotations
 from labelstudio.push import push_round
 from labelstudio.server import free_port, server_status, start_server
@@ -129,6 +129,29 @@ def test_ensure_project_is_idempotent_and_refuses_class_changes(live_ls, tmp_pat
     with pytest.raises(ConfigError, match=r"added \['fish'\], removed \['bird'\]"):
         ensure_project(store, client, changed, images, **doc)
     assert client.get_project(pid)["label_config"].count("<Choice ") == 3
+
+
+def test_class_tables_become_the_annotators_instructions_with_examples(
+        live_ls, tmp_path) -> None:
+    store, images = make_store(tmp_path)
+    client = live_ls.client()
+    cfg = ProjectConfig(name=f"test {uuid.uuid4().hex[:6]}", classes={
+        "cat": {"description": 'A cat & "friends" <i>', "guidance": "Not a drawing.",
+                "examples": ["pool/img 0.png"]},
+        "dog": {"examples": ["https://example.org/dog.jpg"]}, "bird": {}})
+    pid = ensure_project(store, client, cfg, images, document_root=live_ls.document_root)
+    project = client.get_project(pid)
+    assert project["show_instruction"] is True
+    html = project["expert_instruction"]  # stored as sent: Label Studio's cleaning keeps it
+    assert html == project_fields(cfg, store.get_meta("ls_image_url_base"))["expert_instruction"]
+    assert "A cat &amp; \"friends\" &lt;i&gt;" in html and "Not a drawing." in html
+    src = html.split('<img src="', 1)[1].split('"', 1)[0]
+    assert src.startswith("/data/local-files/?d=")  # served like a task image
+    served = httpx.get(live_ls.url + src, headers={"Authorization": f"Token {live_ls.token}"})
+    assert served.status_code == 200
+    assert served.content == (images / "pool" / "img 0.png").read_bytes()
+    assert ensure_project(store, client, cfg, images, document_root=live_ls.document_root) == pid
+    assert client.get_project(pid)["expert_instruction"] == html
 
 
 # -- push -----------------------------------------------------------------------------

@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from alearn.config import ProjectConfig
 from alearn.exceptions import ConfigError
 from labelstudio.annotators import annotator_email
 from labelstudio.convert import annotation_to_record, parse_time
-from labelstudio.label_config import choice_result, config_hash, hotkeys, label_config
+from labelstudio.label_config import (
+    choice_result,
+    config_hash,
+    hotkeys,
+    instructions_html,
+    label_config,
+)
+from labelstudio.projects import project_fields
 from labelstudio.server_security import admin_credentials
 from labelstudio.urls import image_url, image_url_base
 from labelstudio.webhook import create_app
@@ -53,6 +61,28 @@ def test_label_config_refuses_bad_classes() -> None:
         label_config(["cat", "cat"])
     with pytest.raises(ConfigError):
         label_config(["only"])
+
+
+def test_instructions_escape_all_text_and_serve_examples_like_task_images() -> None:
+    cfg = ProjectConfig(classes={
+        "cat <b>": {"description": 'Says "meow" & <script>alert(1)</script>',
+                    "guidance": "line one\nline two", "examples": ["c/a b&c.png"]},
+        "dog": {"examples": ["https://example.org/d.jpg?x=1&y=2"], "target": 3},
+    })
+    fields = project_fields(cfg, "/data/local-files/?d=images/")
+    html = fields["expert_instruction"]
+    assert fields["show_instruction"] is True
+    assert "<script>" not in html and html.count("<b>") == 1  # the "Guidance:" one
+    assert "<h3>cat &lt;b&gt; <kbd>1</kbd></h3>" in html
+    assert "<p>Says \"meow\" &amp; &lt;script&gt;alert(1)&lt;/script&gt;</p>" in html
+    assert "<p><b>Guidance:</b> line one<br>line two</p>" in html
+    assert '<img src="/data/local-files/?d=images/c/a%20b%26c.png" alt="cat &lt;b&gt; ' \
+           'example 1" height="120">' in html
+    assert '<img src="https://example.org/d.jpg?x=1&amp;y=2"' in html
+    # a class with only a target, or no tables at all: Label Studio's instructions stay
+    assert instructions_html(["a", "b"], {}, str) == ""
+    plain = project_fields(ProjectConfig(classes={"a": {"target": 5}, "b": {}}))
+    assert "expert_instruction" not in plain and "show_instruction" not in plain
 
 
 def test_config_hash_is_stable_and_order_sensitive() -> None:

@@ -10,6 +10,7 @@ predictions in the round's metrics, for the next round to compare;
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from alearn.stats.stopping import (
     pool_exhausted,
     stabilizing,
     stop_kappa,
+    targets_reached,
 )
 from alearn.store import Selection, Store
 
@@ -56,8 +58,10 @@ def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMe
     head's class indices into the project's classes over the stop set, -1 where an item
     has no features, as one comma-separated string: see :func:`decode_predictions`),
     ``model_version`` of that head, ``n_embedded``, ``pool_remaining``
-    and ``notes``. Missing features or too few labels make the signals that need them
-    unmet, with the reason; they do not raise.
+    and ``notes``; when a class has a target (``[classes.<name>] target``), also the
+    ``targets`` signal and ``targets``: ``{class: {"trusted": n, "target": t}}``.
+    Missing features or too few labels make the signals that need them unmet, with the
+    reason; they do not raise.
     """
     from alearn.model import training  # scikit-learn and the feature cache: import on use
 
@@ -101,6 +105,12 @@ def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMe
         pool_exhausted(out["pool_remaining"], embedded=out["n_embedded"],
                        why="; ".join(out["notes"])),
     ]
+    targets = project.config.class_targets()
+    if targets:  # without targets, the signals are as they were
+        trusted = Counter(store.trusted_labels().values())
+        signals.append(targets_reached(trusted, targets))
+        out["targets"] = {c: {"trusted": int(trusted.get(c, 0)), "target": t}
+                          for c, t in targets.items()}
     status = decide(signals, rule=cfg.rule)
     log.info("round_event=convergence round=%s converged=%s reasons=%s stop_kappa=%s",
              round_id, status.converged, ",".join(status.reasons) or "-", out["stop_kappa"])

@@ -16,11 +16,16 @@ Signals (each a :class:`Signal`, thresholds in ``[convergence]`` of alearn.toml)
     Labels spent reach ``rounds.label_budget`` (when it is > 0).
 ``pool_exhausted``
     No embedded item is left that is unlabeled and was never selected.
+``targets``
+    Every class with a ``[classes.<name>] target`` has that many trusted labels (present
+    only when a class has a target, so without targets nothing changes).
 
 The project has converged when ``convergence.rule`` holds, by default
-``budget or pool_exhausted or (stabilizing and (plateau or human_ceiling))``: stable
-predictions alone may come from a head that stopped learning for want of informative
-items, so they must be backed by a flat learning curve or by the head matching people.
+``budget or targets or pool_exhausted or (stabilizing and (plateau or human_ceiling))``:
+stable predictions alone may come from a head that stopped learning for want of
+informative items, so they must be backed by a flat learning curve or by the head
+matching people. Targets are the dataset size the team wrote down: like the budget,
+reaching them stops; a rule without ``targets`` shows the signal for information.
 
 Arrays and numbers only; :mod:`alearn.rounds.convergence` reads them from the store.
 """
@@ -37,8 +42,8 @@ from sklearn import metrics as skmetrics
 
 from alearn.exceptions import ConfigError
 
-SIGNAL_NAMES = ("stabilizing", "plateau", "human_ceiling", "budget", "pool_exhausted")
-DEFAULT_RULE = "budget or pool_exhausted or (stabilizing and (plateau or human_ceiling))"
+SIGNAL_NAMES = ("stabilizing", "plateau", "human_ceiling", "budget", "pool_exhausted", "targets")
+DEFAULT_RULE = "budget or targets or pool_exhausted or (stabilizing and (plateau or human_ceiling))"
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,20 @@ def pool_exhausted(remaining: int | None, *, embedded: int | None,
         return Signal("pool_exhausted", False, 0.0, "no embedded items yet")
     return Signal("pool_exhausted", remaining == 0, float(remaining),
                   f"{remaining} of {embedded} embedded items never selected nor labeled")
+
+
+def targets_reached(trusted: Mapping[str, int], targets: Mapping[str, int]) -> Signal:
+    """Met when every class with a positive target has that many ``trusted`` labels
+    (counts per class). Value: the share of the targets reached, none past its target."""
+    if not (wanted := {c: int(t) for c, t in targets.items() if t > 0}):
+        return Signal("targets", False, None, "no class has a target")
+    have = {c: int(trusted.get(c, 0)) for c in wanted}
+    short = [c for c in wanted if have[c] < wanted[c]]
+    share = sum(min(have[c], t) for c, t in wanted.items()) / sum(wanted.values())
+    counts = ", ".join(f"{c} {have[c]} of {t}" for c, t in wanted.items())
+    head = (f"{len(short)} of {len(wanted)} classes short of their target" if short
+            else f"every class reached its target ({len(wanted)} classes)")
+    return Signal("targets", not short, float(share), f"{head}: trusted labels {counts}")
 
 
 # ---------------------------------------------------------------------------- the rule
