@@ -6,7 +6,8 @@ and a description (the sections are in :mod:`alearn.config_sections`); ``alearn 
 writes them all, commented, so the file documents itself.
 
 URLs and secrets never go in ``alearn.toml``: they come from ``ALEARN_*`` environment
-variables (or a token file), read by :class:`Settings`.
+variables (or a token file), read by :class:`Settings`, and for Label Studio from the
+project's stored connection (:mod:`alearn.connection`) when the environment names none.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from alearn import atomic
@@ -35,7 +36,7 @@ from alearn.exceptions import ConfigError
 __all__ = [
     "CONFIG_NAME", "AgreementConfig", "ConvergenceConfig", "EmbedConfig", "HeadConfig",
     "IngestConfig", "LabelStudioConfig", "ProjectConfig", "RoundsConfig", "Settings",
-    "load_config", "parse_classes", "render_config", "safe_url", "write_config",
+    "check_ls_url", "load_config", "parse_classes", "render_config", "safe_url", "write_config",
 ]
 
 CONFIG_NAME = "alearn.toml"
@@ -175,6 +176,9 @@ class Settings(BaseSettings):
         None, description="Shared secret Label Studio sends to the webhook receiver."
     )
     queue_prefix: str = Field("alearn", description="Prefix of the RQ queue names.")
+    # the project's stored token file, set by for_project (never read from the environment)
+    _stored_token_file: Path | None = PrivateAttr(None)
+    _stored_error: str | None = PrivateAttr(None)  # why the stored connection is unusable
 
     @classmethod
     def load(cls, **values: Any) -> Settings:
@@ -224,23 +228,37 @@ class Settings(BaseSettings):
     @field_validator("ls_url")
     @classmethod
     def _check_ls_url(cls, value: str) -> str:
-        from urllib.parse import urlsplit
+        return check_ls_url(value)
 
-        parts = urlsplit(value.strip())
+    def for_project(self, data_dir: Path) -> Settings:
+        """These settings with the project's stored Label Studio connection
+        (:mod:`alearn.connection`, kept by 'alearn ls up' or 'alearn ls connect') where the
+        environment names none: its URL unless ALEARN_LS_URL is set, and its token unless
+        ALEARN_LS_TOKEN or ALEARN_LS_TOKEN_FILE is set, and only for its own URL.
+
+        A broken stored connection is reported when the token is asked for, so commands
+        that need no Label Studio (and 'alearn ls disconnect') still run."""
+        from alearn import connection
+
         try:
-            port_ok = parts.port is None or 0 < parts.port < 65536
-        except ValueError:
-            port_ok = False
-        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-            raise ValueError(f"{safe_url(value)!r} is not a Label Studio URL; use e.g. "
-                             "http://127.0.0.1:8080")
-        if parts.username or parts.password:
-            raise ValueError("the Label Studio URL must not carry a user or password; put "
-                             "the API token in ALEARN_LS_TOKEN")
-        return value.strip().rstrip("/")
+            stored = connection.read(data_dir)
+            url = check_ls_url(stored.url) if stored is not None else ""
+        except (ConfigError, ValueError) as exc:
+            out = self.model_copy()
+            out._stored_error = str(exc) if isinstance(exc, ConfigError) else (
+                f"{connection.folder(data_dir) / connection.URL_FILE}: {exc}. Store it "
+                "again with 'alearn ls connect URL'.")
+            return out
+        if stored is None:
+            return self
+        out = self.model_copy(update={} if "ls_url" in self.model_fields_set else {"ls_url": url})
+        if out.ls_token is None and out.ls_token_file is None and out.ls_url == url:
+            out._stored_token_file = stored.token_file
+        return out
 
     def label_studio_token(self) -> str | None:
-        """The token from ALEARN_LS_TOKEN, else from ALEARN_LS_TOKEN_FILE."""
+        """The token from ALEARN_LS_TOKEN, else from ALEARN_LS_TOKEN_FILE, else the
+        project's stored one (:meth:`for_project`)."""
         if self.ls_token is not None:
             return self.ls_token.get_secret_value()
         if self.ls_token_file is not None:
@@ -250,4 +268,29 @@ class Settings(BaseSettings):
                 raise ConfigError(
                     f"ALEARN_LS_TOKEN_FILE={self.ls_token_file}: cannot read it ({exc.strerror})."
                 ) from None
+        if self._stored_error is not None:
+            raise ConfigError(self._stored_error)
+        if self._stored_token_file is not None:
+            from alearn import connection
+
+            return connection.read_token(self._stored_token_file)
         return None
+
+
+def check_ls_url(value: str) -> str:
+    """A Label Studio base URL, checked and without its trailing slash (ValueError says
+    what is wrong, never echoing a password)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError(f"{safe_url(value)!r} is not a Label Studio URL; use e.g. "
+                         "http://127.0.0.1:8080")
+    if parts.username or parts.password:
+        raise ValueError("the Label Studio URL must not carry a user or password; put "
+                         "the API token in ALEARN_LS_TOKEN")
+    return value.strip().rstrip("/")

@@ -21,7 +21,9 @@ class Project:
     def __init__(self, root: Path, config: ProjectConfig, settings: Settings | None = None):
         self.root = root.resolve()
         self.config = config
-        self.settings = settings if settings is not None else Settings.load()
+        # the environment's settings, with the project's stored Label Studio connection
+        self.settings = (settings if settings is not None else Settings.load()).for_project(
+            self.data_dir)
 
     @classmethod
     def open(cls, start: Path | str | None = None, settings: Settings | None = None) -> Project:

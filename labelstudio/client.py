@@ -55,8 +55,9 @@ class LSClient:
     def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
         if not token:
             raise ConfigError(
-                "no Label Studio API token. Set ALEARN_LS_TOKEN (alearn ls up prints it) "
-                "or ALEARN_LS_TOKEN_FILE."
+                "no Label Studio API token. Run 'alearn ls up' (a local server) or 'alearn "
+                "ls connect URL' (yours) in the project, or set ALEARN_LS_TOKEN or "
+                "ALEARN_LS_TOKEN_FILE."
             )
         self.url = url.rstrip("/")
         # our own connection pool, so close() (or ``with``) frees its sockets
@@ -95,9 +96,9 @@ class LSClient:
         except ApiError as exc:
             if exc.status_code == 401:
                 raise LabelStudioError(
-                    f"Label Studio at {self.url} refused the API token ({what}). Set "
-                    "ALEARN_LS_TOKEN to an admin's token ('alearn ls up' prints the local "
-                    "one); a legacy token needs an organization that allows legacy tokens."
+                    f"Label Studio at {self.url} refused the API token ({what}). Give an "
+                    "admin's token ('alearn ls connect URL', or ALEARN_LS_TOKEN); a legacy "
+                    "token needs an organization that allows legacy tokens."
                 ) from None
             raise LabelStudioError(
                 f"Label Studio at {self.url} answered {exc.status_code} to {what}: "

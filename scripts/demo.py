@@ -205,7 +205,7 @@ class Demo:
         print(f"  reviewer login: {reviewer['email']} / {reviewer['password']} (decides the "
               "items in the adjudication project)")
         print("Workers keep running: start the next round with\n"
-              f"  ALEARN_PROJECT={self.project} ALEARN_LS_TOKEN=... {ALEARN} round start\n"
+              f"  ALEARN_PROJECT={self.project} {ALEARN} round start\n"
               "and label it in the browser. Stop everything with ./scripts/demo --stop")
 
     def reviewer(self) -> dict:

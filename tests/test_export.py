@@ -586,12 +586,17 @@ def test_no_token_or_password_in_any_exported_file(tmp_path, monkeypatch, pg_url
     assert settings.label_studio_token() == token
     project, _ = build_project(tmp_path, settings=settings)
     assert project.store.url == url
+    from alearn import connection  # the project's stored Label Studio connection
+
+    stored = "tok-STORED-8d3e1"
+    connection.save(project.data_dir, "http://127.0.0.1:8080", stored,
+                    image_root=project.image_root)
     for fmt in ("jsonl", "csv"):
         out = tmp_path / fmt
         export_dataset(project, out, format=fmt)
         for rel in all_files(out):
             data = (out / rel).read_bytes()
-            for secret in (token, password, "postgresql", "127.0.0.1:5432"):
+            for secret in (token, stored, password, "postgresql", "127.0.0.1:5432"):
                 assert secret.encode() not in data, (rel, secret)
     project.store.dispose()
 

@@ -113,17 +113,38 @@ def test_a_label_studio_user_reads_nothing_outside_the_image_root(served: Served
     _who, user = _annotator(served, "curious")
     project_id = served.project.store.get_meta("ls_project_id")
     root = served.project.root
-    for path in (root, root / "data", root.parent, Path("/"), Path("/etc")):
+    for path in (root, root / "data", root / "data" / "connection", root.parent, Path("/"),
+                 Path("/etc")):
         r = user.post("/api/storages/localfiles", json={
             "project": project_id, "path": str(path), "use_blob_urls": False})
         assert r.status_code >= 400, (path, r.status_code)
     for d in ("../project/secret.txt", "../project/alearn.db", "images/../../project/secret.txt",
-              "/etc/passwd", "../project/data/labelstudio/admin.json", "%2e%2e/project/secret.txt"):
+              "/etc/passwd", "../project/data/labelstudio/admin.json", "%2e%2e/project/secret.txt",
+              "../../connection/labelstudio.token", "../project/data/connection/labelstudio.token"):
         r = user.get("/data/local-files/", params={"d": d})
         assert r.status_code != 200 or b"TOP-SECRET" not in r.content, d
         assert served.token.encode() not in r.content
     ok = user.get("/data/local-files/", params={"d": "images/0.png"})
     assert ok.status_code == 200 and ok.content.startswith(b"\x89PNG")  # the images are served
+
+
+def test_ls_up_stores_the_connection_privately_outside_the_served_root(served: Served) -> None:
+    """`alearn ls up` kept the URL and the token for the project (0600, not served), and a
+    command with no ALEARN_LS_* in its environment uses them."""
+    import stat
+
+    where = served.project.data_dir / "connection"
+    token_file = where / "labelstudio.token"
+    assert token_file.read_text().strip() == served.token
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert json.loads((where / "labelstudio.json").read_text()) == {"url": served.url}
+    doc_root = served.project.data_dir / "labelstudio" / "served"
+    assert [p.name for p in doc_root.iterdir()] == ["images"]
+    env = {k: v for k, v in served.env.items() if not k.startswith("ALEARN_LS_")}
+    r = subprocess.run([ALEARN, "ls", "status"], cwd=served.project.root, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"stored connection: {served.url}" in r.stdout, r.stderr
+    assert served.token not in r.stdout + r.stderr
 
 
 def test_ssrf_protection_is_on(served: Served) -> None:

@@ -83,6 +83,7 @@ class Context:
     def project(self) -> Project:
         if self._project is None:
             self._project = Project.open(self.project_dir, self.settings)
+            self.settings = self._project.settings  # with its stored Label Studio connection
         return self._project
 
     def close(self) -> None:

@@ -116,8 +116,8 @@ def label_studio_check(settings: Settings) -> Check:
         return Check("label-studio", "fail", f"cannot reach Label Studio at {url} "
                      f"({type(exc).__name__})", "start a local one with 'alearn ls up', or "
                      "set ALEARN_LS_URL to your server's address")
-    token_fix = ("set ALEARN_LS_TOKEN (or ALEARN_LS_TOKEN_FILE) to an admin's API token; "
-                 "'alearn ls up' prints the local one")
+    token_fix = ("store an admin's API token with 'alearn ls connect URL' ('alearn ls up' "
+                 "stores the local one), or set ALEARN_LS_TOKEN (or ALEARN_LS_TOKEN_FILE)")
     if not token:
         return Check("label-studio", "fail",
                      f"Label Studio answers at {url}, but no API token is set", token_fix)

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from alearn import connection
 from alearn.cli.common import Context, console, json_option, pass_ctx, print_json, print_table
 
 
@@ -36,6 +37,7 @@ def ls_up(ctx: Context, port: int, allow_hosts: tuple[str, ...], as_json: bool) 
     from labelstudio.server_security import ADMIN_FILE, admin_credentials, local_document_root
 
     project, data_dir = ctx.project, _ls_data_dir(ctx)
+    connection.check_outside(project.data_dir, project.image_root)  # before anything starts
     creds = admin_credentials(data_dir)
     with console.status("Starting Label Studio (30-90 s the first time)..."):
         info = start_server(data_dir, image_root=project.image_root, port=port,
@@ -44,27 +46,119 @@ def ls_up(ctx: Context, port: int, allow_hosts: tuple[str, ...], as_json: bool) 
     with LSClient(info.url, creds["token"]) as client:
         ls_project = ensure_project(project.store, client, project.config, project.image_root,
                                     document_root=local_document_root(data_dir))
+    stored = connection.save(project.data_dir, info.url, creds["token"],
+                             image_root=project.image_root)
     out = {"url": info.url, "pid": info.pid, "ls_project_id": ls_project,
            "project_url": f"{info.url}/projects/{ls_project}/", "email": creds["email"],
-           "credentials_file": str(data_dir / ADMIN_FILE)}
+           "credentials_file": str(data_dir / ADMIN_FILE),
+           "connection_dir": str(stored.token_file.parent)}
     if as_json:
         print_json(out)
         return
     click.echo(f"Label Studio is up at {info.url} (pid {info.pid}); project: "
                f"{out['project_url']}\nLog in as {creds['email']} with password "
-               f"{creds['password']} (kept in {out['credentials_file']}).\n"
-               "For alearn commands and workers in this shell:\n"
-               f"  export ALEARN_LS_URL={info.url}\n  export ALEARN_LS_TOKEN={creds['token']}")
+               f"{creds['password']} (kept in {out['credentials_file']}).")
+    _say_stored(stored.token_file.parent)
+
+
+def _say_stored(where: Path) -> None:
+    """Where the connection is kept, and what overrides it."""
+    from alearn.config import Settings
+
+    click.echo(f"The URL and the API token are stored for this project in {where} (mode "
+               "0600): every alearn command and worker started in this project uses them, "
+               "no exports needed. ALEARN_LS_URL and ALEARN_LS_TOKEN (or ALEARN_LS_TOKEN_FILE) "
+               "override them.")
+    overridden = [name for name, field in (("ALEARN_LS_URL", "ls_url"),
+                                           ("ALEARN_LS_TOKEN", "ls_token"),
+                                           ("ALEARN_LS_TOKEN_FILE", "ls_token_file"))
+                  if field in Settings.load().model_fields_set]  # the environment's
+    if overridden:
+        click.echo(f"Note: {' and '.join(overridden)} set in this environment override the "
+                   "stored connection here; unset them to use it.")
+
+
+@ls_group.command("connect")
+@click.argument("url")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A file holding the API token ('-' reads it from stdin). Without it, the "
+                   "token is asked for (hidden), or read from stdin when that is not a "
+                   "terminal. The token is never taken on the command line.")
+@json_option
+@pass_ctx
+def ls_connect(ctx: Context, url: str, token_file: Path | None, as_json: bool) -> None:
+    """Use an existing Label Studio at URL: checks that it accepts the token (an admin's
+    API token), then stores the URL and the token for this project (mode 0600)."""
+    from alearn.config import check_ls_url
+    from labelstudio.client import LSClient
+
+    try:
+        url = check_ls_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
+    token = _read_token(token_file)
+    with LSClient(url, token) as client:
+        me = client.whoami()
+    stored = connection.save(ctx.project.data_dir, url, token,
+                             image_root=ctx.project.image_root)
+    out = {"url": url, "user": me["email"], "connection_dir": str(stored.token_file.parent)}
+    if as_json:
+        print_json(out)
+        return
+    click.echo(f"Label Studio at {url} accepts the token (user {me['email']}).")
+    _say_stored(stored.token_file.parent)
+
+
+def _read_token(token_file: Path | None) -> str:
+    """The token from ``--token-file`` (or stdin with '-'), else a hidden prompt on a
+    terminal, else stdin."""
+    import sys
+
+    from alearn.files import read_regular_file
+
+    if token_file is not None and str(token_file) != "-":
+        try:
+            raw = read_regular_file(token_file, 64 * 1024, limit="64 KiB for a token file")
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise click.BadParameter(f"{token_file}: {why}.", param_hint="--token-file") \
+                from None
+        text, where = raw.decode("utf-8", "replace"), f"--token-file {token_file}"
+    elif token_file is None and sys.stdin.isatty():
+        text, where = click.prompt("Label Studio API token", hide_input=True), "the prompt"
+    else:
+        text, where = sys.stdin.read(64 * 1024), "stdin"
+    token = text.strip()
+    if not token or "\n" in token:
+        raise click.UsageError(f"no token in {where}: give one line, an admin's API token "
+                               "(Label Studio: Account & Settings > Access Token).")
+    return token
+
+
+@ls_group.command("disconnect")
+@pass_ctx
+def ls_disconnect(ctx: Context) -> None:
+    """Forget this project's stored Label Studio URL and token."""
+    where = connection.folder(ctx.project.data_dir)
+    if connection.forget(ctx.project.data_dir):
+        click.echo(f"Forgot the stored Label Studio connection ({where}). Store one with "
+                   "'alearn ls up' or 'alearn ls connect URL', or set ALEARN_LS_URL and "
+                   "ALEARN_LS_TOKEN.")
+    else:
+        click.echo("No Label Studio connection is stored for this project.")
 
 
 @ls_group.command("down")
 @pass_ctx
 def ls_down(ctx: Context) -> None:
-    """Stop this project's local Label Studio."""
+    """Stop this project's local Label Studio (its stored connection is kept)."""
     from labelstudio.server import stop_server
 
     stopped = stop_server(_ls_data_dir(ctx))
     click.echo("Label Studio stopped." if stopped else "No local Label Studio was running.")
+    if connection.read(ctx.project.data_dir) is not None:
+        click.echo("The stored connection is kept: 'alearn ls up' starts the server again "
+                   "('alearn ls disconnect' forgets it).")
 
 
 @ls_group.command("status")
@@ -75,11 +169,15 @@ def ls_status(ctx: Context, as_json: bool) -> None:
     from labelstudio.server import server_status
 
     info = server_status(_ls_data_dir(ctx))
-    out = {"running": info is not None, "url": info and info.url, "pid": info and info.pid}
+    stored = connection.read(ctx.project.data_dir)
+    out = {"running": info is not None, "url": info and info.url, "pid": info and info.pid,
+           "stored_url": stored and stored.url}
     if as_json:
         print_json(out)
-    else:
-        click.echo(f"running at {info.url} (pid {info.pid})" if info else "not running")
+        return
+    click.echo(f"running at {info.url} (pid {info.pid})" if info else "not running")
+    if stored is not None:
+        click.echo(f"stored connection: {stored.url} (in {stored.token_file.parent})")
 
 
 @ls_group.group("users")
@@ -88,10 +186,14 @@ def ls_users() -> None:
 
 
 def _admin_token(ctx: Context, url: str) -> str:
-    """The admin token for ``url``: ALEARN_LS_TOKEN, else the local server's."""
-    token = ctx.settings.label_studio_token()
-    if token:
-        return token
+    """The admin token for ``url``: ALEARN_LS_TOKEN, else the stored one (only for its own
+    URL), else the local server's."""
+    settings = ctx.project.settings
+    if (settings.ls_token is not None or settings.ls_token_file is not None
+            or settings.ls_url == url.rstrip("/")):
+        token = settings.label_studio_token()
+        if token:
+            return token
     from labelstudio.server import server_status
     from labelstudio.server_security import ADMIN_FILE, admin_credentials
 
@@ -100,8 +202,9 @@ def _admin_token(ctx: Context, url: str) -> str:
     if local is not None and local.url.rstrip("/") == url.rstrip("/") and (
             data_dir / ADMIN_FILE).exists():
         return admin_credentials(data_dir)["token"]
-    raise click.UsageError(f"no admin token for {url}: set ALEARN_LS_TOKEN (an admin's "
-                           "token), or start the local server with 'alearn ls up'.")
+    raise click.UsageError(f"no admin token for {url}: store one with 'alearn ls connect "
+                           f"{url}', set ALEARN_LS_TOKEN (an admin's token), or start the "
+                           "local server with 'alearn ls up'.")
 
 
 @ls_users.command("add")
@@ -132,7 +235,7 @@ def ls_users_add(ctx: Context, name: str, role: str, existing: bool, password: s
         return
     if url is None:
         local = server_status(_ls_data_dir(ctx))
-        url = local.url if local else ctx.settings.ls_url
+        url = local.url if local else ctx.project.settings.ls_url
     if password is not None and len(password) < 8:
         raise click.BadParameter("must have at least 8 characters.", param_hint="--password")
     password = password or new_password()
