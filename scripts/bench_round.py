@@ -53,7 +53,7 @@ from labelstudio.projects import ensure_project  # noqa: E402
 from labelstudio.pull import pull_annotations  # noqa: E402
 from labelstudio.push import push_round  # noqa: E402
 from labelstudio.server import free_port, start_server, stop_server  # noqa: E402
-from labelstudio.server_security import admin_credentials  # noqa: E402
+from labelstudio.server_security import admin_credentials, local_document_root  # noqa: E402
 
 CLASSES = [f"c{i}" for i in range(10)]
 DIM = 1280
@@ -95,14 +95,16 @@ def fresh(project: Project) -> Project:
 def plan_and_push(project: Project, client: LSClient) -> tuple[int, dict[str, float]]:
     times: dict[str, float] = {}
     t = time.perf_counter()
-    train_head(fresh(project))
+    record = train_head(fresh(project))
     times["train"] = time.perf_counter() - t
     t = time.perf_counter()
     project = fresh(project)
     rnd = create_round(project.store, strategy="margin",
                        batch_size=project.config.rounds.batch_size, overlap=3)
-    record_plan(project.store, rnd.id, plan_batch(project, batch_size=rnd.batch_size,
-                                                  strategy="margin"))
+    # as the select job does: score with the version the train job returned
+    record_plan(project.store, rnd.id, plan_batch(
+        project, batch_size=rnd.batch_size, strategy="margin",
+        model_version=record.version if record else None))
     times["select"] = time.perf_counter() - t
     t = time.perf_counter()
     project = fresh(project)
@@ -135,7 +137,12 @@ def bench_pool(n: int, args: argparse.Namespace, client: LSClient, users: list[i
     t0 = time.perf_counter()
     project = make_project(workdir, n, args.labels, args.batch_size, args.seed)
     setup_s = time.perf_counter() - t0
-    ensure_project(project.store, client, project.config, project.image_root)
+    # the local server serves only links to image roots: one for this pool
+    served = local_document_root(workdir / "ls")
+    assert served is not None
+    (served / project.image_root.name).symlink_to(project.image_root.resolve())
+    ensure_project(project.store, client, project.config, project.image_root,
+                   document_root=served)
     round_id, _ = plan_and_push(project, client)
     n_ann = annotate(project, client, users, round_id)
     # --- the timed turnaround starts at the last annotation ---
