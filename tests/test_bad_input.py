@@ -52,7 +52,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def proj(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def proj_dir(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(template, tmp_path / "w", symlinks=True)
     root = tmp_path / "w" / "proj"
     cfg = (root / "alearn.toml").read_text()
@@ -301,12 +301,12 @@ REACHES_REDIS = {"webhook-no-secret"}
     pytest.param(*c[1:], id=c[0], marks=[pytest.mark.services] if c[0] in REACHES_REDIS else [])
     for c in CLI_CASES])
 def test_a_bad_input_is_one_clear_line_and_changes_nothing(
-        proj: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        proj_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         argv: list[str], env: dict[str, str], setup: Setup, words: str) -> None:
-    held = setup(proj) if setup is not None else None
+    held = setup(proj_dir) if setup is not None else None
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    before = snapshot(proj)
+    before = snapshot(proj_dir)
     try:
         code, out, err = run(argv, capsys)
     finally:
@@ -318,14 +318,14 @@ def test_a_bad_input_is_one_clear_line_and_changes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert words.lower() in lines[0].lower(), lines[0]
     assert SECRET not in out + err
-    assert snapshot(proj) == before
+    assert snapshot(proj_dir) == before
 
 
 def test_a_manifest_row_that_is_bad_is_set_aside_and_the_rest_ingested(
-        proj: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_image(proj.parent / "images" / "new.png", seed=99)
-    write_image(proj.parent / "images" / "new2.png", seed=98)
-    (proj / "m.jsonl").write_text(
+        proj_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_image(proj_dir.parent / "images" / "new.png", seed=99)
+    write_image(proj_dir.parent / "images" / "new2.png", seed=98)
+    (proj_dir / "m.jsonl").write_text(
         '{"path": "new.png", "label": "cat", "score": 1e400}\n'   # not finite
         '{"path": "new2.png", "label": "dog"}\n'
         '{"path": "new2.png", "label": "fish"}\n'                  # same path again, bad label
@@ -341,7 +341,7 @@ def test_a_manifest_row_that_is_bad_is_set_aside_and_the_rest_ingested(
     assert code == 0
 
 
-def test_verbose_shows_the_traceback(proj: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verbose_shows_the_traceback(proj_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from alearn.cli import main
     from alearn.exceptions import AlearnError
 
