@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from alearn.config import EmbedConfig, Settings
@@ -116,3 +117,14 @@ def voted_round(project: Project, votes: dict[int, list[str]], *,
             s.add(Label(item_id=ids[k], label=label, origin="manifest", is_gold=True))
     transition(store, rnd.id, PUSHED)
     return rnd.id, ids
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``alearn ARGV`` in this process: (exit code, stdout, stderr)."""
+    from alearn.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(stop.value.code or 0), out.out, out.err

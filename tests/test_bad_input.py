@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import REDIS_TEST_URL
+from factories import run_cli as run
 from factories import write_image
 
 from alearn.config import Settings
@@ -74,16 +75,6 @@ def snapshot(project_root: Path) -> str:
     finally:
         con.close()
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from alearn.cli import main
-
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(stop.value.code or 0), out.out, out.err
 
 
 # -- the cases ---------------------------------------------------------------------------

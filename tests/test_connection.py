@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from factories import run_cli as run
 
 from alearn import connection
 from alearn.config import Settings
@@ -24,16 +25,6 @@ URL = "http://127.0.0.1:18080"
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from alearn.cli import main
-
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(stop.value.code or 0), out.out, out.err
 
 
 def test_saved_private_and_read_back(project: Project) -> None:

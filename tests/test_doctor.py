@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from factories import run_cli as run
 from redis import Redis
 from rq import SimpleWorker
 
@@ -21,16 +22,6 @@ from labelstudio.server import free_port
 
 NAMES = {"project", "redis", "label-studio", "workers", "scheduler", "tick", "queues",
          "failed-jobs", "database", "rounds", "disk", "versions"}
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from alearn.cli import main
-
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(stop.value.code or 0), out.out, out.err
 
 
 def lines(out: str) -> dict[str, str]:

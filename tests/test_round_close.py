@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from factories import ingested_project, voted_round
+from factories import run_cli as run
 from ls_server import work
 from redis import Redis
 from sqlalchemy import select
@@ -26,16 +27,6 @@ CLASSES = ["cat", "dog", "bird"]
 
 def truth_of(name: str) -> str:
     return CLASSES[int(Path(name).stem) % 3]
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from alearn.cli import main
-
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(stop.value.code or 0), out.out, out.err
 
 
 def test_open_tasks_are_pushed_tasks_short_of_the_overlap(proj: Project) -> None:
