@@ -15,11 +15,8 @@ still override it. Nothing here ever puts the token in a message.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from alearn import atomic
 from alearn.exceptions import ConfigError
@@ -96,14 +93,8 @@ def save(data_dir: Path, url: str, token: str, *, image_root: Path | None = None
     if where.stat().st_mode & 0o077:
         where.chmod(0o700)
 
-    def private(text: str) -> Callable[[BinaryIO], None]:
-        def write(f: BinaryIO) -> None:
-            os.fchmod(f.fileno(), 0o600)  # before any byte is written
-            f.write(text.encode("utf-8"))
-        return write
-
-    atomic.write_with(where / TOKEN_FILE, private(token + "\n"))
-    atomic.write_with(where / URL_FILE, private(json.dumps({"url": url}) + "\n"))
+    atomic.write_text(where / TOKEN_FILE, token + "\n", mode=0o600)
+    atomic.write_text(where / URL_FILE, json.dumps({"url": url}) + "\n", mode=0o600)
     return Connection(url, where / URL_FILE, where / TOKEN_FILE)
 
 

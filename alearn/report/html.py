@@ -16,15 +16,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 from collections import Counter, defaultdict
 from html import escape
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from alearn.atomic import write_with
+from alearn.atomic import write_bytes
 from alearn.exceptions import AlearnError, ConfigError
 from alearn.project import Project
 from alearn.report import plots, sections
@@ -69,13 +68,8 @@ def write_report(project: Project, out: Path | str, *, reference: Path | str | N
         sections.adjudication(project),
         sections.rounds_tables(rounds),
     ]
-    text = page(f"alearn report: {project.config.name}", body).encode("utf-8")
-
-    def fill(f: BinaryIO) -> None:
-        os.fchmod(f.fileno(), FILE_MODE)  # before the rename: readers never see another mode
-        f.write(text)
-
-    write_with(out, fill)
+    write_bytes(out, page(f"alearn report: {project.config.name}", body).encode("utf-8"),
+                mode=FILE_MODE)
     log.info("report written to %s (%d plots)", out, fig.count)
     return out
 
