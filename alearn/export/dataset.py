@@ -34,6 +34,7 @@ from alearn.export import balance as _balance
 from alearn.export import card, files, formats, images, splits
 from alearn.export import plan as export_plan
 from alearn.export import records as export_records
+from alearn.progress import track
 from alearn.project import Project
 
 log = logging.getLogger(__name__)
@@ -245,11 +246,6 @@ def _write_image(project: Project, rec: dict[str, Any], dest: Path, opts: dict[s
 
 
 def _track(jobs: list, progress: bool) -> Any:
-    if not progress:
-        return jobs
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(jobs, description="exporting", console=Console(stderr=True))
+    return track(jobs, len(jobs), "exporting", progress, "images") if progress else jobs
 
 

@@ -236,9 +236,7 @@ def load_state(model: torch.nn.Module, sd: dict[str, torch.Tensor], *, source: s
 
 
 def track(it: Any, total: int, what: str, progress: bool) -> Any:
-    if not progress:
-        return it
-    from rich.console import Console
-    from rich.progress import track
+    """``it`` with a progress bar (batches/s and time left) on stderr when ``progress``."""
+    from alearn.progress import track as _track
 
-    return track(it, total=total, description=what, console=Console(stderr=True))
+    return _track(it, total, what, progress, "batches") if progress else it

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +41,7 @@ from alearn.ingestion.records import (
     write_batch,
 )
 from alearn.ingestion.scan import Candidate, check_images_folder, plan_candidates
+from alearn.progress import progress as progress_bar
 from alearn.project import Project
 
 logger = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ def _ingest(project: Project, *, images: Path | None, manifest: Path | None, pro
     def decode(c: Candidate) -> Decoded:
         return decode_image(c.file, max_pixels=limit, max_bytes=max_bytes)
 
-    with _progress_bar(progress, len(todo)) as advance, warnings.catch_warnings(), \
-            ThreadPoolExecutor(workers) as pool:
+    with progress_bar(progress, len(todo), "ingest", "files") as advance, \
+            warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
@@ -154,16 +155,3 @@ def _ingest(project: Project, *, images: Path | None, manifest: Path | None, pro
                 summary.added, summary.duplicate, summary.rejected, summary.skipped,
                 summary.updated)
     return summary
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("ingest", total=total)
-        yield lambda n: bar.advance(task, n)
