@@ -1,10 +1,11 @@
 """Progress on stderr for long steps: done/total, the rate and an estimate of the time left.
 
-Every long step (ingest, embed, push, export, waiting for Label Studio) shows the same
-bar through :func:`progress` (a context manager yielding ``advance(n)``) or
-:func:`track` (wrap an iterable). Disabled, both cost nothing and print nothing, so
-library calls and ``--json`` output stay clean; the CLI enables them only when stderr is
-a terminal.
+Every long step (ingest, embed, push, export) shows the same bar through
+:func:`progress` (a context manager yielding ``advance(n)``) or :func:`track` (wrap an
+iterable); a wait with nothing to count (Label Studio starting) shows the seconds
+waited against an estimate, and the time left, through :func:`waiting`. Disabled, they
+cost nothing and print nothing, so library calls and ``--json`` output stay clean; the
+CLI enables them only when stderr is a terminal.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _columns(unit: str) -> tuple[Any, ...]:
+def _columns(unit: str, *, counted: bool = True) -> tuple[Any, ...]:
+    """The bar's columns; ``counted=False`` (a wait) leaves out done/total and the rate."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -38,9 +40,9 @@ def _columns(unit: str) -> tuple[Any, ...]:
             speed = task.finished_speed or task.speed
             return Text("" if speed is None else f"{speed:,.1f} {unit}/s", style="cyan")
 
-    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TaskProgressColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn())
+    counts = (MofNCompleteColumn(), TaskProgressColumn(), RateColumn()) if counted else ()
+    return (TextColumn("{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn())
 
 
 @contextmanager
@@ -56,6 +58,31 @@ def progress(enabled: bool, total: int | None, description: str,
     with Progress(*_columns(unit), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def waiting(enabled: bool, expected_seconds: float,
+            description: str) -> Iterator[Callable[[float], None]]:
+    """Yield ``update(elapsed)`` for a wait with no items to count (a server starting):
+    a bar of the seconds waited against ``expected_seconds`` (e.g. how long the last start
+    took), with the time left. A wait that outlasts the estimate stretches it."""
+    if not enabled:
+        yield lambda elapsed: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(*_columns("s", counted=False), console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=max(expected_seconds, 1.0))
+
+        def update(elapsed: float) -> None:
+            total = bar.tasks[task].total or 1.0
+            if elapsed >= 0.95 * total:  # later than estimated: say it, do not sit at 100%
+                total = elapsed * 1.25
+            bar.update(task, completed=elapsed, total=total)
+
+        yield update
 
 
 def track(items: Iterable[T], total: int | None, description: str, enabled: bool,

@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from alearn.exceptions import RoundError
+from alearn.progress import progress as progress_bar
 from alearn.store import Item, Round, Selection, Store
 from labelstudio.client import LSClient
 from labelstudio.label_config import choice_result
@@ -116,7 +117,8 @@ def _adopt_existing(
 
 
 def push_round(
-    store: Store, client: LSClient, round_id: int, *, chunk_size: int = 500
+    store: Store, client: LSClient, round_id: int, *, chunk_size: int = 500,
+    progress: bool = False,
 ) -> PushSummary:
     """Create the Label Studio tasks (with predictions) of a round's selection.
 
@@ -124,7 +126,8 @@ def push_round(
     by an interrupted push are found and adopted, never created twice. Afterwards the
     project asks for ``round.overlap`` annotations per task (the round is the one source
     of truth for overlap: project set-up never sets ``maximum_annotations``) and serves
-    tasks by uncertainty for this round's model version.
+    tasks by uncertainty for this round's model version. ``progress`` shows a bar on
+    stderr (tasks created, the rate and the time left).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -150,21 +153,23 @@ def push_round(
             .order_by(Selection.rank, Selection.id)
         ).all()
     created = 0
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start : start + chunk_size]
-        tasks = [
-            task_payload(sel, item, rnd, image_base=image_base, model_version=version)
-            for sel, item in chunk
-        ]
-        ids = client.import_tasks(project_id, tasks)
-        with store.session() as s:
-            for (sel, _item), task_id in zip(chunk, ids, strict=True):
-                _set_task(s, sel.id, task_id)
-        created += len(ids)
-        logger.info(
-            "push chunk round_id=%s ls_project_id=%s model_version=%s tasks=%s",
-            round_id, project_id, version, len(ids),
-        )
+    with progress_bar(progress, len(todo), "push", "tasks") as advance:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            tasks = [
+                task_payload(sel, item, rnd, image_base=image_base, model_version=version)
+                for sel, item in chunk
+            ]
+            ids = client.import_tasks(project_id, tasks)
+            with store.session() as s:
+                for (sel, _item), task_id in zip(chunk, ids, strict=True):
+                    _set_task(s, sel.id, task_id)
+            created += len(ids)
+            advance(len(ids))
+            logger.info(
+                "push chunk round_id=%s ls_project_id=%s model_version=%s tasks=%s",
+                round_id, project_id, version, len(ids),
+            )
     # only now: Label Studio accepts a model_version once predictions of it exist
     client.update_project(project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
     summary = PushSummary(created=created, already_present=total - created)

@@ -14,6 +14,7 @@ the check that a pid is still it, before anything is signalled, is
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ import httpx
 from alearn import atomic
 from alearn.exceptions import ConfigError, LabelStudioError
 from alearn.processes import pid_alive
+from alearn.progress import waiting
 from labelstudio.pidfile import STATE_FILE, read_state, start_time, why_not_ours
 from labelstudio.server_security import serve_only, server_env
 from labelstudio.urls import served_link
@@ -36,6 +38,9 @@ from labelstudio.urls import served_link
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "label-studio.log"
+# how long the last start took (the estimate of the next one's), and the first one's guess
+STARTUP_FILE = "startup.json"
+FIRST_START_GUESS_S = 60.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -100,6 +105,14 @@ def log_tail(data_dir: Path | str, n: int = 30) -> str:
         return "(no log)"
 
 
+def expected_start_seconds(data_dir: Path) -> float:
+    """How long a start is expected to take: the last one's duration, else a guess."""
+    try:
+        return float(json.loads((data_dir / STARTUP_FILE).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return FIRST_START_GUESS_S
+
+
 def server_status(data_dir: Path | str) -> ServerInfo | None:
     """The server recorded in ``data_dir`` if it is alive and is the Label Studio alearn
     started there, else None."""
@@ -129,6 +142,7 @@ def start_server(
     ls_bin: str | Path | None = None,
     timeout: float = 180.0,
     allow_hosts: tuple[str, ...] | list[str] = (),
+    progress: bool = False,
 ) -> ServerInfo:
     """Start Label Studio detached and wait until ``/health`` answers.
 
@@ -149,6 +163,9 @@ def start_server(
         Overrides the document root (for example a folder above several image roots).
     timeout
         Seconds to wait for ``/health``; a first start takes 30-45 s.
+    progress
+        Show a bar on stderr while waiting: seconds waited and the time left, estimated
+        from how long the last start in ``data_dir`` took.
 
     Returns the running server; if one is already running for ``data_dir``, returns it.
     """
@@ -201,17 +218,22 @@ def start_server(
              "started": start_time(proc.pid)}
     atomic.write_json(data_dir / STATE_FILE, state)
     logger.info("label studio starting url=%s pid=%s data_dir=%s", url, proc.pid, data_dir)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabelStudioError(
-                f"Label Studio exited with code {proc.returncode} while starting. "
-                f"Last lines of {log_path}:\n{log_tail(data_dir)}"
-            )
-        if _healthy(url):
-            logger.info("label studio up url=%s pid=%s", url, proc.pid)
-            return ServerInfo(url=url, pid=proc.pid, port=port, log_path=log_path)
-        time.sleep(1.0)
+    started = time.monotonic()
+    deadline = started + timeout
+    with waiting(progress, expected_start_seconds(data_dir), "Label Studio starting") as tick:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LabelStudioError(
+                    f"Label Studio exited with code {proc.returncode} while starting. "
+                    f"Last lines of {log_path}:\n{log_tail(data_dir)}"
+                )
+            if _healthy(url):
+                took = round(time.monotonic() - started, 1)
+                atomic.write_json(data_dir / STARTUP_FILE, {"seconds": took})
+                logger.info("label studio up url=%s pid=%s seconds=%s", url, proc.pid, took)
+                return ServerInfo(url=url, pid=proc.pid, port=port, log_path=log_path)
+            time.sleep(1.0)
+            tick(time.monotonic() - started)
     stop_server(data_dir)
     raise LabelStudioError(
         f"Label Studio did not answer {url}/health within {timeout:.0f} s; stopped it. "

@@ -14,6 +14,7 @@ it never reports a success it did not earn (its dependents wait).
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -148,7 +149,9 @@ def push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
         with connect_label_studio(project.settings) as client:
             ensure_project(project.store, client, project.config, project.image_root,
                            document_root=document_root(project))
-            summary = push_round(project.store, client, round_id)
+            # a bar on a worker run in a terminal; none in a log file or under a supervisor
+            summary = push_round(project.store, client, round_id,
+                                 progress=sys.stderr.isatty())
     out = summary.to_dict()
     _report(**out)
     return out
