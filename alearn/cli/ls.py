@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from alearn import connection
-from alearn.cli.common import Context, console, json_option, pass_ctx, print_json, print_table
+from alearn.cli.common import Context, json_option, pass_ctx, print_json, print_table
 
 
 @click.group("ls")
@@ -22,7 +23,7 @@ def _ls_data_dir(ctx: Context) -> Path:
 
 @ls_group.command("up")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
-              help="Port on 127.0.0.1.")
+              envvar="ALEARN_LS_PORT", show_envvar=True, help="Port on 127.0.0.1.")
 @click.option("--allow-webhook-host", "allow_hosts", multiple=True, metavar="HOST",
               help="An address Label Studio may call: the webhook receiver's, best one of "
                    "its own such as 127.0.0.2 (the whole address is allowed); SSRF "
@@ -39,10 +40,11 @@ def ls_up(ctx: Context, port: int, allow_hosts: tuple[str, ...], as_json: bool) 
     project, data_dir = ctx.project, _ls_data_dir(ctx)
     connection.check_outside(project.data_dir, project.image_root)  # before anything starts
     creds = admin_credentials(data_dir)
-    with console.status("Starting Label Studio (30-90 s the first time)..."):
-        info = start_server(data_dir, image_root=project.image_root, port=port,
-                            username=creds["email"], password=creds["password"],
-                            token=creds["token"], allow_hosts=allow_hosts)
+    # a bar with the time left (from the last start) on a terminal; never with --json
+    info = start_server(data_dir, image_root=project.image_root, port=port,
+                        username=creds["email"], password=creds["password"],
+                        token=creds["token"], allow_hosts=allow_hosts,
+                        progress=not as_json and sys.stderr.isatty())
     with LSClient(info.url, creds["token"]) as client:
         ls_project = ensure_project(project.store, client, project.config, project.image_root,
                                     document_root=local_document_root(data_dir))
@@ -112,8 +114,6 @@ def ls_connect(ctx: Context, url: str, token_file: Path | None, as_json: bool) -
 def _read_token(token_file: Path | None) -> str:
     """The token from ``--token-file`` (or stdin with '-'), else a hidden prompt on a
     terminal, else stdin."""
-    import sys
-
     from alearn.files import read_regular_file
 
     if token_file is not None and str(token_file) != "-":
@@ -136,11 +136,15 @@ def _read_token(token_file: Path | None) -> str:
 
 
 @ls_group.command("disconnect")
+@json_option
 @pass_ctx
-def ls_disconnect(ctx: Context) -> None:
+def ls_disconnect(ctx: Context, as_json: bool) -> None:
     """Forget this project's stored Label Studio URL and token."""
     where = connection.folder(ctx.project.data_dir)
-    if connection.forget(ctx.project.data_dir):
+    forgot = connection.forget(ctx.project.data_dir)
+    if as_json:
+        print_json({"forgotten": forgot, "connection_dir": str(where)})
+    elif forgot:
         click.echo(f"Forgot the stored Label Studio connection ({where}). Store one with "
                    "'alearn ls up' or 'alearn ls connect URL', or set ALEARN_LS_URL and "
                    "ALEARN_LS_TOKEN.")
@@ -149,12 +153,17 @@ def ls_disconnect(ctx: Context) -> None:
 
 
 @ls_group.command("down")
+@json_option
 @pass_ctx
-def ls_down(ctx: Context) -> None:
+def ls_down(ctx: Context, as_json: bool) -> None:
     """Stop this project's local Label Studio (its stored connection is kept)."""
     from labelstudio.server import stop_server
 
     stopped = stop_server(_ls_data_dir(ctx))
+    if as_json:
+        print_json({"stopped": stopped,
+                    "connection_kept": connection.read(ctx.project.data_dir) is not None})
+        return
     click.echo("Label Studio stopped." if stopped else "No local Label Studio was running.")
     if connection.read(ctx.project.data_dir) is not None:
         click.echo("The stored connection is kept: 'alearn ls up' starts the server again "
@@ -270,12 +279,16 @@ def ls_users_list(ctx: Context, as_json: bool) -> None:
 
 @ls_users.command("remove")
 @click.argument("email")
+@json_option
 @pass_ctx
-def ls_users_remove(ctx: Context, email: str) -> None:
+def ls_users_remove(ctx: Context, email: str, as_json: bool) -> None:
     """Take EMAIL off the roster; their votes are set aside from the next pull on."""
     from alearn.team import remove_member
 
     if not remove_member(ctx.project.store, email):
         raise click.BadParameter(f"{email} is not on the roster ('alearn ls users list').",
                                  param_hint="EMAIL")
+    if as_json:
+        print_json({"email": email, "removed": True})
+        return
     click.echo(f"{email} is off the roster; their votes no longer count.")

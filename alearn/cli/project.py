@@ -22,14 +22,21 @@ from alearn.project import Project
     help="Folder holding the images (the image root).",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing alearn.toml.")
+@json_option
 @pass_ctx
-def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool) -> None:
+def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool,
+         as_json: bool) -> None:
     """Create DIRECTORY/alearn.toml for a new project."""
     class_list = parse_classes(classes)
     project = Project.init(
         directory, classes=class_list, images=images, settings=ctx.settings, force=force
     )
     project.store.create_all()
+    project.store.dispose()
+    if as_json:
+        print_json({"project": str(project.root), "config": str(project.root / "alearn.toml"),
+                    "classes": class_list, "image_root": str(project.image_root)})
+        return
     console.print(
         f"Initialised [bold]{project.root}[/] with {len(class_list)} classes; "
         f"images under {project.image_root}.\nNext: cd {directory} && alearn ingest"

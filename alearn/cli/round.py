@@ -100,9 +100,11 @@ def round_start(ctx: Context, batch_size: int | None, strategy: str | None,
 
 
 @round_group.command("sync")
-@click.option("--wait", is_flag=True, help="Pull now in this process instead of enqueueing.")
+@click.option("--wait", is_flag=True,
+              help="Pull now in this process instead of enqueueing (prints JSON).")
+@json_option
 @pass_ctx
-def round_sync(ctx: Context, wait: bool) -> None:
+def round_sync(ctx: Context, wait: bool, as_json: bool) -> None:
     """Pull annotations from Label Studio now (the workers also pull periodically)."""
     from workers import jobs
     from workers.enqueue import enqueue_pull
@@ -116,10 +118,12 @@ def round_sync(ctx: Context, wait: bool) -> None:
                                        "seconds, or drop --wait.")
         out["round"] = progress_round(ctx.project, redis_connection(ctx))
         print_json(out)
-    elif enqueue_pull(ctx.project, redis_connection(ctx), delay=0):
-        console.print("Pull enqueued.")
+        return
+    enqueued = enqueue_pull(ctx.project, redis_connection(ctx), delay=0)
+    if as_json:
+        print_json({"enqueued": bool(enqueued)})
     else:
-        console.print("A pull is already pending.")
+        console.print("Pull enqueued." if enqueued else "A pull is already pending.")
 
 
 @round_group.command("close")
@@ -155,26 +159,35 @@ def round_close(ctx: Context, number: int | None, force: bool, as_json: bool) ->
 
 @round_group.command("retry")
 @round_number_option("the active round, else the latest")
+@json_option
 @pass_ctx
-def round_retry(ctx: Context, number: int | None) -> None:
+def round_retry(ctx: Context, number: int | None, as_json: bool) -> None:
     """Resume a failed or stuck round from its first unfinished step, on the workers."""
     from workers.commands import retry_round
 
     rnd = round_by_number(ctx, number)
     step = retry_round(ctx.project, redis_connection(ctx), rnd.id)
+    if as_json:
+        print_json({"round": rnd.number, "round_id": rnd.id, "resumes_at": step})
+        return
     console.print(f"Round {rnd.number} resumes at {step} on the workers. Watch it with "
                   "'alearn status'.")
 
 
 @round_group.command("abort")
 @round_number_option("the active round, else the latest")
+@json_option
 @pass_ctx
-def round_abort(ctx: Context, number: int | None) -> None:
+def round_abort(ctx: Context, number: int | None, as_json: bool) -> None:
     """End a round: keep its votes, take its unlabeled tasks out of Label Studio."""
     from workers.commands import abort_round
 
     rnd = round_by_number(ctx, number)
     done = abort_round(ctx.project, redis_connection(ctx), rnd.id)
+    if as_json:
+        print_json({"round": rnd.number, "round_id": rnd.id, "aborted": True,
+                    "withdrawn": done})
+        return
     console.print(f"Round {rnd.number} aborted; votes already given are kept"
                   + (f" ({done['deleted']} unlabeled tasks removed from Label Studio, "
                      f"{done['locked']} partly labeled tasks locked)." if done else ".")
