@@ -121,5 +121,33 @@ def forget(data_dir: Path) -> bool:
     return found
 
 
+#: the read token of the live status page (``alearn webhook serve``): distinct from the
+#: webhook secret and the Label Studio token, kept beside them with the same care
+STATUS_TOKEN_FILE = "status.token"
+
+
+def status_token(data_dir: Path, *, rotate: bool = False,
+                 image_root: Path | None = None) -> str:
+    """The project's status-page read token, made (32 random bytes, URL-safe; 0600 from
+    its first byte, in the 0700 connection folder) when there is none or ``rotate``.
+    Refused inside ``image_root``, which Label Studio serves."""
+    import secrets
+
+    if image_root is not None:
+        check_outside(data_dir, image_root)
+    where = folder(data_dir)
+    path = where / STATUS_TOKEN_FILE
+    if not rotate and path.is_file():
+        token = read_token(path)
+        if len(token) >= 32:
+            return token
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if where.stat().st_mode & 0o077:
+        where.chmod(0o700)
+    token = secrets.token_urlsafe(32)
+    atomic.write_text(path, token + "\n", mode=0o600)
+    return token
+
+
 def _why(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__

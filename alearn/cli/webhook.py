@@ -21,12 +21,30 @@ def _webhook_secret(ctx: Context) -> str:
     return secret.get_secret_value()
 
 
+def _status_token(ctx: Context, *, rotate: bool = False) -> str:
+    from alearn.connection import status_token
+
+    project = ctx.project
+    return status_token(project.data_dir, rotate=rotate, image_root=project.image_root)
+
+
+def _base_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+    return f"http://{shown}:{port}"
+
+
 @webhook.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8800, show_default=True)
 @pass_ctx
 def webhook_serve(ctx: Context, host: str, port: int) -> None:
-    """Serve POST /webhook; each accepted call enqueues a debounced pull."""
+    """Serve POST /webhook (each accepted call enqueues a debounced pull) and the live
+    status page GET /status: the running round's figures, refreshed as votes arrive,
+    read-only, behind the project's read token. Open the page with the address that
+    'alearn webhook status-url' prints (it holds the token)."""
+    from alearn.connection import STATUS_TOKEN_FILE, folder, read_token
+    from labelstudio.status_page import add_status_page
     from labelstudio.webhook import create_app, serve
     from workers.enqueue import enqueue_pull
 
@@ -36,8 +54,30 @@ def webhook_serve(ctx: Context, host: str, port: int) -> None:
         enqueue_pull(project, conn)
 
     app = create_app(_webhook_secret(ctx), on_event)
-    console.print(f"Webhook receiver on http://{host}:{port}/webhook")
+    _status_token(ctx)  # made now if there is none, so that status-url can print it
+    token_file = folder(project.data_dir) / STATUS_TOKEN_FILE
+    add_status_page(app, project, lambda: read_token(token_file))
+    base = _base_url(host, port)
+    console.print(f"Webhook receiver on {base}/webhook; live status page on {base}/status "
+                  "(open the address 'alearn webhook status-url' prints: it holds the "
+                  "read token).")
     serve(app, host=host, port=port)
+
+
+@webhook.command("status-url")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Where a browser reaches the receiver.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8800, show_default=True)
+@click.option("--rotate", is_flag=True, help="Make a new read token first (the old address "
+              "stops working at once).")
+@pass_ctx
+def webhook_status_url(ctx: Context, host: str, port: int, rotate: bool) -> None:
+    """Print the address of the live status page, with the project's read token (made on
+    first use, kept 0600 in data/connection/). Anyone with it can read the figures."""
+    from urllib.parse import quote
+
+    token = _status_token(ctx, rotate=rotate)
+    click.echo(f"{_base_url(host, port)}/status?token={quote(token, safe='')}")
 
 
 @webhook.command("register")
