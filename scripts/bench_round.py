@@ -172,7 +172,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--labels", type=int, default=500, help="trusted labels before the round")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--through-workers", action="store_true",
+                   help="time the real path instead: webhook -> RQ workers -> Label Studio "
+                        "(scripts/_through_workers.py)")
+    p.add_argument("--workers", type=int, default=2, help="--through-workers: worker processes")
+    p.add_argument("--rounds", type=int, default=2, help="--through-workers: timed turnarounds")
     args = p.parse_args(argv)
+    if args.through_workers:
+        from _through_workers import run
+
+        return run(args, make_project)
     with tempfile.TemporaryDirectory(prefix="alearn-bench-round-") as tmp, \
             threadpool_limits(1, user_api="blas"):
         work = Path(tmp)
