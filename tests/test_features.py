@@ -182,7 +182,11 @@ def test_cache_compact_keeps_every_vector(tmp_path: Path) -> None:
         cache.put([sha(i)], np.full((1, 2), i))
     cache.put([sha(0)], np.full((1, 2), 0))  # the same image again
     assert cache.compact() == 6
-    assert len(list(cache.path.glob("chunk-*.npz"))) == 1
+    assert not list(cache.path.glob("chunk-*.npz"))  # one memory-mappable base instead
+    (keys,) = cache.path.glob("base-*.keys.npy")
+    X16 = np.load(str(keys).replace(".keys.npy", ".X.npy"), mmap_mode="r")
+    assert isinstance(X16, np.memmap) and X16.dtype == np.float16 and X16.shape == (5, 2)
+    assert sorted(np.load(keys).tolist()) == sorted(sha(i).encode() for i in range(5))
     X, missing = FeatureCache(tmp_path, "k").get([sha(i) for i in range(5)])
     assert missing == [] and X[:, 1].tolist() == [0, 1, 2, 3, 4]
 
