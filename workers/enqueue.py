@@ -87,12 +87,23 @@ def enqueue_chain(project: Project, conn: Redis, round_id: int, *, from_step: st
     return push.id
 
 
-def enqueue_pull(project: Project, conn: Redis, *, delay: float = 2.0) -> bool:
-    """Enqueue a pull unless one was enqueued in the last ``delay`` seconds (webhooks
-    arrive in bursts). Returns True if a pull was enqueued."""
+#: A waiting pull's mark outlives it by this much at most (a pull lost before it started).
+PULL_PENDING_SECONDS = 30
+
+
+def enqueue_pull(project: Project, conn: Redis, *, delay: float = 0.0) -> bool:
+    """Enqueue a pull (in ``delay`` seconds) unless one is waiting to start. Returns True
+    if a pull was enqueued.
+
+    Webhooks arrive in bursts, one per annotation: the first enqueues a pull at once
+    (the round's last vote is mirrored without waiting), and those that follow before
+    that pull starts add nothing, since the waiting pull will read them. The pull job
+    clears the mark once it holds the votes lease (:func:`workers.jobs.pull_job`), so
+    an event after that gets a pull of its own; a mark whose pull was lost lapses.
+    """
     pdir = str(project.root)
     key = pull_debounce_key(project)
-    if not conn.set(key, 1, nx=True, px=max(int(delay * 1000), 1)):
+    if not conn.set(key, 1, nx=True, ex=int(delay) + PULL_PENDING_SECONDS):
         return False
     q = queues.get_queue(conn, project.settings, "sync")
     kwargs: dict[str, Any] = {"retry": RETRY, "on_success": Callback(AFTER_PULL),
@@ -105,8 +116,9 @@ def enqueue_pull(project: Project, conn: Redis, *, delay: float = 2.0) -> bool:
 
 
 def pull_debounce_key(project: Project) -> str:
-    """While this key exists, :func:`enqueue_pull` enqueues nothing."""
-    return f"alearn:debounce:pull:{queues.project_key(str(project.root))}"
+    """While this key exists (a pull waits to start), :func:`enqueue_pull` enqueues
+    nothing."""
+    return queues.pull_pending_key(str(project.root))
 
 
 def close_job_id(project: Project, round_id: int) -> str:

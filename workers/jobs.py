@@ -167,7 +167,8 @@ def pull_job(project_dir: str) -> dict[str, Any] | Retry:
     with _step(project_dir, VOTES) as held:
         if held is None:
             return BUSY
-        project, _conn = held
+        project, conn = held
+        conn.delete(queues.pull_pending_key(str(project.root)))  # later events: a new pull
         with connect_label_studio(project.settings) as client:
             summary = pull_annotations(project.store, client, classes=project.config.classes)
             out: dict[str, Any] = summary.to_dict()

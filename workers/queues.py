@@ -65,6 +65,11 @@ def project_key(project_dir: str) -> str:
     return hashlib.sha1(project_dir.encode()).hexdigest()[:10]
 
 
+def pull_pending_key(project_dir: str) -> str:
+    """Set while a pull of the project waits to start (see ``enqueue.enqueue_pull``)."""
+    return f"alearn:debounce:pull:{project_key(project_dir)}"
+
+
 #: A step's lease lasts this long unless renewed; its holder renews it every third of it.
 LEASE_SECONDS = 20
 #: A scheduler whose heartbeat is older than this is dead: another worker takes over.
