@@ -5,17 +5,25 @@ earlier closed rounds' metrics, the embedded pool, the current head's prediction
 fixed stop set) and applies ``convergence.rule``. It keeps the head's stop-set
 predictions in the round's metrics, for the next round to compare;
 :func:`convergence_status` reads the latest verdict back.
+
+A close costs O(batch), not O(pool): the stop set is chosen once per project (kept in
+the store's meta), the head predicts only its items, the number of embedded items is
+counted once per change of the items or the feature cache (kept in the meta with a
+fingerprint of both), and the pool that remains is that count less the labeled and
+selected items that are embedded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from alearn.exceptions import AlearnError
 from alearn.rounds import metrics as round_metrics
@@ -34,7 +42,7 @@ from alearn.stats.stopping import (
     stop_kappa,
     targets_reached,
 )
-from alearn.store import Selection, Store
+from alearn.store import Item, Selection
 
 if TYPE_CHECKING:
     from alearn.model.current import TrainedHead
@@ -43,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_SET_KEY = "stop_set"
+EMBEDDED_KEY = "embedded_count"
+#: Item ids per IN (...) query.
+CHUNK = 500
 
 
 def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMetrics | None,
@@ -63,8 +74,6 @@ def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMe
     Missing features or too few labels make the signals that need them unmet, with the
     reason; they do not raise.
     """
-    from alearn.model import training  # scikit-learn and the feature cache: import on use
-
     store, cfg = project.store, project.config.convergence
     rnd = get_round(store, round_id)
     metrics = round_metrics.of(rnd) if metrics is None else metrics
@@ -73,15 +82,16 @@ def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMe
     out: dict[str, Any] = {"stop_kappa": None, "stop_predictions": None,
                            "model_version": None, "n_embedded": None,
                            "pool_remaining": None, "notes": []}
-    ids: np.ndarray | None = None
+    n_embedded: int | None = None
     try:
-        ids = training.embedded_ids(project)  # no feature values read for the whole pool
+        n_embedded = embedded_count(project)  # counted once per change of the pool
     except AlearnError as exc:
         out["notes"].append(f"no features: {exc}")
-    if ids is not None:
-        out["n_embedded"], out["pool_remaining"] = int(len(ids)), _pool_remaining(store, ids)
-    if ids is not None and len(ids):
-        stop = _stop_set(project, ids, round_number=rnd.number)
+    if n_embedded is not None:
+        out["n_embedded"], out["pool_remaining"] = n_embedded, _pool_remaining(project,
+                                                                               n_embedded)
+    if n_embedded:
+        stop = _stop_set(project, round_number=rnd.number)
         preds, version, note = _stop_predictions(project, head, stop)
         out.update(stop_predictions=encode_predictions(preds), model_version=version)
         if note:
@@ -128,27 +138,91 @@ def convergence_status(project: Project) -> ConvergenceStatus:
     return ConvergenceStatus.from_dict(metrics.convergence)
 
 
-def _pool_remaining(store: Store, ids: np.ndarray) -> int:
-    """Embedded items with no trusted label that no round ever selected."""
-    with store.session() as s:
+def _cache(project: Project) -> tuple[str, Any]:
+    from alearn.features.backbone import cache_key_for  # torch: import on use
+    from alearn.features.cache import FeatureCache
+
+    key = cache_key_for(project.config.embed, root=project.root)
+    return key, FeatureCache(project.features_dir, key)
+
+
+def _pool_fingerprint(project: Project, key: str) -> str:
+    """What the number of embedded items depends on: the items (count, last id) and
+    the feature cache's files (name, size, mtime). One query and one listing."""
+    with project.store.session() as s:
+        n_items, last = s.execute(select(func.count(Item.id), func.max(Item.id))).one()
+    folder = project.features_dir / key
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in folder.iterdir()) if folder.is_dir() else []
+    return hashlib.sha1(repr((key, n_items, last, files)).encode()).hexdigest()
+
+
+def embedded_count(project: Project) -> int:
+    """How many items have cached features. Counted over the whole pool only when the
+    items or the feature cache changed since the last count (kept in the store's meta)."""
+    key, _ = _cache(project)
+    fingerprint = _pool_fingerprint(project, key)
+    memo = project.store.get_meta(EMBEDDED_KEY)
+    if isinstance(memo, dict) and memo.get("fingerprint") == fingerprint:
+        return int(memo["n"])
+    from alearn.model import training  # scikit-learn: import on use
+
+    n = int(len(training.embedded_ids(project)))
+    project.store.set_meta(EMBEDDED_KEY, {"fingerprint": fingerprint, "n": n})
+    return n
+
+
+def embedded_among(project: Project, item_ids: Iterable[int]) -> set[int]:
+    """Those of ``item_ids`` that have cached features (their hashes are looked up in
+    chunks; nothing else of the pool is read)."""
+    wanted = sorted({int(i) for i in item_ids})
+    if not wanted:
+        return set()
+    _, cache = _cache(project)
+    found: set[int] = set()
+    with project.store.session() as s:
+        for k in range(0, len(wanted), CHUNK):
+            rows = s.execute(select(Item.id, Item.sha256).where(
+                Item.id.in_(wanted[k:k + CHUNK]))).all()
+            gone = set(cache.missing([h for _, h in rows]))
+            found.update(int(i) for i, h in rows if h not in gone)
+    return found
+
+
+def _pool_remaining(project: Project, n_embedded: int) -> int:
+    """Embedded items with no trusted label that no round ever selected: the embedded
+    count less the embedded items among the labeled and selected ones."""
+    with project.store.session() as s:
         selected = set(s.scalars(select(Selection.item_id).distinct()))
-    taken = selected | set(store.trusted_labels())
-    return int(sum(1 for i in ids.tolist() if i not in taken))
+    taken = selected | set(project.store.trusted_labels())
+    return max(0, n_embedded - len(embedded_among(project, taken)))
 
 
-def _stop_set(project: Project, ids: np.ndarray, *, round_number: int) -> list[int]:
-    """The stop set's item ids: chosen once (seeded) among embedded unlabeled items."""
+def _stop_set(project: Project, *, round_number: int) -> list[int]:
+    """The stop set's item ids: chosen once per project (seeded, uniformly among the
+    embedded unlabeled items) and kept in the store's meta. Choosing reads the item ids
+    once and looks up features only for the candidates it draws."""
     stored = project.store.get_meta(STOP_SET_KEY)
     if stored and stored.get("items"):
         return [int(i) for i in stored["items"]]
     cfg = project.config.convergence
     labels = project.store.trusted_labels()
-    candidates = np.asarray([i for i in ids.tolist() if i not in labels], dtype=np.int64)
-    n = min(cfg.stop_set_size, len(candidates))
+    with project.store.session() as s:
+        ids = np.fromiter(s.scalars(select(Item.id).order_by(Item.id)), dtype=np.int64)
+    rng = np.random.default_rng(cfg.stop_set_seed)
+    order = ids[rng.permutation(len(ids))]
+    picked: list[int] = []
+    step = max(2 * cfg.stop_set_size, CHUNK)
+    for k in range(0, len(order), step):
+        if len(picked) >= cfg.stop_set_size:
+            break
+        draw = [int(i) for i in order[k:k + step].tolist() if int(i) not in labels]
+        have = embedded_among(project, draw)
+        picked += [i for i in draw if i in have]
+    items = sorted(picked[:cfg.stop_set_size])
+    n = len(items)
     if n == 0:
         return []
-    rng = np.random.default_rng(cfg.stop_set_seed)
-    items = sorted(int(i) for i in rng.choice(candidates, size=n, replace=False))
     project.store.set_meta(STOP_SET_KEY, {"items": items, "seed": cfg.stop_set_seed,
                                           "chosen_at_round": round_number})
     log.info("stop set chosen: %d items, seed %d, round %d", n, cfg.stop_set_seed,
