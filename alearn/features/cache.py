@@ -1,34 +1,32 @@
 """The feature cache: embeddings on disk, keyed by image content hash.
 
 One cache directory holds the embeddings of one backbone configuration (the
-``Backbone.cache_key``: backbone, weights, preprocessing), under
-``<project>/data/features/<key>/``. Its *segments* are immutable files::
+``Backbone.cache_key``) under ``<project>/data/features/<key>/``. Its *segments* are
+immutable files (:mod:`alearn.features.segments`)::
 
-    meta.json                      key, dim and dtype of the vectors
-    chunk-<time>-<pid>-<rand>.npz  sha256 (S64, n) + X (float16, (n, dim)): what put() writes
+    meta.json                          key, dim and dtype of the vectors
+    chunk-<time>-<pid>-<rand>.npz      sha256 (S64, n) + X (float16, (n, dim)): one put()
     base-<time>-<pid>-<rand>.X.npy     float16 (n, dim), memory-mapped when read
-    base-<time>-<pid>-<rand>.keys.npy  sha256 (S64, n); written last, so it marks a whole base
+    base-<time>-<pid>-<rand>.keys.npy  sha256 (S64, n); written last: it marks a whole base
 
-Every write goes to a temp file in the same directory and ``os.replace`` gives it its
-final name, so a killed writer never leaves a half file behind (a stray ``.tmp-*`` file
-is never read; :meth:`FeatureCache.compact` removes old ones). Each writer creates its
-own uniquely named files, so concurrent writers (embed shards on several hosts sharing
-the directory) never touch each other's. *Compaction* merges segments into one base
-(plain ``.npy`` files that ``np.load(mmap_mode='r')`` opens) and only then deletes the
-segments it merged: whatever it deletes is already in a file it wrote, so concurrent
-writers, readers and other compactions lose nothing (a reader that finds a chunk gone
-re-indexes; a base it has mapped stays readable after the unlink). :meth:`put` compacts
-by itself past :data:`COMPACT_CHUNKS` chunks.
+Every file is written to a temp file in the same directory, then renamed
+(:mod:`alearn.atomic`), so a killed writer never leaves half a file (a stray ``.tmp-*``
+is never read; :meth:`FeatureCache.compact` removes old ones). Each writer names its own
+files, so concurrent writers (embed shards on several hosts sharing the directory) never
+touch each other's. *Compaction* writes the segments it merges as one base and only
+then deletes them: whatever it deletes is already in a file it wrote, so concurrent
+writers, readers and compactions lose nothing (a reader that finds a chunk gone
+re-indexes; a mapped base stays readable after its unlink). :meth:`FeatureCache.put`
+compacts by itself when due (:meth:`FeatureCache.compact_if_due`).
 
-The *version* (:attr:`FeatureCache.version`) is a digest of the segment names, so it
-changes whenever the content may have: warm readers compare it to know when to reload.
-Lookup is one vectorised binary search over the hashes' 64-bit prefixes (the full
-hash is then compared), with no per-chunk scan; the index is rebuilt from the key
-arrays only when the segment list changed.
+The *version* (:attr:`FeatureCache.version`) digests the segment names, so it changes
+whenever the content may have: warm readers compare it to know when to reload. Lookup
+is vectorised (:mod:`alearn.features.keyindex`), rebuilt only when segments changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -43,13 +41,8 @@ import numpy as np
 
 import alearn.atomic as atomic
 from alearn.exceptions import FeatureError
-from alearn.features.segments import (
-    Segment,
-    hex_prefix,
-    load_chunk_keys,
-    open_base,
-    write_base,
-)
+from alearn.features.keyindex import KeyIndex
+from alearn.features.segments import Segment, load_chunk_keys, open_base, write_base
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +77,7 @@ class FeatureCache:
         self.path = self.root / key
         self._segments: dict[str, Segment] = {}
         self._order: list[str] = []  # segment names, in index order
-        self._keys = np.empty(0, dtype="S64")  # every segment's keys, concatenated
-        self._seg = np.empty(0, dtype=np.int32)  # segment number of each position
-        self._row = np.empty(0, dtype=np.int64)  # row within its segment
-        self._pfx = np.empty(0, dtype=np.uint64)  # sorted 64-bit prefixes
-        self._pos = np.empty(0, dtype=np.int64)  # position of each sorted prefix
+        self._index = KeyIndex([])
 
     # ------------------------------------------------------------------ reading
     @property
@@ -105,7 +94,7 @@ class FeatureCache:
 
     def __len__(self) -> int:
         self._refresh()
-        return int(np.count_nonzero(self._winners()))
+        return int(np.count_nonzero(self._index.winners()))
 
     def __contains__(self, sha256: object) -> bool:
         return isinstance(sha256, str) and not self.missing([sha256])
@@ -113,7 +102,7 @@ class FeatureCache:
     def missing(self, sha256s: Sequence[str]) -> list[str]:
         """The hashes in ``sha256s`` with no cached vector, in input order."""
         self._refresh()
-        pos = self._locate(sha256s)
+        pos = self._index.locate(sha256s)
         return [s for s, p in zip(sha256s, pos.tolist(), strict=True) if p < 0]
 
     def segments(self) -> list[Segment]:
@@ -127,25 +116,11 @@ class FeatureCache:
     def locate(self, sha256s: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(segment number, row) of each hash in :meth:`segments` order; -1 if missing."""
         self._refresh()
-        pos = self._locate(sha256s)
-        if not len(self._seg):
-            return pos, pos.copy()
-        seg = np.where(pos >= 0, self._seg[np.maximum(pos, 0)], -1).astype(np.int64)
-        row = np.where(pos >= 0, self._row[np.maximum(pos, 0)], -1)
-        return seg, row
+        return self._index.where(self._index.locate(sha256s))
 
     def get(self, sha256s: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """Look up cached vectors.
-
-        Returns
-        -------
-        X : ndarray of shape (n_found, dim), float32
-            One row per hash that is cached, in the order those hashes appear in
-            ``sha256s`` (missing ones are skipped, so row ``j`` belongs to the
-            ``j``-th found hash: ``[s for s in sha256s if s not in set(missing)]``).
-        missing : list of str
-            The hashes with no cached vector, in input order.
-        """
+        """Look up cached vectors: ``X`` (n_found, dim) float32, one row per cached hash
+        in input order (missing ones skipped), and the ``missing`` hashes in input order."""
         for _ in range(3):
             try:
                 return self._get(sha256s)
@@ -169,15 +144,8 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ writing
     def put(self, sha256s: Sequence[str], X: np.ndarray) -> None:
-        """Store vectors as one new chunk file, atomically (then compact if due).
-
-        Parameters
-        ----------
-        sha256s : sequence of str
-            Content hashes (64 hex characters), one per row of ``X``.
-        X : ndarray of shape (n, dim)
-            Embeddings; stored as float16.
-        """
+        """Store ``X`` (n, dim; kept as float16) for ``sha256s`` (n hex hashes) as one new
+        chunk file, atomically; then compact if due."""
         X = np.asarray(X)
         keys = list(sha256s)
         if X.ndim != 2 or X.shape[0] != len(keys):
@@ -209,18 +177,17 @@ class FeatureCache:
         :data:`COMPACT_CHUNK_ROWS` rows, e.g. an old cache's single big chunk), and every
         base into one past :data:`COMPACT_BASES`; returns the segments merged. Skipped
         while another process of this host compacts."""
-        self._refresh()
-        chunks = [n for n in self._order if n.startswith("chunk-")]
-        bases = [n for n in self._order if n.startswith("base-")]
-        rows = sum(len(self._segments[n]) for n in chunks)
+        self._refresh(index=False)  # names and sizes only: no index while writing
+        order = sorted(self._segments)
+        size = {n: len(self._segments[n]) for n in order}
+        chunks = [n for n in order if n.startswith("chunk-")]
+        bases = [n for n in order if n.startswith("base-")]
         if len(bases) + (1 if chunks else 0) > COMPACT_BASES:
-            # merge all but the largest base while it holds most rows: each row is
-            # rewritten O(log n) times as the cache grows, not once per compaction
-            size = {n: len(self._segments[n]) for n in self._order}
+            # all but the largest base while it holds most rows: each row is rewritten
+            # O(log n) times as the cache grows, not once per compaction
             big = max(bases, key=size.__getitem__)
-            small = [n for n in self._order if n != big]
-            todo = small if 2 * size[big] > sum(size.values()) else self._order
-        elif len(chunks) > COMPACT_CHUNKS or rows > COMPACT_CHUNK_ROWS:
+            todo = [n for n in order if n != big or 2 * size[big] <= sum(size.values())]
+        elif len(chunks) > COMPACT_CHUNKS or sum(size[n] for n in chunks) > COMPACT_CHUNK_ROWS:
             todo = chunks
         else:
             return 0
@@ -243,14 +210,11 @@ class FeatureCache:
             return 0
         now = time.time()
         for tmp in [*self.path.glob(f"{_TMP_PREFIX}*"), *self.path.glob("base-*.X.npy")]:
-            try:
-                orphan = tmp.name.endswith(".X.npy") and not \
-                    (self.path / tmp.name.replace(".X.npy", _BASE_KEYS)).exists()
-                if (orphan or tmp.name.startswith(_TMP_PREFIX)) and \
+            keys = self.path / tmp.name.replace(".X.npy", _BASE_KEYS)  # orphan: no keys
+            with contextlib.suppress(FileNotFoundError):
+                if (tmp.name.startswith(_TMP_PREFIX) or not keys.exists()) and \
                         now - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
                     tmp.unlink()
-            except FileNotFoundError:
-                pass
         self._refresh()
         if len(self._order) < 2 and not any(n.startswith("chunk-") for n in self._order):
             return 0
@@ -260,14 +224,14 @@ class FeatureCache:
         """Write the vectors of ``names`` (one row per hash) as a new base, then delete them."""
         for _ in range(3):
             try:
+                self._refresh()
+                names = [n for n in names if n in self._segments]
                 segments = [self._segments[n] for n in names]
-                keep = self._winners(names)
+                keep = self._index.winners([self._order.index(n) for n in names])
                 write_base(self.path, f"base-{_unique()}", segments, keep, self.dim or 0)
                 break
             except FileNotFoundError:  # another compaction took some of them: merge the rest
                 self._forget_all()
-                self._refresh()
-                names = [n for n in names if n in self._segments]
         else:
             raise FeatureError(f"feature cache {self.path}: could not compact; retry.")
         for name in names:
@@ -323,62 +287,7 @@ class FeatureCache:
 
     def _reindex(self) -> None:
         self._order = sorted(self._segments)
-        segs = [self._segments[n] for n in self._order]
-        sizes = [len(s) for s in segs]
-        self._keys = (np.concatenate([s.keys for s in segs]) if segs
-                      else np.empty(0, dtype="S64"))
-        self._seg = np.repeat(np.arange(len(segs), dtype=np.int32), sizes)
-        self._row = (np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if segs
-                     else np.empty(0, dtype=np.int64))
-        prefix = hex_prefix(self._keys)
-        self._pos = np.argsort(prefix, kind="stable")
-        self._pfx = prefix[self._pos]
-
-    def _locate(self, sha256s: Sequence[str]) -> np.ndarray:
-        """Index position of each hash (the latest copy), -1 where missing."""
-        try:
-            q = np.asarray(sha256s, dtype="S64")
-        except UnicodeEncodeError:
-            q = np.asarray([s if s.isascii() else "" for s in sha256s], dtype="S64")
-        if not len(self._pfx) or not len(q):
-            return np.full(len(q), -1, dtype=np.int64)
-        qp = hex_prefix(q)
-        i = np.searchsorted(self._pfx, qp, side="right") - 1
-        hit = (i >= 0) & (self._pfx[np.maximum(i, 0)] == qp)
-        pos = np.where(hit, self._pos[np.maximum(i, 0)], -1)
-        bad = np.flatnonzero(hit & (self._keys[np.maximum(pos, 0)] != q))
-        for j in bad.tolist():  # two hashes share a 64-bit prefix: compare them all
-            lo = int(np.searchsorted(self._pfx, qp[j], side="left"))
-            same = [int(p) for p in self._pos[lo: i[j] + 1] if self._keys[p] == q[j]]
-            pos[j] = max(same) if same else -1
-        return pos
-
-    def _winners(self, names: list[str] | None = None) -> np.ndarray:
-        """Mask over the positions of ``names``' segments (all by default), in index
-        order: True at the latest copy of each hash."""
-        if names is not None and names != self._order:
-            mine = np.isin(self._seg, [self._order.index(n) for n in names])
-            keys = self._keys[mine][::-1]  # the last copy of a hash comes first here
-            _, first = np.unique(keys, return_index=True)
-            keep = np.zeros(len(keys), dtype=bool)
-            keep[len(keys) - 1 - first] = True
-            return keep
-        keep = np.zeros(len(self._pfx), dtype=bool)
-        if not len(keep):
-            return keep
-        last = np.ones(len(keep), dtype=bool)  # last of its run of equal prefixes
-        last[:-1] = self._pfx[1:] != self._pfx[:-1]
-        keep[self._pos[last]] = True
-        dup = np.flatnonzero(~last)
-        odd = dup[self._keys[self._pos[dup]] != self._keys[self._pos[dup + 1]]]
-        for j in odd.tolist():  # distinct hashes share a prefix: the latest of each
-            run = self._pos[self._pfx == self._pfx[j]]
-            latest: dict[bytes, int] = {}
-            for p in sorted(run.tolist()):
-                latest[bytes(self._keys[p])] = p
-            keep[run] = False
-            keep[list(latest.values())] = True
-        return keep
+        self._index = KeyIndex([self._segments[n] for n in self._order])
 
 
 def _unique() -> str:

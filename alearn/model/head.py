@@ -11,6 +11,12 @@ end in ``_``, ``fit`` returns ``self``), so it works with ``cross_val_score``, m
 ``ActiveLearner`` and joblib persistence. BLAS is limited to one thread while it fits
 and predicts: scikit-learn's logistic regression ran 5-10x slower with two BLAS threads
 than with one on the project's machines.
+
+Scoring a large pool does not go through ``predict_proba`` (which validates the input
+as float64 and standardises a copy): ``_folded`` folds the standardisation into the
+weights and bias, and :mod:`alearn.query.scoring` applies them to float32 blocks
+streamed from the feature cache; ``_proba_fast`` is that arithmetic for one array
+(tests/test_scoring.py holds it to ``predict_proba``).
 """
 
 from __future__ import annotations
@@ -124,6 +130,40 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         Z = self._transform(X)
         with self._limits():
             return self.lr_.predict_proba(Z)
+
+    def _foldable(self) -> bool:
+        """True when ``predict_proba`` is this class's (standardise, then ``lr_``), so
+        :meth:`_folded` reproduces it; a subclass that changes it is scored through it."""
+        cls = type(self)
+        return all(getattr(cls, m) is getattr(EmbeddingClassifier, m)
+                   for m in ("predict_proba", "decision_function", "_transform", "_standardise"))
+
+    def _folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W, b), float32, with the standardisation folded in: the logits of ``X`` are
+        ``X @ W + b``. W has shape (dim, 1) for two classes, else (dim, n_classes)."""
+        check_is_fitted(self)
+        coef = np.asarray(self.lr_.coef_, dtype=np.float64)
+        W = (coef / self.scale_).T
+        b = np.asarray(self.lr_.intercept_, dtype=np.float64) - (self.mean_ / self.scale_) @ coef.T
+        return np.ascontiguousarray(W, dtype=np.float32), b.astype(np.float32)
+
+    @staticmethod
+    def _proba_from_logits(Z: np.ndarray) -> np.ndarray:
+        """Probabilities from :meth:`_folded` logits, as ``predict_proba`` makes them
+        (sigmoid for two classes, softmax otherwise); ``Z`` is overwritten."""
+        if Z.shape[1] == 1:
+            p = 1.0 / (1.0 + np.exp(-Z[:, 0]))
+            return np.column_stack([1.0 - p, p]).astype(Z.dtype, copy=False)
+        Z -= Z.max(axis=1, keepdims=True)
+        np.exp(Z, out=Z)
+        Z /= Z.sum(axis=1, keepdims=True)
+        return Z
+
+    def _proba_fast(self, X: np.ndarray) -> np.ndarray:
+        """``predict_proba`` for float32 embeddings in float32 (to ~1e-5), without
+        validation or a standardised copy of ``X``: the scoring of large pools."""
+        W, b = self._folded()
+        return self._proba_from_logits(np.asarray(X, dtype=np.float32) @ W + b)
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class per row, shape (n_samples,)."""

@@ -40,15 +40,14 @@ _POOL: weakref.WeakKeyDictionary[Project, tuple[tuple, np.ndarray, np.ndarray]] 
 
 
 def _pool_fingerprint(project: Project) -> tuple:
-    """What identifies the pool's features: cache key, item count and id, chunk files."""
+    """What identifies the pool's features: cache key, item count and id, cache version."""
     from alearn.features.backbone import cache_key_for  # torch: import on use
+    from alearn.features.cache import FeatureCache
 
     key = cache_key_for(project.config.embed, root=project.root)
     with project.store.session() as s:
         n_items, last = s.execute(select(func.count(Item.id), func.max(Item.id))).one()
-    folder = project.features_dir / key
-    chunks = tuple(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else ()
-    return (key, n_items, last, chunks)
+    return (key, n_items, last, FeatureCache(project.features_dir, key).version)
 
 
 def pool_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
@@ -75,19 +74,21 @@ def pool_stats(project: Project) -> tuple[np.ndarray, np.ndarray] | None:
 
     The head standardises with these. They are saved under ``models_dir`` keyed by the
     pool's fingerprint, so the whole pool is read once per change of the pool (an
-    embed), not by every training or close.
+    embed), not by every training or close; that read streams the memory-mapped cache
+    in blocks (``Pool.moments``), never the whole pool in memory.
     """
+    from alearn.features.pool import open_pool
+
     fingerprint = _pool_fingerprint(project)
     digest = hashlib.sha1(repr(fingerprint).encode()).hexdigest()[:12]
     path = project.models_dir / f"pool-stats-{digest}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return z["mean"], z["std"]
-    _, X = pool_features(project)
-    if not len(X):
+    pool = open_pool(project, key=fingerprint[0])
+    if not len(pool):
         return None
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = X.std(axis=0, dtype=np.float64)
+    mean, std = pool.moments()
     write_with(path, lambda f: np.savez(f, mean=mean, std=std))
     for old in project.models_dir.glob("pool-stats-*.npz"):
         if old != path:
@@ -97,21 +98,14 @@ def pool_stats(project: Project) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _items_with_features(project: Project, wanted: set[int] | None,
                          *, values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    from alearn.features.backbone import cache_key_for
-    from alearn.features.cache import FeatureCache
+    from alearn.features.pool import open_pool  # the store's items mapped onto the cache
 
-    cache = FeatureCache(project.features_dir,
-                         cache_key_for(project.config.embed, root=project.root))
-    with project.store.session() as s:
-        rows = [(i, h) for i, h in s.execute(select(Item.id, Item.sha256).order_by(Item.id))
-                if wanted is None or i in wanted]
-    shas = [h for _, h in rows]
-    if values:
-        X, missing = cache.get(shas)
-    else:
-        X, missing = None, cache.missing(shas)
-    gone = set(missing)
-    return np.array([i for i, h in rows if h not in gone], dtype=np.int64), X
+    pool = open_pool(project)
+    ids = pool.ids
+    if wanted is not None:
+        pos = pool.positions(np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+        ids = np.unique(ids[pos[pos >= 0]])
+    return ids, (pool.vectors(ids) if values else None)
 
 
 def embedded_ids(project: Project) -> np.ndarray:

@@ -34,6 +34,7 @@ def ranked_batch(
     embeddings: np.ndarray | None = None,
     labeled_embeddings: np.ndarray | None = None,
     rng: RngLike = None,
+    pool_size: int | None = None,
 ) -> np.ndarray:
     """Ranked batch-mode sampling (Cardoso et al. 2017), as modAL's ``ranked_batch``.
 
@@ -44,6 +45,10 @@ def ranked_batch(
     with the new pick only, which gives the same picks in O(n_pool * dim) per pick.
     Without labeled items the first pick is the item with the least mean distance to
     the pool (modAL's cold start; estimated against 2,000 sampled rows on large pools).
+
+    ``pool_size``: when the rows are a candidate subset of a larger pool (the most
+    uncertain, see :mod:`alearn.query.pool_select`), the whole pool's size, so that
+    ``alpha`` weighs diversity as it would on the whole pool.
     """
     n_pool, take = check_pool(
         "ranked_batch", probas, n, embeddings, needs_probas=True, needs_embeddings=True
@@ -66,7 +71,7 @@ def ranked_batch(
         _, d_min = pairwise_distances_argmin_min(X, L)
         n_labeled = len(L)
     while len(picked) < take:
-        n_unlabeled = n_pool - len(picked)
+        n_unlabeled = max(pool_size or 0, n_pool) - len(picked)
         alpha = n_unlabeled / (n_unlabeled + n_labeled)
         scores = alpha * (1.0 - 1.0 / (1.0 + d_min)) + (1.0 - alpha) * u
         scores[~mask] = -np.inf

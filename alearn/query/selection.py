@@ -31,10 +31,11 @@ import numpy as np
 from sqlalchemy import func, select
 
 from alearn.exceptions import EmptyPoolError
-from alearn.model import training
+from alearn.features.pool import Pool, open_pool
 from alearn.model.current import current_head, head_of
 from alearn.model.head import EmbeddingClassifier
 from alearn.project import Project
+from alearn.query.pool_select import pick
 from alearn.query.strategies import (
     NEEDS_HEAD,
     check_strategy_name,
@@ -146,13 +147,15 @@ def plan_batch(
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     requested = check_strategy_name(strategy or cfg.rounds.strategy)
-    ids, X = training.pool_features(project)
+    pool = open_pool(project)
+    ids = pool.ids
     store = project.store
     labels = store.trusted_labels()
     with store.session() as s:
         chosen = set(s.scalars(select(Selection.item_id).distinct()))
     taken = set(labels) | chosen
-    in_pool = ~np.isin(ids, np.fromiter(taken | set(exclude), dtype=np.int64))
+    labeled = np.isin(ids, np.fromiter(taken, dtype=np.int64))
+    in_pool = ~labeled & ~np.isin(ids, np.fromiter(set(exclude), dtype=np.int64))
     if not in_pool.any():
         raise EmptyPoolError(_empty_pool_hint(project, len(ids), len(labels), len(chosen)))
     head, version, n_train = _head(project, model_version)
@@ -161,27 +164,26 @@ def plan_batch(
                            cfg.classes)
     name = resolve_strategy(name, has_head=head is not None,
                             cold_start=cfg.rounds.cold_start_strategy)
-    pool_ids, X_pool = ids[in_pool], X[in_pool]
-    X_labeled = X[np.isin(ids, np.fromiter(taken, dtype=np.int64))]
     seed = zlib.crc32(f"{version}:{len(ids)}:{len(taken)}:{name}".encode())
     gold_ids = _gold_candidates(project, exclude=set(exclude), chosen=chosen, seed=seed)
     n_gold = gold_count(n, cfg.rounds.gold_rate, len(gold_ids))
-    idx, probas = select_from_pool(name, n - n_gold, X_pool=X_pool, head=head,
-                                   X_labeled=X_labeled, rng=seed)
-    if probas is not None and head is not None:
-        scores = 1.0 - uncertainty_margin(probas[idx])
-        predicted: list[str | None] = [str(c) for c in head.classes_[probas[idx].argmax(1)]]
+    chosen_ids = pick(name, n - n_gold, project=project, pool=pool, in_pool=in_pool,
+                      labeled=labeled, head=head, seed=seed)
+    scored = head is not None and name in NEEDS_HEAD
+    if scored and head is not None:
+        probas = head.predict_proba(pool.vectors(chosen_ids))
+        scores = 1.0 - uncertainty_margin(probas)
+        predicted: list[str | None] = [str(c) for c in head.classes_[probas.argmax(1)]]
     else:
-        scores = np.arange(len(idx)) / len(idx)
-        predicted = [None] * len(idx)
-    chosen_ids = pool_ids[idx].tolist()
+        scores = np.arange(len(chosen_ids)) / max(len(chosen_ids), 1)
+        predicted = [None] * len(chosen_ids)
     ranked: list[tuple[int, float, str | None, bool]] = [
         (int(i), float(sc), p, False)
-        for i, sc, p in zip(chosen_ids, scores.tolist(), predicted, strict=True)
+        for i, sc, p in zip(chosen_ids.tolist(), scores.tolist(), predicted, strict=True)
     ]
     if n_gold:
-        ranked = _mix_gold(ranked, gold_ids[:n_gold], ids=ids, X=X, head=head,
-                           scored=probas is not None, seed=seed)
+        ranked = _mix_gold(ranked, gold_ids[:n_gold], pool=pool, head=head, scored=scored,
+                           seed=seed)
     with store.session() as s:
         wanted = [r[0] for r in ranked]
         paths = dict(s.execute(select(Item.id, Item.path).where(Item.id.in_(wanted))).all())
@@ -246,8 +248,7 @@ def _mix_gold(
     ranked: list[tuple[int, float, str | None, bool]],
     gold: list[int],
     *,
-    ids: np.ndarray,
-    X: np.ndarray,
+    pool: Pool,
     head: EmbeddingClassifier | None,
     scored: bool,
     seed: int,
@@ -263,10 +264,10 @@ def _mix_gold(
     places = set(rng.choice(total, size=len(gold), replace=False).tolist())
     predicted: dict[int, str | None] = {}
     if head is not None:
-        rows = {int(i): r for r, i in enumerate(ids.tolist())}
-        have = [g for g in gold if g in rows]
+        have = [g for g, at in zip(gold, pool.positions(np.asarray(gold, dtype=np.int64))
+                                   .tolist(), strict=True) if at >= 0]
         if have:
-            p = head.predict_proba(X[[rows[g] for g in have]])
+            p = head.predict_proba(pool.vectors(np.asarray(have, dtype=np.int64)))
             predicted = {g: str(c) for g, c in zip(have, head.classes_[p.argmax(1)], strict=True)}
     pool, golds = iter(ranked), iter(gold)
     out = [next(golds) if r in places else next(pool) for r in range(total)]

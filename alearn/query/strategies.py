@@ -118,14 +118,20 @@ def class_balanced(
     """
     _, take = check_pool("class_balanced", probas, n, embeddings, needs_probas=True)
     P = np.asarray(probas, dtype=float)
-    u = uncertainty_margin(P)
+    return balanced_picks(uncertainty_margin(P), np.argmax(P, axis=1), take, rng=rng)
+
+
+def balanced_picks(u: np.ndarray, pred: np.ndarray, take: int, *,
+                   rng: RngLike = None) -> np.ndarray:
+    """``class_balanced``'s picks from utilities ``u`` and predicted classes ``pred``
+    (both (n_pool,)): round-robin over the classes, the most uncertain first."""
+    u = np.asarray(u, dtype=float)
     if rng is not None:  # random tie-break between equal utilities
         u = u - np.random.default_rng(rng).uniform(0, 1e-12, size=len(u))
-    pred = np.argmax(P, axis=1)
-    queues = []
-    for c in np.unique(pred):
-        members = np.flatnonzero(pred == c)
-        queues.append(members[np.argsort(-u[members], kind="stable")])
+    order = np.lexsort((-u, pred))  # by class, then the most uncertain first (stable)
+    cls = np.asarray(pred)[order]
+    starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
+    queues = [order[a:b] for a, b in zip(starts, [*starts[1:], len(order)], strict=True)]
     queues.sort(key=lambda q: (-u[q[0]], q[0]))
     picked: list[int] = []
     depth = 0
