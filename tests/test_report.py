@@ -166,7 +166,7 @@ def test_empty_project_says_no_data(project: Project, tmp_path: Path) -> None:
     out = write_report(project, tmp_path / "empty.html")
     html = out.read_text(encoding="utf-8")
     assert image_srcs(html) == [] and not list((tmp_path / "empty_files").glob("*.png"))
-    assert html.count('class="nodata"') == 7  # every section but convergence says so
+    assert html.count('class="nodata"') == 8  # every section but convergence says so
     assert "not assessed: no round closed yet" in html
 
 

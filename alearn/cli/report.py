@@ -36,15 +36,21 @@ ROUND_HEADERS = {"batch_size": "batch size", "model_version": "model",
 @pass_ctx
 def report_cmd(ctx: Context, out: Path, reference: Path | None, as_json: bool) -> None:
     """Write a static HTML report: convergence, learning curve, agreement, classes,
-    confusion matrix, annotators and rounds."""
+    confusion matrix, coverage of the pool's clusters (with thumbnails of the pockets no
+    trusted label covers yet), annotators and rounds."""
+    from alearn.report.coverage import coverage, head_predictor
     from alearn.report.html import write_report
 
-    path = write_report(ctx.project, out, reference=reference)
+    cov = coverage(ctx.project, predict=head_predictor(ctx.project))
+    path = write_report(ctx.project, out, reference=reference, coverage=cov)
     plots = sorted(str(p) for p in (path.parent / f"{path.stem}_files").glob("*.png"))
     if as_json:
-        print_json({"report": str(path), "plots": plots})
+        print_json({"report": str(path), "plots": plots, "coverage": cov})
         return
     console.print(f"Report written to {path} ({len(plots)} plots). Open it in a browser.")
+    if cov.get("pockets"):
+        console.print(f"Coverage: {cov['uncovered']} of {cov['n_clusters']} clusters of the "
+                      "pool hold no trusted label yet (see the report's coverage section).")
 
 
 @click.command("agreement")

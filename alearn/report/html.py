@@ -4,7 +4,9 @@
 Sections: the convergence verdict, the learning curve (with a random-sampling reference
 from ``scripts/bench_label_efficiency.py`` when one is given), agreement per round with
 95% bootstrap intervals, the class distribution, the head's cross-validated confusion
-matrix, annotator quality over all rounds against the flag rule, pending adjudications
+matrix, coverage of the pool's clusters by the trusted labels (with thumbnails of the
+pockets none covers yet, :mod:`alearn.report.coverage_view`), annotator quality over all
+rounds against the flag rule, pending adjudications
 (linked to the Label Studio adjudication project) and the rounds tables. A section
 without data says so instead of drawing an empty plot. Only the store's contents go in:
 no database URL, no token. The page and its plots are written 0644 and the plots' folder
@@ -26,7 +28,7 @@ import numpy as np
 from alearn.atomic import write_bytes
 from alearn.exceptions import AlearnError, ConfigError
 from alearn.project import Project
-from alearn.report import plots, sections
+from alearn.report import coverage_view, plots, sections
 from alearn.report.markup import FILE_MODE, Figures, fmt, nodata, page, table
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.convergence import convergence_status
@@ -36,12 +38,14 @@ log = logging.getLogger(__name__)
 Rounds = sections.Rounds
 
 
-def write_report(project: Project, out: Path | str, *, reference: Path | str | None = None) -> Path:
+def write_report(project: Project, out: Path | str, *, reference: Path | str | None = None,
+                 coverage: dict[str, Any] | None = None) -> Path:
     """Write the report to ``out`` (an .html path, or a folder for ``report.html``) and
     its plots to ``<stem>_files/``; return the HTML path.
 
     ``reference`` is a JSON written by ``scripts/bench_label_efficiency.py``: its random
-    strategy's curve is drawn under the learning curve.
+    strategy's curve is drawn under the learning curve. ``coverage`` is
+    :func:`alearn.report.coverage.coverage`'s result, computed here when not given.
     """
     out = Path(out)
     if out.is_dir():
@@ -64,6 +68,8 @@ def write_report(project: Project, out: Path | str, *, reference: Path | str | N
         _agreement(fig, closed, project.config.agreement.kappa_threshold),
         _classes(fig, project, head),
         _confusion(fig, project, head),
+        coverage_view.section(coverage if coverage is not None else _coverage(project, head),
+                              project.image_root),
         sections.annotators(fig, closed, project.config.agreement.annotator_min_accuracy),
         sections.adjudication(project),
         sections.rounds_tables(rounds),
@@ -123,6 +129,12 @@ def _head_view(project: Project) -> dict[str, Any]:
         return view
     view.update(head=current.head, version=current.version)
     return view
+
+
+def _coverage(project: Project, head: dict) -> dict[str, Any]:
+    from alearn.report.coverage import coverage
+
+    return coverage(project, predict=None if head["head"] is None else head["head"].predict)
 
 
 def _header(project: Project, closed: list[Rounds], head: dict) -> str:

@@ -28,6 +28,8 @@ figcaption{color:#555;font-size:13px} .scroll{overflow-x:auto}
 img{max-width:100%;border:1px solid #eee} .verdict{padding:10px 14px;border-left:6px solid;
 font-size:16px} .yes{border-color:#2ca02c;background:#eef8ee} .no{border-color:#ff7f0e;
 background:#fff5e8}
+.strip{display:flex;flex-wrap:wrap;gap:4px;margin:4px 0 14px} .strip img{border:1px solid #ddd}
+.strip .missing{font-size:12px;color:#777;max-width:160px}
 """
 #: a table with more columns than this gets the smaller font
 WIDE = 7
