@@ -129,7 +129,8 @@ def render_config(cfg: ProjectConfig) -> str:
 
 def _render_field(description: str | None, key: str, value: Any) -> list[str]:
     out = [f"# {description}"] if description else []
-    out.append(tomli_w.dumps({key: value}).strip())
+    # an unset optional field (None has no TOML form) is shown commented out
+    out.append(f"# {key} = (unset)" if value is None else tomli_w.dumps({key: value}).strip())
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -52,6 +52,10 @@ class HeadConfig(Section):
     max_iter: int = Field(500, ge=10, description="Solver iterations for the head.")
 
 
+#: Votes an item starts with under adaptive votes (``rounds.min_votes``): its one default.
+DEFAULT_MIN_VOTES = 1
+
+
 class RoundsConfig(Section):
     strategy: str = Field(
         "auto",
@@ -66,7 +70,29 @@ class RoundsConfig(Section):
         3, ge=1, description="'auto' leaves cold start once every class has this many."
     )
     batch_size: int = Field(20, ge=1, description="Images sent to annotators per round.")
-    overlap: int = Field(3, ge=1, description="Annotators per image (maximum_annotations).")
+    overlap: int | None = Field(
+        None, ge=1,
+        description=(
+            "Fixed annotators per image: every item gets exactly this many votes (adaptive "
+            "votes off; alearn.toml files written before adaptive votes set it). Leave it "
+            "out to use adaptive votes between min_votes and max_votes."
+        ),
+    )
+    min_votes: int = Field(
+        DEFAULT_MIN_VOTES, ge=1,
+        description=(
+            "Adaptive votes: votes every item gets first (2 gives an agreement figure on "
+            "every item). Ignored when overlap is set."
+        ),
+    )
+    max_votes: int = Field(
+        3, ge=1,
+        description=(
+            "Adaptive votes: the most votes an item gets; an item gets one more only while "
+            "its consensus posterior is below agreement.confidence_target. Gold items and "
+            "the audit slice (agreement.audit_rate) always get this many."
+        ),
+    )
     auto_next: bool = Field(False, description="Start the next round when one closes.")
     label_budget: int = Field(
         0, ge=0, description="Total human labels to spend; 0 means no limit."
@@ -79,6 +105,20 @@ class RoundsConfig(Section):
         description="Period of the workers' safety net: pull, close full rounds, and "
                     "resume rounds whose job died.",
     )
+
+    @model_validator(mode="after")
+    def _check_votes(self) -> RoundsConfig:
+        if self.overlap is None and self.min_votes > self.max_votes:
+            raise ValueError(f"min_votes ({self.min_votes}) is above max_votes "
+                             f"({self.max_votes}); set min_votes <= max_votes")
+        return self
+
+    def vote_limits(self) -> tuple[int, int]:
+        """(votes every item gets, the most an item gets): (overlap, overlap) when
+        ``overlap`` is set (adaptive votes off), else (min_votes, max_votes)."""
+        if self.overlap is not None:
+            return self.overlap, self.overlap
+        return self.min_votes, self.max_votes
 
 
 class AgreementConfig(Section):
@@ -93,6 +133,20 @@ class AgreementConfig(Section):
         ge=0,
         le=1,
         description="Consensus confidence needed to become a trusted label (2 of 3 is 0.67).",
+    )
+    confidence_target: float = Field(
+        0.95, gt=0, le=1,
+        description=(
+            "Adaptive votes: an item whose consensus posterior (agreement.consensus) is "
+            "below this gets one more vote, up to rounds.max_votes."
+        ),
+    )
+    audit_rate: float = Field(
+        0.1, ge=0, le=1,
+        description=(
+            "Adaptive votes: share of each batch (a seeded random slice) that always gets "
+            "rounds.max_votes, so that kappa, alpha and AC1 rest on an unbiased sample."
+        ),
     )
     kappa_threshold: float = Field(
         0.6, ge=-1, le=1, description="Rounds whose kappa falls below this are flagged."

@@ -22,9 +22,11 @@ from sqlalchemy.orm import Session
 
 from alearn.exceptions import RoundError
 from alearn.progress import progress as progress_bar
+from alearn.rounds import metrics as round_metrics
 from alearn.store import Item, Round, Selection, Store
 from labelstudio.client import LSClient
 from labelstudio.label_config import choice_result
+from labelstudio.overlap import push_overlaps
 from labelstudio.urls import image_url
 
 logger = logging.getLogger(__name__)
@@ -127,7 +129,9 @@ def push_round(
     project asks for ``round.overlap`` annotations per task (the round is the one source
     of truth for overlap: project set-up never sets ``maximum_annotations``) and serves
     tasks by uncertainty for this round's model version. ``progress`` shows a bar on
-    stderr (tasks created, the rate and the time left).
+    stderr (tasks created, the rate and the time left). With adaptive votes
+    (``round.overlap`` is then ``min_votes``), gold and audit tasks are asked for
+    ``max_votes`` (:func:`labelstudio.overlap.push_overlaps`).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -170,6 +174,8 @@ def push_round(
                 "push chunk round_id=%s ls_project_id=%s model_version=%s tasks=%s",
                 round_id, project_id, version, len(ids),
             )
+    # adaptive votes: gold and audit tasks ask for max_votes (a retry asks the same again)
+    push_overlaps(store, client, round_id)
     # only now: Label Studio accepts a model_version once predictions of it exist
     client.update_project(project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
     summary = PushSummary(created=created, already_present=total - created)
@@ -195,8 +201,9 @@ class WithdrawSummary:
 def withdraw_round(store: Store, client: LSClient, round_id: int) -> WithdrawSummary:
     """Stop Label Studio serving a round's tasks (``alearn round abort``), keeping every
     vote already given: a task nobody labeled is deleted; a task with some votes but
-    fewer than the round asked for is locked (its overlap set to the votes it has, and
-    marked labeled). Idempotent.
+    fewer than the round asked for (its overlap, or more for an item asked for more
+    votes) is locked (its overlap set to the votes it has, and marked labeled).
+    Idempotent.
     """
     project_id, _base = _project_id(store)
     with store.session() as s:
@@ -205,6 +212,7 @@ def withdraw_round(store: Store, client: LSClient, round_id: int) -> WithdrawSum
             raise RoundError(f"round id {round_id} does not exist in the store.")
         recorded = dict(s.execute(select(Selection.ls_task_id, Selection.item_id).where(
             Selection.round_id == round_id, Selection.ls_task_id.is_not(None))).all())
+        asked = round_metrics.of(rnd).votes_asked
     deleted = locked = complete = 0
     for task in client.iter_tasks(project_id, annotations=True):
         if task["id"] not in recorded:
@@ -212,7 +220,7 @@ def withdraw_round(store: Store, client: LSClient, round_id: int) -> WithdrawSum
         votes = len(task["annotations"])
         if votes == 0:
             deleted += client.delete_task(task["id"])
-        elif votes < rnd.overlap:
+        elif votes < asked.get(recorded[task["id"]], rnd.overlap):
             client.update_task(task["id"], overlap=votes, is_labeled=True)
             locked += 1
         else:

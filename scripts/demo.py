@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=2000)
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=40)
-    p.add_argument("--overlap", type=int, default=3)
+    p.add_argument("--overlap", type=int, default=None,
+                   help="Fixed annotators per image (default: adaptive votes, 1 to 3).")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--dir", type=Path, default=ROOT / ".demo")
     p.add_argument("--dataset", default=None, help="fashion-mnist (default if installed) or digits")
@@ -174,15 +176,13 @@ class Demo:
         evaluator = Evaluator(self.project, split, truth)
         print()
         header = ("round", "labels spent", "trusted", "test accuracy", "kappa",
-                  "consensus accuracy")
+                  "clicks per trusted label", "consensus accuracy")
         print(" | ".join(header))
         rows = []
         for _ in range(args.rounds):
             number = self.start_round()
             ls_project = self.wait_status(number, ("pushed", "collecting"))["ls_project_id"]
-            panel.label(ls_project)
-            self.alearn("round", "sync", capture=True)
-            self.wait_status(number, ("closed",))
+            self.label_until_closed(panel, ls_project, number)
             row = evaluator.row(number)
             rows.append(row)
             print(" | ".join(str(row[k]) for k in header), flush=True)
@@ -223,6 +223,19 @@ class Demo:
         path.chmod(0o600)
         return who
 
+    def label_until_closed(self, panel: Any, ls_project: int, number: int) -> None:
+        """Label, pull, and label again the tasks that adaptive votes send back (an item
+        whose label is unsettled after a pull gets one more vote) until the round closes."""
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            panel.label(ls_project)
+            self.alearn("round", "sync", capture=True)
+            time.sleep(2)
+            if self.wait_status(number, ("closed", "collecting", "pushed"))["status"] == "closed":
+                return
+        raise SystemExit(f"round {number} did not close in 900 s; see the worker logs in "
+                         f"{self.dir / 'logs'}")
+
     def start_round(self) -> int:
         out = json.loads(self.alearn("round", "start", "--json", capture=True))
         return int(out["round"])
@@ -249,7 +262,8 @@ def configure_demo_project(project: Path, args: argparse.Namespace) -> None:
     p = Project.open(project)
     p.config.embed.image_size = 96
     p.config.rounds.batch_size = args.batch_size
-    p.config.rounds.overlap = args.overlap
+    if args.overlap is not None:
+        p.config.rounds.overlap = args.overlap
     p.save_config()
 
 

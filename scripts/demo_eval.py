@@ -14,6 +14,7 @@ from alearn.model import training
 from alearn.model.current import current_head
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
+from alearn.rounds.adaptive_round import clicks_per_trusted_label
 from alearn.store import Item, Label, Round
 
 
@@ -51,5 +52,7 @@ class Evaluator:
             "trusted": len(y_tr),
             "test accuracy": "-" if acc is None else f"{acc:.3f}",
             "kappa": "-" if kappa is None else f"{kappa:.3f}",
+            "clicks per trusted label": clicks_per_trusted_label(store)[
+                "clicks_per_trusted_label"] or "-",
             "consensus accuracy": f"{np.mean(correct):.3f}" if correct else "-",
         }

@@ -32,7 +32,8 @@ def test_rendered_config_round_trips_and_documents_every_field() -> None:
     # every key is preceded by its description comment
     for section in ("embed", "head", "rounds", "agreement", "labelstudio"):
         for name, field in type(getattr(cfg, section)).model_fields.items():
-            assert f"# {field.description}\n{name} =" in text
+            unset = "# " if getattr(getattr(cfg, section), name) is None else ""
+            assert f"# {field.description}\n{unset}{name} =" in text
 
 
 def test_init_writes_config_and_open_finds_it_from_below(tmp_path: Path, image_dir: Path) -> None:
@@ -151,3 +152,25 @@ def test_an_example_through_a_link_out_of_the_image_root_is_refused(tmp_path: Pa
     (tmp_path / "images" / "out").symlink_to(tmp_path / "outside")
     with pytest.raises(ConfigError, match=r"classes\.cat\.examples: 'out/x\.png' leads outside"):
         load_config(path)
+
+
+def test_adaptive_votes_are_the_default_and_overlap_turns_them_off() -> None:
+    cfg = ProjectConfig(classes=["a", "b"])
+    assert cfg.rounds.overlap is None and cfg.rounds.vote_limits() == (1, 3)
+    old = ProjectConfig.model_validate({"classes": ["a", "b"], "rounds": {"overlap": 3}})
+    assert old.rounds.vote_limits() == (3, 3)  # an alearn.toml from before: fixed overlap
+    two = ProjectConfig.model_validate({"classes": ["a", "b"],
+                                        "rounds": {"min_votes": 2, "max_votes": 4}})
+    assert two.rounds.vote_limits() == (2, 4)
+
+
+def test_bad_vote_limits_are_one_line_errors(tmp_path: Path) -> None:
+    path = tmp_path / "alearn.toml"
+    for body, match in [("[rounds]\nmin_votes = 4\nmax_votes = 2\n", "min_votes <= max_votes"),
+                        ("[rounds]\nmin_votes = 0\n", "min_votes"),
+                        ("[agreement]\nconfidence_target = 1.5\n", "confidence_target"),
+                        ("[agreement]\naudit_rate = -0.1\n", "audit_rate")]:
+        path.write_text('classes = ["a", "b"]\n' + body)
+        with pytest.raises(ConfigError, match=match) as err:
+            load_config(path)
+        assert "\n" not in str(err.value)

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from alearn.exceptions import RoundError
 from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
 from alearn.rounds.lifecycle import (
     ABORTED,
     ACTIVE,
@@ -88,20 +89,22 @@ def abort_round(project: Project, conn: Redis, round_id: int) -> dict[str, Any]:
 
 
 def open_tasks(project: Project, round_id: int) -> int:
-    """The round's pushed tasks that have fewer mirrored annotations than its overlap
-    (Label Studio still serves them)."""
+    """The round's pushed tasks that have fewer mirrored annotations than its overlap,
+    or than the votes asked for them (adaptive votes, 'more_votes'): Label Studio still
+    serves them."""
     with project.store.session() as s:
         rnd = s.get(Round, round_id)
         if rnd is None:
             raise RoundError(f"no round {round_id}")
+        asked = round_metrics.of(rnd).votes_asked
         votes = (select(Annotation.ls_task_id, func.count().label("n"))
                  .where(Annotation.round_id == round_id)
                  .group_by(Annotation.ls_task_id).subquery())
-        return s.scalar(
-            select(func.count()).select_from(Selection)
+        rows = s.execute(
+            select(Selection.item_id, func.coalesce(votes.c.n, 0)).select_from(Selection)
             .outerjoin(votes, votes.c.ls_task_id == Selection.ls_task_id)
-            .where(Selection.round_id == round_id, Selection.ls_task_id.is_not(None),
-                   func.coalesce(votes.c.n, 0) < rnd.overlap)) or 0
+            .where(Selection.round_id == round_id, Selection.ls_task_id.is_not(None))).all()
+    return sum(1 for item, n in rows if n < asked.get(int(item), rnd.overlap))
 
 
 def close_now(project: Project, conn: Redis, round_id: int, *,
@@ -121,7 +124,7 @@ def close_now(project: Project, conn: Redis, round_id: int, *,
     n_open = open_tasks(project, round_id)
     if n_open and not force and rnd.status in (PUSHED, COLLECTING):
         raise RoundError(
-            f"round {rnd.number} has {n_open} open tasks (fewer than {rnd.overlap} votes). "
+            f"round {rnd.number} has {n_open} open tasks (fewer votes than asked for). "
             f"'alearn round close --round {rnd.number} --force' closes it on the votes given, "
             "removes its unlabeled tasks from Label Studio and locks its partly labeled "
             "ones; or wait for the votes.")

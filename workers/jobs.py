@@ -162,6 +162,7 @@ def pull_job(project_dir: str) -> dict[str, Any] | Retry:
     from alearn.team import reviewers
     from labelstudio.adjudication import pull_adjudications
     from labelstudio.client import connect_label_studio
+    from labelstudio.overlap import adapt_votes
     from labelstudio.pull import pull_annotations
 
     with _step(project_dir, VOTES) as held:
@@ -176,7 +177,9 @@ def pull_job(project_dir: str) -> dict[str, Any] | Retry:
                 project.store, client, project.config.classes,
                 reviewers=reviewers(project.store, project.config.agreement.reviewers),
             ).to_dict()
-    _report(**{k: v for k, v in out.items() if k != "adjudication"})
+            # adaptive votes: what the votes want now, asked before the round may close
+            out["adaptive_votes"] = adapt_votes(project, client=client).to_dict()
+    _report(**{k: v for k, v in out.items() if k not in ("adjudication", "adaptive_votes")})
     return out
 
 
@@ -184,9 +187,9 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
     """Close a round: agreement, consensus, metrics. A closed round that is stale (a
     vote changed after close) is recomputed.
 
-    With ``agreement.adjudication = 'more_votes'`` (and not ``force``), a round with
-    unsettled items first asks Label Studio for more votes on them and stays open
-    (``{"closed": False, ...}``).
+    Unless ``force``, a round with adaptive votes whose votes want more than Label Studio
+    was asked for asks for them first and stays open (``{"closed": False, ...}``); so
+    does, with ``agreement.adjudication = 'more_votes'``, a round with unsettled items.
     """
     from alearn.rounds.close import close_round
     from alearn.rounds.lifecycle import is_stale
@@ -195,6 +198,13 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
         if held is None:
             return BUSY
         project, _conn = held
+        if not force:  # adaptive votes: the votes still wanted are asked first
+            from labelstudio.overlap import adapt_votes
+
+            adapted = adapt_votes(project, round_id)
+            if adapted.asked:
+                _report(waiting_for_votes=adapted.waiting)
+                return {"closed": False, "waiting_for_votes": adapted.waiting}
         if project.config.agreement.adjudication == "more_votes" and not force:
             from labelstudio.adjudication import ask_for_more_votes
             from labelstudio.client import connect_label_studio

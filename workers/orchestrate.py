@@ -77,8 +77,15 @@ def start_round(
     overlap: int | None = None,
     embed_shards: int = 1,
 ) -> Round:
-    """Create the round in the store, then enqueue embed -> train -> select -> push."""
+    """Create the round in the store, then enqueue embed -> train -> select -> push.
+
+    Without ``overlap`` the round takes its votes per item from the config: adaptive
+    votes, or ``rounds.overlap`` when it is set (see
+    :func:`alearn.rounds.adaptive_round.round_votes_plan`)."""
+    from alearn.rounds.adaptive_round import round_votes_plan
+
     cfg = project.config.rounds
+    base, adaptive = round_votes_plan(project.config, overlap)
     if strategy is not None:
         from alearn.query.strategies import check_strategy_name
 
@@ -87,7 +94,8 @@ def start_round(
         project.store,
         strategy=strategy or cfg.strategy,
         batch_size=batch_size or cfg.batch_size,
-        overlap=overlap or cfg.overlap,
+        overlap=base,
+        adaptive=adaptive,
     )
     rnd.job_id = enqueue_chain(project, conn, rnd.id, embed_shards=embed_shards)
     ensure_tick(project, conn)

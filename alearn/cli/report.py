@@ -106,6 +106,16 @@ def status(ctx: Context, as_json: bool) -> None:
     )
     print_table("Trusted labels by class",
                 [{"class": c, "labels": n} for c, n in info["trusted_by_class"].items()])
+    votes = info["votes"]
+    if votes["clicks_per_trusted_label"] is not None:
+        console.print(f"Clicks per trusted label: {votes['clicks_per_trusted_label']} "
+                      f"({votes['clicks']} clicks, {votes['trusted_labels']} labels)")
+    for r in votes["adaptive_rounds"][-1:]:
+        on = r["agreement_items"]
+        console.print(f"Round {r['number']}: adaptive votes {r['min_votes']}-{r['max_votes']}, "
+                      f"{r['asked_more']} items asked for more; kappa "
+                      f"{fmt(r['kappa']) if r['kappa'] is not None else '-'} on "
+                      f"{'-' if on is None else len(on)} gold and audit items")
     if info["rounds"]:
         rounds = [{k: fmt(v) if isinstance(v, float) else v for k, v in r.items()}
                   for r in info["rounds"]]

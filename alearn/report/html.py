@@ -55,8 +55,8 @@ def write_report(project: Project, out: Path | str, *, reference: Path | str | N
     files.chmod(0o755)
     for old in files.glob("*.png"):  # plots from an earlier report that may have no data now
         old.unlink()
-    ref = load_reference(Path(reference), overlap=project.config.rounds.overlap) if reference \
-        else None
+    most_votes = project.config.rounds.vote_limits()[1]
+    ref = load_reference(Path(reference), overlap=most_votes) if reference else None
     rounds = round_metrics.by_round(project.store)
     closed = [(r, m) for r, m in rounds if r.status == "closed"]
     fig = Figures(files)

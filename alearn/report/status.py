@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
+from alearn.rounds.adaptive_round import clicks_per_trusted_label
 from alearn.rounds.adjudication import adjudication_status
 from alearn.rounds.lifecycle import (
     ACTIVE,
@@ -67,6 +68,7 @@ def project_status(project: Project) -> dict[str, Any]:
         "set_aside_annotations": aside,
         "convergence": _convergence(project),
         "adjudication": adjudication_status(project),
+        "votes": _votes(project),
         "ls_project_id": store.get_meta("ls_project_id"),
     }
 
@@ -110,6 +112,20 @@ def _attention(project: Project, rows: list[Round], rounds: list[dict[str, Any]]
 def _headline(m: round_metrics.RoundMetrics) -> dict[str, Any]:
     return {"labels_spent": m.labels_spent, "cv_accuracy": m.cv_accuracy, "kappa": m.kappa,
             "consensus_items": m.consensus_items, "flagged": m.flagged}
+
+
+def _votes(project: Project) -> dict[str, Any]:
+    """Clicks per trusted label, and each adaptive-votes round's votes: the limits, the
+    items asked for more than min_votes, and the items its agreement figures rest on."""
+    rounds = []
+    for rnd, m in round_metrics.by_round(project.store):
+        plan = m.adaptive_votes
+        if plan is not None:
+            rounds.append({"number": rnd.number, "min_votes": plan.min_votes,
+                           "max_votes": plan.max_votes, "asked_more": len(plan.targets),
+                           "audit_items": plan.audit_items, "kappa": m.kappa,
+                           "agreement_items": plan.agreement_items})
+    return {**clicks_per_trusted_label(project.store), "adaptive_rounds": rounds}
 
 
 def _convergence(project: Project) -> dict[str, Any]:

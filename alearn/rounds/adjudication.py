@@ -286,7 +286,8 @@ def more_votes_targets(project: Project, round_id: int) -> dict[int, int]:
         return {}
     cons = consensus(project, votes.ratings, tie_policy="adjudicate")
     labeled = set(store.trusted_labels()) | votes.gold_items
-    return {item: overlap + EXTRA_VOTES for row, item in enumerate(votes.items)
+    asked = metrics.votes_asked  # adaptive votes: an item's own target is its base
+    return {item: asked.get(item, overlap) + EXTRA_VOTES for row, item in enumerate(votes.items)
             if str(cons.status[row]) in ("tie", "low_confidence") and item not in labeled}
 
 

@@ -30,6 +30,7 @@ from alearn.exceptions import AlearnError, RoundError
 from alearn.model.current import TrainedHead, current_head
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
+from alearn.rounds.adaptive_round import agreement_sample
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
 from alearn.rounds.votes import consensus, tally
 from alearn.stats.agreement import agreement_report as _agreement_report
@@ -82,7 +83,12 @@ def close_round(project: Project, round_id: int, *,
     adjudication: list[int] = []
     is_gold = votes.gold >= 0
     if votes.items:
-        report = _agreement_report(votes.ratings, n_boot=N_BOOT, seed=rnd.number)
+        # with adaptive votes, agreement rests on the gold and audit items only
+        sample, sample_items = agreement_sample(project, round_id, votes)
+        report = (_agreement_report(sample, n_boot=N_BOOT, seed=rnd.number)
+                  if sample is not None else None)
+        if metrics.adaptive_votes is not None:
+            metrics.adaptive_votes.agreement_items = sample_items
         cons = consensus(project, votes.ratings)
         names, counts = np.unique(cons.status[~is_gold], return_counts=True)
         consensus_counts = {str(k): int(c) for k, c in zip(names, counts, strict=True)}
@@ -92,10 +98,11 @@ def close_round(project: Project, round_id: int, *,
             consensus=cons,
         )
         adjudication = _store_consensus(project, round_id, votes.items, cons)
-        kappa = _mean_pairwise(report.pairwise_kappa)
+        kappa = _mean_pairwise(report.pairwise_kappa) if report is not None else None
         low = kappa is not None and kappa < cfg.agreement.kappa_threshold
-        metrics.agreement, metrics.kappa = report.to_dict(), kappa
-        metrics.alpha, metrics.consensus_method = report.krippendorff_alpha.value, cons.method
+        metrics.agreement, metrics.kappa = report.to_dict() if report else None, kappa
+        metrics.alpha = report.krippendorff_alpha.value if report else None
+        metrics.consensus_method = cons.method
         metrics.annotators, metrics.flagged = annotators, bool(low)
         if low:
             log.warning("round_event=low_agreement round=%s kappa=%.3f threshold=%.2f",

@@ -69,8 +69,11 @@ def get_round(store: Store, round_id: int | None = None) -> Round:
         return rnd
 
 
-def create_round(store: Store, *, strategy: str, batch_size: int, overlap: int) -> Round:
-    """Open a new round in state 'planned'; refuse if another round is active."""
+def create_round(store: Store, *, strategy: str, batch_size: int, overlap: int,
+                 adaptive: round_metrics.AdaptiveVotes | None = None) -> Round:
+    """Open a new round in state 'planned'; refuse if another round is active.
+
+    ``adaptive``: the round's adaptive votes (its ``overlap`` is then ``min_votes``)."""
     with store.session() as s:
         current = s.scalars(select(Round).where(Round.status.in_(ACTIVE))).first()
         if current is not None:
@@ -82,7 +85,7 @@ def create_round(store: Store, *, strategy: str, batch_size: int, overlap: int) 
         number = (s.scalar(select(func.max(Round.number))) or 0) + 1
         rnd = Round(number=number, status=PLANNED, strategy=strategy,
                     batch_size=batch_size, overlap=overlap)
-        round_metrics.put(rnd, round_metrics.RoundMetrics())
+        round_metrics.put(rnd, round_metrics.RoundMetrics(adaptive_votes=adaptive))
         s.add(rnd)
         s.flush()
     log.info("round_event=created round=%s number=%s strategy=%s", rnd.id, number, strategy)
@@ -229,7 +232,7 @@ class RoundProgress:
 
 def round_progress(store: Store, round_id: int) -> RoundProgress:
     """How far a round is: tasks that reached their overlap (or the larger target of an
-    item asked for more votes), annotations per annotator.
+    item asked for more votes: adaptive votes, 'more_votes'), annotations per annotator.
 
     Every mirrored annotation counts toward a task's overlap (Label Studio counts set-aside
     and skipped ones too), so a task is done when Label Studio stops serving it.
@@ -259,8 +262,8 @@ def round_progress(store: Store, round_id: int) -> RoundProgress:
                 Annotation.round_id == round_id, Annotation.status != "ok"
             )
         ) or 0
-    # items asked for more votes ('more_votes' adjudication) need more than the overlap
-    wanted = round_metrics.of(rnd).vote_targets
+    # items asked for more votes (adaptive votes, 'more_votes') need more than the overlap
+    wanted = round_metrics.of(rnd).votes_asked
     done = sum(1 for item, n in per_item.items() if n >= wanted.get(int(item), rnd.overlap))
     return RoundProgress(
         round_id=rnd.id, number=rnd.number, status=rnd.status, tasks=tasks, tasks_done=done,

@@ -11,6 +11,9 @@ it was computed, so an open round's JSON holds no close figures:
 * selection (``alearn.rounds.lifecycle.record_plan``): ``pool_size``, ``n_train``,
   ``gold_items``;
 * more votes asked for ('more_votes' adjudication): ``more_votes``;
+* adaptive votes (:mod:`alearn.rounds.adaptive_round`): ``adaptive_votes``, written at
+  round start (the limits), push (the audit slice) and after each pull (the votes asked);
+  close adds the items the agreement figures rest on;
 * close: ``labels_spent``, ``labels_spent_total``, ``tasks``, ``consensus``,
   ``consensus_items``, ``adjudication_items``, ``adjudication``, ``cv_accuracy``,
   ``convergence``, ``converged``;
@@ -79,6 +82,36 @@ class MoreVotes:
 
 
 @dataclass
+class AdaptiveVotes:
+    """A round's adaptive votes: every item starts with ``min_votes``; ``targets`` maps
+    the items asked for more (gold and ``audit_items`` at push, unsettled items after a
+    pull) to the votes asked of Label Studio. ``agreement_items``: the gold and audit
+    items with ``max_votes`` votes that kappa, alpha and AC1 rest on (set at close)."""
+
+    min_votes: int
+    max_votes: int
+    target: float
+    audit_rate: float
+    audit_items: list[int] = field(default_factory=list)
+    targets: dict[int, int] = field(default_factory=dict)
+    agreement_items: list[int] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> AdaptiveVotes | None:
+        if not data:
+            return None
+        agreed = data.get("agreement_items")
+        return cls(min_votes=int(data["min_votes"]), max_votes=int(data["max_votes"]),
+                   target=float(data["target"]), audit_rate=float(data.get("audit_rate") or 0),
+                   audit_items=[int(i) for i in data.get("audit_items") or []],
+                   targets={int(i): int(n) for i, n in (data.get("targets") or {}).items()},
+                   agreement_items=None if agreed is None else [int(i) for i in agreed])
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "targets": {str(i): int(n) for i, n in self.targets.items()}}
+
+
+@dataclass
 class RoundMetrics:
     """A round's outcome. ``agreement`` is an :class:`~alearn.stats.agreement.AgreementReport`
     as a dict, ``annotators`` the close's per-annotator figures (see
@@ -90,6 +123,7 @@ class RoundMetrics:
     n_train: int | None = None
     gold_items: int | None = None
     more_votes: MoreVotes | None = None
+    adaptive_votes: AdaptiveVotes | None = None
     # close
     labels_spent: int | None = None
     labels_spent_total: int | None = None
@@ -133,6 +167,15 @@ class RoundMetrics:
         """item id -> annotations wanted, for items asked for more votes."""
         return dict(self.more_votes.targets) if self.more_votes else {}
 
+    @property
+    def votes_asked(self) -> dict[int, int]:
+        """item id -> annotations asked of Label Studio beyond the round's overlap
+        (adaptive votes and 'more_votes' together, the larger where both ask)."""
+        asked = dict(self.adaptive_votes.targets) if self.adaptive_votes else {}
+        for item, n in self.vote_targets.items():
+            asked[item] = max(n, asked.get(item, 0))
+        return asked
+
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> RoundMetrics:
         d = dict(data or {})
@@ -141,6 +184,7 @@ class RoundMetrics:
         for name in known & set(d):
             setattr(out, name, d[name])
         out.more_votes = MoreVotes.from_json(d.get("more_votes"))
+        out.adaptive_votes = AdaptiveVotes.from_json(d.get("adaptive_votes"))
         out.adjudication = (AdjudicationTally.from_json(d["adjudication"])
                             if d.get("adjudication") is not None else None)
         out.annotators = list(d.get("annotators") or [])
@@ -155,9 +199,11 @@ class RoundMetrics:
             out.update({k: getattr(self, k) for k in _SELECTION})
         if self.more_votes is not None:
             out["more_votes"] = self.more_votes.to_json()
+        if self.adaptive_votes is not None:
+            out["adaptive_votes"] = self.adaptive_votes.to_json()
         if self.is_closed:
             out.update({k: getattr(self, k) for k in _CLOSE})
-            if self.agreement is not None:
+            if self.agreement is not None or self.consensus_method is not None:
                 out.update({k: getattr(self, k) for k in _AGREEMENT})
             out.update({k: getattr(self, k) for k in _CLOSE_END})
             out["adjudication"] = (self.adjudication or AdjudicationTally()).to_json()
