@@ -131,7 +131,10 @@ def status(ctx: Context, as_json: bool) -> None:
             rows = [{"annotator": a, "annotations": n} for a, n in cur["by_annotator"].items()]
             print_table("Annotations by annotator", rows)
     if info["set_aside_annotations"]:
-        print_table("Annotations set aside", info["set_aside_annotations"])
+        shown, total = len(info["set_aside_annotations"]), info["set_aside_total"]
+        print_table("Annotations set aside" + (f" (the latest {shown} of {total})"
+                                               if total > shown else ""),
+                    info["set_aside_annotations"])
     adj = info.get("adjudication") or {}
     if adj.get("items") or adj.get("waiting_for_votes"):
         console.print(f"Adjudication ({adj['mode']}): {adj['pending']} pending, "

@@ -13,7 +13,6 @@ import numpy as np
 from sqlalchemy import select
 
 from alearn.project import Project
-from alearn.stats.consensus import get_consensus
 from alearn.stats.ratings import Ratings, ratings_matrix
 from alearn.store import Annotation, Label
 
@@ -84,6 +83,8 @@ def tally(project: Project, round_ids: list[int] | None) -> Tally:
 def consensus(project: Project, ratings: Ratings, *, tie_policy: str | None = None) -> Any:
     """The ``agreement.consensus`` method's result over ``ratings``. ``tie_policy``:
     'first' or 'adjudicate'; by default from ``agreement.tie_policy``."""
+    from alearn.stats.consensus import get_consensus  # scipy: on use, not by 'alearn status'
+
     cfg = project.config
     if tie_policy is None:
         tie_policy = "first" if cfg.agreement.tie_policy == "first" else "adjudicate"

@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skmetrics
 
 from alearn.exceptions import ConfigError
 
@@ -284,6 +283,8 @@ def stop_kappa(previous: Sequence[int] | None, current: Sequence[int] | None) ->
     a, b = a[both], b[both]
     if np.array_equal(a, b):  # also covers one shared class, where kappa is 0/0
         return 1.0
+    from sklearn import metrics as skmetrics  # on use: 'alearn status' never loads it
+
     return float(skmetrics.cohen_kappa_score(a, b))
 
 
