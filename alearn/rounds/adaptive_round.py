@@ -39,7 +39,6 @@ from alearn.rounds import metrics as round_metrics
 from alearn.rounds.lifecycle import COLLECTING, PUSHED
 from alearn.rounds.votes import Tally, consensus, tally
 from alearn.stats.adaptive import check_vote_limits, votes_wanted
-from alearn.stats.consensus import get_consensus
 from alearn.stats.ratings import Ratings
 from alearn.store import Annotation, Label, Round, Selection, Store
 from alearn.team import voters
@@ -127,6 +126,8 @@ class VoteDecision:
 def posterior(project: Project, ratings: Ratings) -> Any:
     """The consensus whose ``confidence`` is each item's label posterior (see the module
     docstring: majority vote is replaced by Dawid-Skene here)."""
+    from alearn.stats.consensus import get_consensus  # scipy: on use, not by 'alearn status'
+
     cfg = project.config
     if cfg.agreement.consensus == "majority":
         return get_consensus("dawid_skene")(
