@@ -82,7 +82,7 @@ class Pool:
             out[sel[order]] = self.segments[s].values()[row[sel[order]]]
         return out
 
-    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def blocks(self, rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(item ids, float32 vectors) of consecutive rows, every segment in file order.
 
         Ids are -1 for rows that are no item's. The vectors live in one buffer that the
@@ -90,6 +90,7 @@ class Pool:
         """
         import torch  # the vectorised float16 -> float32 cast; imported on use
 
+        rows = rows or BLOCK_ROWS
         buf = torch.empty((rows, self.dim), dtype=torch.float32)
         for seg, owners in zip(self.segments, self.row_item, strict=True):
             with warnings.catch_warnings():  # a read-only map: torch warns, we only read
@@ -107,20 +108,30 @@ class Pool:
             seg.release(0, len(seg))
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, std) of the items' vectors, float64 (dim,), in one chunked pass."""
+        """(mean, std) of the items' vectors, float64 (dim,), in one chunked pass.
+
+        Each block's mean and variance are float32 reductions of the block less a
+        reference row (the first block's mean), so they are accurate to float32 of the
+        spread, not of the values; blocks are combined in float64 (Chan et al.)."""
         import torch
 
         n = 0
         mean = np.zeros(self.dim)
         m2 = np.zeros(self.dim)
+        ref: torch.Tensor | None = None
         for owners, X in self.blocks(4096):
             mask = owners >= 0
             if not mask.any():
                 continue
-            B = torch.from_numpy(X if mask.all() else X[mask]).double()
-            var_b, mean_b = torch.var_mean(B, dim=0, correction=0)
+            B = torch.from_numpy(X if mask.all() else X[mask])
+            if ref is None:
+                ref = B.mean(dim=0, dtype=torch.float64).float()
+            B -= ref  # in the reused block buffer (or a masked copy)
+            var_b, mean_t = torch.var_mean(B, dim=0, correction=0)
+            var_b = var_b.double()
+            mean_b = mean_t.double().numpy() + ref.double().numpy()
             nb = int(B.shape[0])
-            delta = mean_b.numpy() - mean
+            delta = mean_b - mean
             total = n + nb
             mean = mean + delta * (nb / total)
             m2 = m2 + var_b.numpy() * nb + delta**2 * (n * nb / total)
