@@ -50,6 +50,18 @@ class HeadConfig(Section):
         "none", description="'balanced' reweights classes inversely to their frequency."
     )
     max_iter: int = Field(500, ge=10, description="Solver iterations for the head.")
+    unlabeled: Literal["none", "spread"] = Field(
+        "none",
+        description=(
+            "Use the unlabeled pool in the head: 'spread' adds pseudo-labels spread over a "
+            "nearest-neighbour graph of a pool sample (never stored or exported); 'none' "
+            "fits the trusted labels alone."
+        ),
+    )
+    unlabeled_items: int = Field(
+        10000, ge=100, le=50000,
+        description="Pool items (a seeded sample) the 'spread' head reads and spreads to.",
+    )
 
 
 #: Votes an item starts with under adaptive votes (``rounds.min_votes``): its one default.

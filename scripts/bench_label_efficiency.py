@@ -18,11 +18,23 @@ The peer baseline ``modal_uncertainty`` is a plain modAL ``ActiveLearner`` with
 ``uncertainty_sampling`` on the same head and features; a fresh learner is built each
 round from the labels so far (``ActiveLearner.teach`` fails with scikit-learn >= 1.8).
 
-Output (JSON on stdout): ``full_accuracy`` (the head trained on the whole labeled
-pool), ``target_accuracy`` (``--target`` x full), and per strategy the accuracy at
-each labels count per seed, ``labels_to_target`` per seed (the first labels count
-whose accuracy reaches the target; null if the budget ran out) and its median, and
-``ratio_vs_random`` (that median over random's).
+The unlabeled pool in the head: each strategy in ``--spread-strategies`` also runs as
+``<strategy>+spread`` with ``head.unlabeled = "spread"`` (label spreading over a
+nearest-neighbour graph of the pool, :mod:`alearn.model.semi_supervised`); every other
+configuration uses ``head.unlabeled = "none"``. ``random`` (plain head) stays the
+baseline every ratio is taken against.
+
+Two measures: accuracy, and balanced accuracy (macro-averaged recall), each with its
+own target (``--target`` x the full-pool head's figure). ``--long-tail R`` makes the
+pool and the test set long-tailed: class ``c`` (of ``k``) keeps a share
+``R ** (-c / (k - 1))`` of its items, so the largest class has ``R`` times the
+smallest's.
+
+Output (JSON on stdout): ``full_accuracy`` and ``full_balanced_accuracy`` (the head
+trained on the whole labeled pool), the targets, and per configuration the curves per
+seed, ``labels_to_target`` and ``balanced_labels_to_target`` per seed (the first labels
+count whose figure reaches its target; null if the budget ran out), their medians, and
+``ratio_vs_random`` / ``balanced_ratio_vs_random`` (those medians over random's).
 
 Example::
 
@@ -43,6 +55,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import balanced_accuracy_score
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,6 +72,7 @@ from alearn.query.strategies import STRATEGIES, choose_strategy  # noqa: E402
 log = logging.getLogger("bench")
 DEFAULT_STRATEGIES = "auto,random,margin,least_confident,entropy,ranked_batch"
 MODAL = "modal_uncertainty"
+SPREAD = "+spread"
 
 
 def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -95,16 +109,42 @@ def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
     return data
 
 
+def long_tail(d: dict[str, np.ndarray], ratio: float) -> dict[str, np.ndarray]:
+    """Pool and test subsets where class c of k keeps ``ratio ** (-c / (k - 1))`` of its
+    items (the first ones, which are a random draw already); ratio 1 changes nothing."""
+    if ratio == 1:
+        return d
+    k = len(d["classes"])
+    out = dict(d)
+    for X, y in (("Xp", "yp"), ("Xt", "yt")):
+        keep = np.zeros(len(d[y]), dtype=bool)
+        for c in range(k):
+            members = np.flatnonzero(d[y] == c)
+            n = max(1, round(len(members) * ratio ** (-c / (k - 1))))
+            keep[members[:n]] = True
+        out[X], out[y] = d[X][keep], d[y][keep]
+    return out
+
+
 def make_head(head_cfg: HeadConfig, Xp: np.ndarray) -> EmbeddingClassifier:
-    """The product's head, standardised with the pool's statistics, as a project makes it."""
+    """The product's head, standardised with the pool's statistics (and given the pool as
+    its unlabeled sample), as a project makes it."""
     stats = (Xp.mean(axis=0, dtype=np.float64), Xp.std(axis=0, dtype=np.float64))
-    return head_from_settings(head_cfg, stats)
+    return head_from_settings(head_cfg, stats, Xp if head_cfg.unlabeled != "none" else None)
+
+
+def scores(head: EmbeddingClassifier, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, balanced accuracy) of ``head`` on ``X``, ``y``."""
+    pred = head.predict(X)
+    return float(np.mean(pred == y)), float(balanced_accuracy_score(y, pred))
 
 
 def run_loop(name: str, seed: int, d: dict[str, np.ndarray], args: argparse.Namespace,
              rounds_cfg: RoundsConfig, head_cfg: HeadConfig,
-             target: float) -> list[tuple[int, float]]:
-    """One select -> label -> retrain run; returns [(labels, test accuracy), ...]."""
+             targets: tuple[float, float]) -> list[tuple[int, float, float]]:
+    """One select -> label -> retrain run; returns [(labels, accuracy, balanced), ...]."""
+    if name.endswith(SPREAD):
+        name, head_cfg = name[:-len(SPREAD)], head_cfg.model_copy(update={"unlabeled": "spread"})
     Xp, yp, Xt, yt = d["Xp"], d["yp"], d["Xt"], d["yt"]
     classes = [str(c) for c in d["classes"]]
     rng = np.random.default_rng(seed)
@@ -112,18 +152,20 @@ def run_loop(name: str, seed: int, d: dict[str, np.ndarray], args: argparse.Name
     labeled = np.zeros(n_pool, dtype=bool)
     if name != "auto":  # the shared seed set: one random batch
         labeled[np.random.default_rng(seed).choice(n_pool, args.batch_size, replace=False)] = True
-    curve: list[tuple[int, float]] = []
+    curve: list[tuple[int, float, float]] = []
     while True:
         y_lab = yp[labeled]
         head = None
         if len(np.unique(y_lab)) >= 2:
             head = make_head(head_cfg, Xp).fit(Xp[labeled], y_lab)
-            acc = float(head.score(Xt, yt))
+            acc, bal = scores(head, Xt, yt)
         else:
             acc = float(np.mean(yt == y_lab[0])) if len(y_lab) else 0.0
+            bal = 1.0 / len(classes) if len(y_lab) else 0.0
         n_lab = int(labeled.sum())
-        curve.append((n_lab, acc))
-        if (acc >= target and not args.full_curves) or n_lab >= args.budget:
+        curve.append((n_lab, acc, bal))
+        reached = reached_both(curve, targets)
+        if (reached and not args.full_curves) or n_lab >= args.budget:
             return curve
         if n_lab >= n_pool:
             return curve
@@ -156,8 +198,15 @@ def _modal_query(head: EmbeddingClassifier, X_lab: np.ndarray, y_lab: np.ndarray
     return np.asarray(idx)
 
 
-def labels_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((n for n, acc in curve if acc >= target), None)
+def labels_to_target(curve: list[tuple[int, float, float]], target: float,
+                     measure: int = 1) -> int | None:
+    """The first labels count whose figure (1: accuracy, 2: balanced) reaches ``target``."""
+    return next((point[0] for point in curve if point[measure] >= target), None)
+
+
+def reached_both(curve: list[tuple[int, float, float]], targets: tuple[float, float]) -> bool:
+    return all(labels_to_target(curve, t, m) is not None
+               for m, t in zip((1, 2), targets, strict=True))
 
 
 def _median(values: list[int | None]) -> float | None:
@@ -198,6 +247,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--min-labels", type=int, default=None,
                    help="Override rounds.min_labels_per_class.")
     p.add_argument("--C", type=float, default=None, help="Override head.C.")
+    p.add_argument("--spread-strategies", default="auto,random",
+                   help="Comma-separated strategies also run with head.unlabeled = 'spread' "
+                        "(as '<strategy>+spread'); empty for none.")
+    p.add_argument("--long-tail", type=float, default=1.0,
+                   help="Largest class / smallest class in pool and test (1: as drawn).")
     p.add_argument("--out", default=None, help="Also write the JSON here.")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -211,36 +265,51 @@ def main(argv: list[str] | None = None) -> dict:
     bad = [s for s in names if s != "auto" and s not in STRATEGIES]
     if bad:
         p.error(f"--strategies: unknown {bad}; valid: auto, {', '.join(sorted(STRATEGIES))}")
+    spread = [s.strip() for s in args.spread_strategies.split(",") if s.strip()]
+    bad = [s for s in spread if s != "auto" and s not in STRATEGIES]
+    if bad:
+        p.error(f"--spread-strategies: unknown {bad}")
+    if args.long_tail < 1:
+        p.error("--long-tail: the largest class over the smallest, 1 or more")
+    head_cfg = head_cfg.model_copy(update={"unlabeled": "none"})
     if "random" not in names:
         names.append("random")
-    names.append(MODAL)
+    names += [MODAL] + [s + SPREAD for s in spread]
 
-    d = embed_split(args)
+    d = long_tail(embed_split(args), args.long_tail)
     with threadpool_limits(limits=1, user_api="blas"):
-        full = float(make_head(head_cfg, d["Xp"]).fit(d["Xp"], d["yp"]).score(d["Xt"], d["yt"]))
-        target = args.target * full
-        log.info("full-pool accuracy %.4f, target %.4f", full, target)
+        full, full_bal = scores(make_head(head_cfg, d["Xp"]).fit(d["Xp"], d["yp"]),
+                                d["Xt"], d["yt"])
+        targets = (args.target * full, args.target * full_bal)
+        log.info("full-pool accuracy %.4f (balanced %.4f), targets %.4f, %.4f",
+                 full, full_bal, *targets)
         results: dict[str, dict] = {}
         for name in names:
             t0 = time.perf_counter()
             curves = {}
             for seed in range(args.seeds):
-                curves[seed] = run_loop(name, seed, d, args, rounds_cfg, head_cfg, target)
-                log.info("%s seed %d: %s labels", name, seed,
-                         labels_to_target(curves[seed], target))
-            reach = [labels_to_target(c, target) for c in curves.values()]
+                curves[seed] = run_loop(name, seed, d, args, rounds_cfg, head_cfg, targets)
+                log.info("%s seed %d: %s labels (balanced: %s)", name, seed,
+                         labels_to_target(curves[seed], targets[0]),
+                         labels_to_target(curves[seed], targets[1], 2))
+            reach = [labels_to_target(c, targets[0]) for c in curves.values()]
+            reach_bal = [labels_to_target(c, targets[1], 2) for c in curves.values()]
             results[name] = {
                 "labels_to_target": reach,
                 "median_labels_to_target": _median(reach),
-                "curves": {str(s): {"labels": [n for n, _ in c],
-                                    "accuracy": [round(a, 4) for _, a in c]}
+                "balanced_labels_to_target": reach_bal,
+                "median_balanced_labels_to_target": _median(reach_bal),
+                "curves": {str(s): {"labels": [pt[0] for pt in c],
+                                    "accuracy": [round(pt[1], 4) for pt in c],
+                                    "balanced_accuracy": [round(pt[2], 4) for pt in c]}
                            for s, c in curves.items()},
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-    rnd = results["random"]["median_labels_to_target"]
-    for r in results.values():
-        m = r["median_labels_to_target"]
-        r["ratio_vs_random"] = None if m is None or not rnd else round(m / rnd, 3)
+    for prefix in ("", "balanced_"):
+        rnd = results["random"][f"median_{prefix}labels_to_target"]
+        for r in results.values():
+            m = r[f"median_{prefix}labels_to_target"]
+            r[f"{prefix}ratio_vs_random"] = None if m is None or not rnd else round(m / rnd, 3)
     out = {
         "command": " ".join(["python", "scripts/bench_label_efficiency.py",
                              *(argv or sys.argv[1:])]),
@@ -249,10 +318,17 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size, "budget": args.budget, "seeds": args.seeds,
         "head": head_cfg.model_dump(), "rounds": rounds_cfg.model_dump(
             include={"cold_start_strategy", "uncertainty_strategy", "min_labels_per_class"}),
-        "full_accuracy": round(full, 4), "target": args.target,
-        "target_accuracy": round(target, 4),
-        "summary": {k: {"median_labels_to_target": v["median_labels_to_target"],
-                        "ratio_vs_random": v["ratio_vs_random"]} for k, v in results.items()},
+        "long_tail": args.long_tail,
+        "class_counts": {"pool": np.bincount(d["yp"]).tolist(),
+                         "test": np.bincount(d["yt"]).tolist()},
+        "full_accuracy": round(full, 4), "full_balanced_accuracy": round(full_bal, 4),
+        "target": args.target, "target_accuracy": round(targets[0], 4),
+        "target_balanced_accuracy": round(targets[1], 4),
+        "default_head_unlabeled": HeadConfig().unlabeled,
+        "summary": {k: {key: v[key] for key in (
+            "median_labels_to_target", "ratio_vs_random",
+            "median_balanced_labels_to_target", "balanced_ratio_vs_random")}
+            for k, v in results.items()},
         "strategies": results,
     }
     text = _compact_json(out)

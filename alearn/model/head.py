@@ -88,12 +88,13 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
     def _limits(self) -> threadpool_limits:
         return threadpool_limits(limits=self.blas_threads, user_api="blas")
 
-    def fit(self, X: Any, y: Any) -> EmbeddingClassifier:
-        """Fit on embeddings ``X`` of shape (n_samples, dim) and labels ``y`` (n_samples,)."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> EmbeddingClassifier:
+        """Fit on embeddings ``X`` of shape (n_samples, dim) and labels ``y`` (n_samples,),
+        each row weighted by ``sample_weight`` (default 1)."""
         X, y = _validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         if self.pool_stats is None:
-            scaler = StandardScaler().fit(X)
+            scaler = StandardScaler().fit(X, sample_weight=sample_weight)
             self.mean_, self.scale_ = scaler.mean_, scaler.scale_
         else:
             mean, scale = (np.asarray(a, dtype=np.float64).ravel() for a in self.pool_stats)
@@ -106,7 +107,7 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         with self._limits():
             self.lr_ = LogisticRegression(
                 C=self.C, class_weight=self.class_weight, max_iter=self.max_iter
-            ).fit(self._standardise(X), y)
+            ).fit(self._standardise(X), y, sample_weight=sample_weight)
         self.classes_ = self.lr_.classes_
         self.n_iter_ = self.lr_.n_iter_
         return self

@@ -25,6 +25,7 @@ from alearn.config_sections import HeadConfig
 from alearn.exceptions import StoreError
 from alearn.files import sha256_file
 from alearn.model.head import EmbeddingClassifier
+from alearn.model.semi_supervised import SpreadingClassifier, sample_ids
 from alearn.project import Project
 from alearn.store import Item, ModelRecord
 
@@ -129,20 +130,25 @@ def labeled_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_head(project: Project) -> EmbeddingClassifier:
-    """An unfitted head with the project's ``[head]`` settings and the pool's statistics."""
-    return head_from_settings(project.config.head, pool_stats(project))
+    """An unfitted head with the project's ``[head]`` settings and the pool's statistics
+    (and, for ``unlabeled = "spread"``, a seeded sample of the pool: only it is read)."""
+    cfg = project.config.head
+    sample = None if cfg.unlabeled == "none" else features_for(
+        project, sample_ids(embedded_ids(project), cfg.unlabeled_items))[1]
+    return head_from_settings(cfg, pool_stats(project), sample)
 
 
-def head_from_settings(cfg: HeadConfig,
-                       stats: tuple[np.ndarray, np.ndarray] | None) -> EmbeddingClassifier:
-    """An unfitted head from ``[head]`` settings and (mean, std) pool statistics; the
-    benchmarks build the product's head through this too."""
-    return EmbeddingClassifier(
-        C=cfg.C,
-        class_weight=None if cfg.class_weight == "none" else cfg.class_weight,
-        max_iter=cfg.max_iter,
-        pool_stats=stats,
-    )
+def head_from_settings(cfg: HeadConfig, stats: tuple[np.ndarray, np.ndarray] | None,
+                       unlabeled: np.ndarray | None = None) -> EmbeddingClassifier:
+    """An unfitted head from ``[head]`` settings, (mean, std) pool statistics and an
+    unlabeled pool sample; the benchmarks build the product's head through this too."""
+    weight = None if cfg.class_weight == "none" else cfg.class_weight
+    if cfg.unlabeled == "spread":
+        return SpreadingClassifier(C=cfg.C, class_weight=weight, max_iter=cfg.max_iter,
+                                   pool_stats=stats, unlabeled=unlabeled,
+                                   max_unlabeled=cfg.unlabeled_items)
+    return EmbeddingClassifier(C=cfg.C, class_weight=weight, max_iter=cfg.max_iter,
+                               pool_stats=stats)
 
 
 def training_set(
