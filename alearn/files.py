@@ -14,7 +14,13 @@ from pathlib import Path
 
 def read_regular_file(path: Path, max_bytes: int, *,
                       limit: str = "ingest.max_file_mb") -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``.
+    """The bytes of a regular file of at most ``max_bytes``; see :func:`read_regular_stat`."""
+    return read_regular_stat(path, max_bytes, limit=limit)[0]
+
+
+def read_regular_stat(path: Path | str, max_bytes: int, *,
+                      limit: str = "ingest.max_file_mb") -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file of at most ``max_bytes``, and its stat before the read.
 
     Opened without blocking, then checked on the open descriptor, so a FIFO, a device
     or a socket named like an image is refused (never read, never waited on) even if it
@@ -29,14 +35,15 @@ def read_regular_file(path: Path, max_bytes: int, *,
         if st.st_size > max_bytes:
             raise ValueError(f"file too large: {st.st_size} bytes, over the limit of "
                              f"{max_bytes} ({limit})")
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(min(st.st_size, max_bytes) + 1)  # +1: it may have grown
+        want = min(st.st_size, max_bytes) + 1  # +1: it may have grown
+        data = os.read(fd, want)  # a regular file never blocks (O_NONBLOCK is moot)
+        while len(data) < want and (more := os.read(fd, want - len(data))):
+            data += more
     finally:
         os.close(fd)
     if len(data) > max_bytes:
         raise ValueError(f"file too large: over the limit of {max_bytes} bytes ({limit})")
-    return data
+    return data, st
 
 
 def sha256_file(path: Path) -> str:

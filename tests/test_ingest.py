@@ -59,7 +59,7 @@ def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     real = ingest_mod.decode_image
 
     def spy(path: Path, **kw: int) -> Decoded:
-        calls.append(path)
+        calls.append(Path(path))
         return real(path, **kw)
 
     monkeypatch.setattr(ingest_mod, "decode_image", spy)
@@ -277,7 +277,7 @@ def test_a_crash_mid_ingest_keeps_committed_batches(project: Project,
     seen: list[Path] = []
 
     def dies_on_fifth(path: Path, **kw: int) -> Decoded:
-        seen.append(path)
+        seen.append(Path(path))
         if len(seen) == 5:
             raise KeyboardInterrupt
         return real(path, **kw)

@@ -50,18 +50,26 @@ def init(ctx: Context, directory: Path, classes: str, images: Path, force: bool,
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV or JSONL manifest: path, label, source, captured_at, lat, lon, "
                    "license; other columns are kept as extra metadata.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Threads decoding images.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              show_default="one per CPU core",
+              help="Processes decoding images (started only for a run long enough to "
+                   "pay for them).")
+@click.option("--rehash", is_flag=True,
+              help="Hash every known file to find changed bytes, not only files whose "
+                   "size or modification time moved.")
 @json_option
 @pass_ctx
-def ingest_cmd(ctx: Context, images: Path | None, manifest: Path | None, workers: int,
-               as_json: bool) -> None:
+def ingest_cmd(ctx: Context, images: Path | None, manifest: Path | None, workers: int | None,
+               rehash: bool, as_json: bool) -> None:
     """Record images and their metadata in the store; re-running adds only new files."""
+    import os
+
     from rich.markup import escape
 
     from alearn.ingestion.driver import ingest
 
-    summary = ingest(ctx.project, images=images, manifest=manifest, workers=workers,
+    summary = ingest(ctx.project, images=images, manifest=manifest, rehash=rehash,
+                     workers=workers or len(os.sched_getaffinity(0)),
                      progress=not as_json and sys.stderr.isatty())
     if as_json:
         print_json(summary.to_dict())

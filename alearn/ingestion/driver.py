@@ -7,13 +7,20 @@ capture date and GPS where the manifest gives none). Byte-identical copies becom
 non-image and oversized (decompression-bomb) files, paths that escape the image root and
 bad manifest rows become 'rejected' file records with a reason; nothing else stops.
 
-Re-ingest is incremental and idempotent: a path already in ``files`` is skipped without
-being read. A rejected file is looked at again only if its size changed, or if it was
-rejected for its manifest row. Records are committed every ``batch_size`` files, so a
-crash loses at most one batch and the next run carries on.
+Decoding runs in ``workers`` processes (:mod:`alearn.ingestion.parallel`) while this
+process writes the results, a batch of files per transaction in a few multi-row
+statements. Records are committed every ``batch_size`` files, so a crash loses at most
+one batch and the next run carries on.
 
-What to ingest comes from :mod:`alearn.ingestion.scan`, each file is read by
-:mod:`alearn.ingestion.decode`, and :mod:`alearn.ingestion.records` writes the store.
+Re-ingest is incremental and idempotent: a path already in ``files`` whose size and
+modification time (as the scan saw them) match the record is skipped unread; one whose
+size or time moved is hashed, and refused with a reason if its bytes changed. A
+rejected file is looked at again if its size or time changed, or if it was rejected
+for its manifest row or a dead decoder.
+
+What to ingest comes from :mod:`alearn.ingestion.scan`, what is known and changed from
+:mod:`alearn.ingestion.records`, each file is read by :mod:`alearn.ingestion.decode`, and
+:mod:`alearn.ingestion.writes` writes the store.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,26 +36,26 @@ from PIL import Image
 from alearn.exceptions import ConfigError, IngestError
 from alearn.ingestion.decode import Decoded, decode_image
 from alearn.ingestion.manifest import read_manifest
-from alearn.ingestion.records import (
-    IngestSummary,
+from alearn.ingestion.parallel import decode_batches
+from alearn.ingestion.records import IngestSummary, Known, bytes_changed, known_files, retry
+from alearn.ingestion.scan import Candidate, check_images_folder, plan_candidates
+from alearn.ingestion.writes import (
+    ItemIds,
     apply_row,
-    bytes_changed,
-    known_files,
-    put_file,
     record_refusal,
-    retry,
+    record_touched,
     write_batch,
 )
-from alearn.ingestion.scan import Candidate, check_images_folder, plan_candidates
 from alearn.progress import progress as progress_bar
 from alearn.project import Project
+from alearn.store import Store
 
 logger = logging.getLogger(__name__)
 
 
 def ingest(project: Project, *, images: Path | None = None, manifest: Path | None = None,
-           progress: bool = False, batch_size: int = 500, workers: int = 1,
-           max_pixels: int | None = None) -> IngestSummary:
+           progress: bool = False, batch_size: int = 1000, workers: int = 0,
+           max_pixels: int | None = None, rehash: bool = False) -> IngestSummary:
     """Record the project's images in its store; see the module docstring.
 
     Parameters
@@ -64,16 +70,23 @@ def ingest(project: Project, *, images: Path | None = None, manifest: Path | Non
     batch_size
         Files decoded and committed per transaction.
     workers
-        Threads decoding images; 1 decodes in the calling thread.
+        Processes decoding images while this one writes the store; 0 decodes in the
+        calling process (so does any number for a few files, where starting processes
+        would cost more than they save).
     max_pixels
         Images with more pixels are rejected as decompression bombs. Default:
         ``PIL.Image.MAX_IMAGE_PIXELS``, which also bounds any larger value.
+    rehash
+        Hash every known file, not only those whose size or modification time moved
+        (finds bytes changed under an unchanged size and time, e.g. by ``rsync -t``).
     """
-    if batch_size < 1 or workers < 1:
-        raise ConfigError(f"batch_size={batch_size}, workers={workers}: both must be >= 1.")
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(f"batch_size={batch_size}, workers={workers}: give a batch_size "
+                          ">= 1 and workers >= 0.")
     with _only_ingest(project):
         return _ingest(project, images=images, manifest=manifest, progress=progress,
-                       batch_size=batch_size, workers=workers, max_pixels=max_pixels)
+                       batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                       rehash=rehash)
 
 
 @contextmanager
@@ -95,7 +108,8 @@ def _only_ingest(project: Project) -> Iterator[None]:
 
 
 def _ingest(project: Project, *, images: Path | None, manifest: Path | None, progress: bool,
-            batch_size: int, workers: int, max_pixels: int | None) -> IngestSummary:
+            batch_size: int, workers: int, max_pixels: int | None,
+            rehash: bool) -> IngestSummary:
     root = project.image_root
     if not root.is_dir():
         raise IngestError(f"the image root {root} is not a folder. Create it, or set "
@@ -103,34 +117,16 @@ def _ingest(project: Project, *, images: Path | None, manifest: Path | None, pro
     rows = read_manifest(manifest) if manifest is not None else []
     scan_dir = check_images_folder(images, root) if images is not None else (
         root if manifest is None else None)
-    candidates, refusals = plan_candidates(root, rows, scan_dir, project.config.classes,
-                                           skip=project.data_dir.resolve())
-    summary = IngestSummary()
     store = project.store
     known = known_files(store)
-    todo: list[Candidate] = []
-    updates: list[tuple[int, Candidate]] = []
+    candidates, refusals = plan_candidates(root, rows, scan_dir, project.config.classes,
+                                           skip=project.data_dir.resolve(), known=known)
+    summary = IngestSummary()
     max_bytes = int(project.config.ingest.max_file_mb * (1 << 20))
-    touched: list[tuple[str, int]] = []
-    for c in candidates:
-        rec = known.get(c.rel)
-        if rec is None or (rec.status == "rejected" and retry(rec, c)):
-            todo.append(c)
-            continue
-        if rec.item_id is not None:
-            why, mtime = bytes_changed(rec, c, max_bytes)
-            if why is not None:
-                summary.changed.append((c.rel, why))
-                logger.warning("ingest refused a changed file path=%r reason=%r", c.rel, why)
-                continue
-            if mtime is not None and mtime != rec.mtime_ns:
-                touched.append((c.rel, mtime))
-        summary.skipped += 1
-        if c.row is not None and rec.item_id is not None:
-            updates.append((rec.item_id, c))
+    todo, touched, updates = _sort_out(candidates, known, summary, max_bytes, rehash)
     with store.session() as s:
-        for rel, mtime in touched:
-            put_file(s, known, rel, mtime_ns=mtime)
+        item_ids = ItemIds(s, known)
+        record_touched(s, touched)
         for ref in refusals:
             record_refusal(s, ref, known, summary, root)
         for item_id, c in updates:
@@ -138,20 +134,58 @@ def _ingest(project: Project, *, images: Path | None, manifest: Path | None, pro
                 summary.updated += 1
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     limit = limit if limit is not None else 2**63
-
-    def decode(c: Candidate) -> Decoded:
-        return decode_image(c.file, max_pixels=limit, max_bytes=max_bytes)
-
     with progress_bar(progress, len(todo), "ingest", "files") as advance, \
-            warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:
+            warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            results = list(pool.map(decode, batch)) if workers > 1 else [decode(c) for c in batch]
-            with store.session() as s:
-                write_batch(s, batch, results, known, summary)
+        pending: tuple[list[Candidate], list[Decoded]] = ([], [])
+        for batch, results in decode_batches(todo, decode_image, workers=workers,
+                                             batch_size=batch_size, max_pixels=limit,
+                                             max_bytes=max_bytes):
+            pending[0].extend(batch)
+            pending[1].extend(results)
+            if len(pending[0]) >= batch_size:
+                _write(store, pending, known, summary, item_ids)
+                pending = ([], [])
             advance(len(batch))
-    logger.info("ingest added=%d duplicate=%d rejected=%d skipped=%d updated=%d",
+        _write(store, pending, known, summary, item_ids)
+    logger.info("ingest added=%d duplicate=%d rejected=%d skipped=%d updated=%d changed=%d",
                 summary.added, summary.duplicate, summary.rejected, summary.skipped,
-                summary.updated)
+                summary.updated, len(summary.changed))
     return summary
+
+
+def _sort_out(candidates: list[Candidate], known: dict[str, Known], summary: IngestSummary,
+              max_bytes: int, rehash: bool,
+              ) -> tuple[list[Candidate], list[tuple[str, int]], list[tuple[int, Candidate]]]:
+    """(files to decode, known files touched but unchanged, manifest rows of known items).
+
+    A known file is skipped unread when its size and modification time are the recorded
+    ones; otherwise it is hashed, and a change of bytes is refused (``summary.changed``).
+    """
+    todo: list[Candidate] = []
+    touched: list[tuple[str, int]] = []
+    updates: list[tuple[int, Candidate]] = []
+    for c in candidates:
+        rec = known.get(c.rel)
+        if rec is None or (rec.status == "rejected" and retry(rec, c)):
+            todo.append(c)
+            continue
+        if rec.item_id is not None:
+            why, mtime = bytes_changed(rec, c, max_bytes, rehash=rehash)
+            if why is not None:
+                summary.changed.append((c.rel, why))
+                logger.warning("ingest refused a changed file path=%r reason=%r", c.rel, why)
+                continue
+            if mtime is not None and mtime != rec.mtime_ns:
+                touched.append((c.rel, mtime))
+            if c.row is not None:
+                updates.append((rec.item_id, c))
+        summary.skipped += 1
+    return todo, touched, updates
+
+
+def _write(store: Store, pending: tuple[list[Candidate], list[Decoded]],
+           known: dict[str, Known], summary: IngestSummary, item_ids: ItemIds) -> None:
+    if pending[0]:
+        with store.session() as s:
+            write_batch(s, pending[0], pending[1], known, summary, item_ids)

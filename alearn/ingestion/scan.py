@@ -10,6 +10,7 @@ starting with '.') and the ``skip`` folder (the project's data directory).
 from __future__ import annotations
 
 import os
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,33 @@ from alearn.ingestion.manifest import MAX_PATH, ManifestRow
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
-    """A file to read: its path relative to the image root, and its manifest row if any."""
+    """A file to read: its path relative to the image root, and its manifest row if any.
+
+    ``size`` and ``mtime_ns`` are what the scan saw (None when it saw nothing: a manifest
+    row, a dangling link); re-ingest compares them with the store's to skip a file unread.
+    """
 
     rel: str
-    file: Path
+    path: str
     row: ManifestRow | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    @property
+    def file(self) -> Path:
+        return Path(self.path)
+
+    def seen(self) -> tuple[int | None, int | None]:
+        """(size, mtime_ns) now: the scan's, or a fresh stat; (None, None) if it is gone."""
+        if self.size is not None:
+            return self.size, self.mtime_ns
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None, None
+        return st.st_size, st.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -38,27 +59,70 @@ class Refusal:
 
 
 def scan_images(folder: Path, image_root: Path, *, skip: Path | None = None,
-                ) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files under ``folder``, and symlinked folders refused for leaving the root."""
-    found: list[Path] = []
-    refused: list[tuple[Path, str]] = []
-    seen = {os.path.realpath(folder)}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        keep = []
-        for name in sorted(dirnames):
-            full = Path(dirpath, name)
-            real = os.path.realpath(full)
-            if name.startswith(".") or real in seen or (skip and real == str(skip)):
-                continue
-            if not Path(real).is_relative_to(image_root):
-                refused.append((full, f"symlinked folder resolves outside the image root "
-                                      f"(to {real}); not followed"))
-                continue
-            seen.add(real)
-            keep.append(name)
-        dirnames[:] = keep
-        found += [Path(dirpath, f) for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found, key=lambda p: p.as_posix()), refused
+                known: Container[str] | None = None,
+                ) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """Image files under ``folder`` (a resolved folder inside ``image_root``), sorted by
+    path, and the (relative path, reason) of what is refused: symlinked folders and
+    files that leave the root.
+
+    One ``scandir`` per folder, and a ``stat`` only for the files in ``known`` (all if
+    None): a new file's size and time come from its read. Only symlinks are resolved (a
+    plain file's real path is its folder's, already checked).
+    """
+    root = str(image_root)
+    found: list[Candidate] = []
+    refused: list[tuple[str, str]] = []
+    top = os.path.realpath(folder)
+    seen = {top}
+    stack = [(str(folder), _rel_dir(str(folder), root))]
+    while stack:
+        dirpath, rel_dir = stack.pop()
+        try:
+            entries = sorted(os.scandir(dirpath), key=lambda e: e.name)
+        except OSError:
+            continue  # an unreadable folder is skipped, as os.walk does
+        for entry in entries:
+            rel = rel_dir + entry.name
+            if _is_dir(entry):
+                real = os.path.realpath(entry.path)
+                if entry.name.startswith(".") or real in seen or (skip and real == str(skip)):
+                    continue
+                if not Path(real).is_relative_to(image_root):
+                    refused.append((rel, f"symlinked folder resolves outside the image root "
+                                         f"(to {real}); not followed"))
+                    continue
+                seen.add(real)
+                stack.append((entry.path, rel + "/"))
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                if entry.is_symlink():
+                    real = os.path.realpath(entry.path)
+                    if not Path(real).is_relative_to(image_root):
+                        refused.append((rel, f"symlink resolves outside the image root "
+                                             f"(to {real})"))
+                        continue
+                found.append(_candidate(rel, entry) if known is None or rel in known
+                             else Candidate(rel, entry.path))
+    found.sort(key=lambda c: c.rel)
+    return found, refused
+
+
+def _rel_dir(folder: str, root: str) -> str:
+    return "" if folder == root else os.path.relpath(folder, root).replace(os.sep, "/") + "/"
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows a symlink, as os.walk(followlinks=True) does
+    except OSError:
+        return False
+
+
+def _candidate(rel: str, entry: os.DirEntry[str]) -> Candidate:
+    try:
+        st = entry.stat()
+    except OSError:  # a dangling link: the read says what is wrong
+        return Candidate(rel, entry.path)
+    return Candidate(rel, entry.path, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
 
 def check_images_folder(images: Path, root: Path) -> Path:
@@ -75,8 +139,10 @@ def check_images_folder(images: Path, root: Path) -> Path:
 
 
 def plan_candidates(root: Path, rows: list[ManifestRow], scan_dir: Path | None,
-                    classes: list[str], *, skip: Path) -> tuple[list[Candidate], list[Refusal]]:
-    """Candidates to ingest (manifest rows first, then scanned files) and refusals."""
+                    classes: list[str], *, skip: Path, known: Container[str] | None = None,
+                    ) -> tuple[list[Candidate], list[Refusal]]:
+    """Candidates to ingest (manifest rows first, then scanned files) and refusals;
+    ``known`` as for :func:`scan_images`."""
     cands: dict[str, Candidate] = {}
     refusals: list[Refusal] = []
     claimed: dict[str, int] = {}
@@ -100,22 +166,17 @@ def plan_candidates(root: Path, rows: list[ManifestRow], scan_dir: Path | None,
         except ManifestRowError as exc:
             refusals.append(Refusal(rel, str(exc)))
             continue
-        cands[rel] = Candidate(rel, root / rel, row)
+        cands[rel] = Candidate(rel, str(root / rel), row)
     if scan_dir is not None:
-        files, bad_dirs = scan_images(scan_dir, root, skip=skip)
-        refusals += [refuse_scanned(p.relative_to(root).as_posix(), r) for p, r in bad_dirs]
-        for f in files:
-            rel = f.relative_to(root).as_posix()
-            if rel in claimed:
+        files, bad = scan_images(scan_dir, root, skip=skip, known=known)
+        refusals += [refuse_scanned(rel, reason) for rel, reason in bad]
+        for c in files:
+            if c.rel in claimed:
                 continue
-            real = Path(os.path.realpath(f))
-            if not real.is_relative_to(root):
-                refusals.append(refuse_scanned(
-                    rel, f"symlink resolves outside the image root (to {real})"))
-            elif unstorable(rel) is not None:
-                refusals.append(refuse_scanned(rel, "cannot be recorded"))
+            if unstorable(c.rel) is not None:
+                refusals.append(refuse_scanned(c.rel, "cannot be recorded"))
             else:
-                cands[rel] = Candidate(rel, f)
+                cands[c.rel] = c
     return list(cands.values()), refusals
 
 
