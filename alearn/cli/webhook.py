@@ -1,4 +1,5 @@
-"""``alearn webhook``: the receiver that turns Label Studio's hints into debounced pulls."""
+"""``alearn webhook``: the receiver that turns Label Studio's hints into debounced pulls,
+and the live status page it serves (``status-url`` prints its address with the token)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ from typing import Any
 
 import click
 
-from alearn.cli.common import Context, console, pass_ctx, redis_connection
+from alearn.cli.common import Context, console, json_option, pass_ctx, print_json, redis_connection
 
 
 @click.group("webhook")
 def webhook() -> None:
-    """The webhook receiver: Label Studio's hints become debounced pulls."""
+    """The webhook receiver (Label Studio's hints become debounced pulls) and the live
+    status page, /status, on the same server: 'alearn webhook status-url' prints its
+    address with the read token."""
 
 
 def _webhook_secret(ctx: Context) -> str:
@@ -70,21 +73,25 @@ def webhook_serve(ctx: Context, host: str, port: int) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8800, show_default=True)
 @click.option("--rotate", is_flag=True, help="Make a new read token first (the old address "
               "stops working at once).")
+@json_option
 @pass_ctx
-def webhook_status_url(ctx: Context, host: str, port: int, rotate: bool) -> None:
+def webhook_status_url(ctx: Context, host: str, port: int, rotate: bool,
+                       as_json: bool) -> None:
     """Print the address of the live status page, with the project's read token (made on
     first use, kept 0600 in data/connection/). Anyone with it can read the figures."""
     from urllib.parse import quote
 
     token = _status_token(ctx, rotate=rotate)
-    click.echo(f"{_base_url(host, port)}/status?token={quote(token, safe='')}")
+    address = f"{_base_url(host, port)}/status?token={quote(token, safe='')}"
+    print_json({"status_url": address}) if as_json else click.echo(address)
 
 
 @webhook.command("register")
 @click.option("--url", required=True, help="Where Label Studio reaches the receiver, "
               "e.g. http://127.0.0.1:8800/webhook.")
+@json_option
 @pass_ctx
-def webhook_register(ctx: Context, url: str) -> None:
+def webhook_register(ctx: Context, url: str, as_json: bool) -> None:
     """Register the receiver in the project's Label Studio project (idempotent)."""
     from labelstudio.client import connect_label_studio
     from labelstudio.webhook import register_webhook
@@ -94,4 +101,7 @@ def webhook_register(ctx: Context, url: str) -> None:
         raise click.UsageError("no Label Studio project yet: start a round first.")
     with connect_label_studio(ctx.settings) as client:
         hook = register_webhook(client, int(ls_project), url, _webhook_secret(ctx))
+    if as_json:
+        print_json({"webhook_id": hook, "url": url})
+        return
     console.print(f"Webhook {hook} sends annotation events to {url}.")
