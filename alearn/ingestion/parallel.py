@@ -101,28 +101,35 @@ def _over_processes(pieces: list[list[Candidate]], decode: DecodeFn, workers: in
         if inflight:  # a worker died: find the file that killed it, lose nothing else
             logger.warning("ingest: a decode worker died; decoding %d chunks again, one "
                            "file at a time", len(inflight))
-            for batch, future in inflight:
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    yield batch, future.result()  # finished before the pool broke
-                else:
-                    yield batch, list(_one_by_one(batch, decode, max_pixels, max_bytes))
+            yield from _one_by_one(inflight, decode, max_pixels, max_bytes)
 
 
-def _one_by_one(batch: list[Candidate], decode: DecodeFn, max_pixels: int,
-                max_bytes: int) -> Iterator[Decoded]:
-    pool = _pool(1)
+def _one_by_one(inflight: deque[tuple[list[Candidate], Future[list[Decoded]]]],
+                decode: DecodeFn, max_pixels: int, max_bytes: int,
+                ) -> Iterator[tuple[list[Candidate], list[Decoded]]]:
+    """The chunks in flight when a worker died: those that finished as they are, the
+    others one file per task in a single fresh worker, so a death names its file."""
+    pool: ProcessPoolExecutor | None = None
     try:
-        for c in batch:
-            try:
-                yield pool.submit(decode_chunk, decode, [c.path], max_pixels,
-                                  max_bytes).result()[0]
-            except BrokenProcessPool:
-                logger.warning("ingest: the decoder's worker died on path=%r", c.rel)
-                pool.shutdown(wait=True)
-                pool = _pool(1)
-                yield Decoded(None, error=CRASH_REASON)
+        for batch, future in inflight:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                yield batch, future.result()  # finished before the pool broke
+                continue
+            results = []
+            for c in batch:
+                pool = pool or _pool(1)
+                try:
+                    results += pool.submit(decode_chunk, decode, [c.path], max_pixels,
+                                           max_bytes).result()
+                except BrokenProcessPool:
+                    logger.warning("ingest: the decoder's worker died on path=%r", c.rel)
+                    pool.shutdown(wait=True)
+                    pool = None
+                    results.append(Decoded(None, error=CRASH_REASON))
+            yield batch, results
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
