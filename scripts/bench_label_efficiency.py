@@ -214,6 +214,13 @@ def _median(values: list[int | None]) -> float | None:
     return None if np.isinf(m) else m
 
 
+def _median_at(curves: dict[int, list[tuple[int, float, float]]], n: int,
+               measure: int) -> float | None:
+    """Median over seeds of the figure at the first point with ``n`` labels or more."""
+    vals = [next((pt[measure] for pt in c if pt[0] >= n), None) for c in curves.values()]
+    return None if None in vals else round(float(np.median(vals)), 4)
+
+
 def _compact_json(data: dict) -> str:
     """Indented JSON with each list of numbers kept on one line."""
     text = json.dumps(data, indent=1)
@@ -229,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test", type=int, default=2000, help="Held-out test set size.")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                    help=f"Comma-separated; 'auto' is the default schedule. {MODAL} (the modAL "
-                        "peer baseline) is always added.")
+                        "peer baseline) is added unless --no-peer.")
+    p.add_argument("--no-peer", action="store_true", help=f"Leave out {MODAL}.")
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--budget", type=int, default=2000, help="Most labels per run.")
     p.add_argument("--seeds", type=int, default=3)
@@ -250,6 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--spread-strategies", default="auto,random",
                    help="Comma-separated strategies also run with head.unlabeled = 'spread' "
                         "(as '<strategy>+spread'); empty for none.")
+    p.add_argument("--report-at", default="60,100,200",
+                   help="Labels counts at which the summary gives the median (balanced) "
+                        "accuracy over seeds.")
     p.add_argument("--long-tail", type=float, default=1.0,
                    help="Largest class / smallest class in pool and test (1: as drawn).")
     p.add_argument("--out", default=None, help="Also write the JSON here.")
@@ -274,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     head_cfg = head_cfg.model_copy(update={"unlabeled": "none"})
     if "random" not in names:
         names.append("random")
-    names += [MODAL] + [s + SPREAD for s in spread]
+    names += ([] if args.no_peer else [MODAL]) + [s + SPREAD for s in spread]
 
     d = long_tail(embed_split(args), args.long_tail)
     with threadpool_limits(limits=1, user_api="blas"):
@@ -304,6 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
                                     "balanced_accuracy": [round(pt[2], 4) for pt in c]}
                            for s, c in curves.items()},
                 "seconds": round(time.perf_counter() - t0, 1),
+                "at_labels": {n: [_median_at(curves, int(n), m) for m in (1, 2)]
+                              for n in args.report_at.split(",") if n.strip()},
             }
     for prefix in ("", "balanced_"):
         rnd = results["random"][f"median_{prefix}labels_to_target"]
@@ -327,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
         "default_head_unlabeled": HeadConfig().unlabeled,
         "summary": {k: {key: v[key] for key in (
             "median_labels_to_target", "ratio_vs_random",
-            "median_balanced_labels_to_target", "balanced_ratio_vs_random")}
+            "median_balanced_labels_to_target", "balanced_ratio_vs_random", "at_labels")}
             for k, v in results.items()},
         "strategies": results,
     }

@@ -188,3 +188,27 @@ def test_pseudo_labels_are_neither_trusted_nor_exported(tmp_path):
     df = pd.read_csv(out / "dataset.csv")
     assert len(df) == len(labeled)
     assert dict(zip(df["id"], df["label"], strict=True)) == before
+
+
+def test_it_fits_the_labels_alone_where_the_pool_does_not_follow_the_classes():
+    # tight clusters that say nothing of the class, which is the sign of one coordinate
+    rng = np.random.default_rng(4)
+    n = 2000
+    X = rng.normal(0, 1, (n, 40))
+    X[:, 1:9] = 6 * np.eye(4, 8)[rng.integers(0, 4, n)] + rng.normal(0, 0.3, (n, 8))
+    y = (X[:, 0] > 0).astype(int)
+    labeled = few_labels(y, 10, seed=0)
+    head = SpreadingClassifier(unlabeled=X.astype(np.float32)).fit(X[labeled], y[labeled])
+    assert head.check_["spread_right"] < head.check_["labels_right"]
+    assert head.n_pseudo_ == 0
+    plain = EmbeddingClassifier().fit(X[labeled], y[labeled])
+    np.testing.assert_allclose(head.predict_proba(X), plain.predict_proba(X))
+
+
+def test_past_max_labels_per_class_it_fits_the_labels_alone():
+    X, y = clusters(n=1500)
+    labeled = few_labels(y, 16, seed=0)
+    head = SpreadingClassifier(unlabeled=X, max_labels_per_class=15).fit(X[labeled], y[labeled])
+    assert head.n_pseudo_ == 0 and head.check_ == {}
+    head.set_params(max_labels_per_class=16).fit(X[labeled], y[labeled])
+    assert head.n_pseudo_ > 0

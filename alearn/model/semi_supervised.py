@@ -8,10 +8,12 @@ pseudo-labels** for a bounded, seeded sample of the unlabeled pool:
    joined in an exact k-nearest-neighbour graph (:mod:`alearn.model.knn_graph`: cosine
    similarity on the first ``n_components`` principal axes of the standardised
    embeddings, edge weights ``s**3``), built once per sample and kept in memory;
-2. first a check: on stratified folds of the labels, the spreading must predict the
-   held-out labels at least as often as the head fitted on the other labels alone does.
-   If it does not (the pool's neighbourhoods do not follow the classes), the head is fitted
-   on the labels alone, as :class:`EmbeddingClassifier` (``check_`` says why);
+2. first two checks, either of which fits the head on the labels alone, as
+   :class:`EmbeddingClassifier`: more than ``max_labels_per_class`` labels per class on
+   average (beyond that, on Fashion-MNIST, pseudo-labels held the head back), or, on
+   stratified folds of the labels, the spreading predicting fewer held-out labels than
+   the head fitted on the other labels alone (the pool's neighbourhoods do not follow
+   the classes; ``check_`` holds the counts);
 3. the labels spread over the graph (Zhou et al. 2004, as in Iscen et al. 2019), each
    class's labels scaled by one over its count, so that a class's share of the labels
    does not decide its reach;
@@ -96,6 +98,10 @@ class SpreadingClassifier(EmbeddingClassifier):
         Principal axes the graph's cosine similarity is measured on.
     alpha : float, default=0.99
         Weight of the graph against the labels in the spreading.
+    max_labels_per_class : float, default=15
+        Pseudo-labels are used only while the labels number at most this many per class
+        on average: with more, the head fitted on the labels alone was the better one on
+        the benchmarks (see BENCHMARKS.md).
     max_pseudo : int, default=2000
         Most pseudo-labels added to one fit.
     pseudo_weight : float, default=0.5
@@ -117,7 +123,8 @@ class SpreadingClassifier(EmbeddingClassifier):
                  pool_stats: tuple[np.ndarray, np.ndarray] | None = None,
                  unlabeled: np.ndarray | None = None, max_unlabeled: int = 10000,
                  n_neighbors: int = 20, n_components: int = 64, alpha: float = 0.99,
-                 max_pseudo: int = 2000, pseudo_weight: float = 0.5,
+                 max_labels_per_class: float = 15, max_pseudo: int = 2000,
+                 pseudo_weight: float = 0.5,
                  random_state: int = 0) -> None:
         super().__init__(C=C, class_weight=class_weight, max_iter=max_iter,
                          blas_threads=blas_threads, pool_stats=pool_stats)
@@ -126,6 +133,7 @@ class SpreadingClassifier(EmbeddingClassifier):
         self.n_neighbors = n_neighbors
         self.n_components = n_components
         self.alpha = alpha
+        self.max_labels_per_class = max_labels_per_class
         self.max_pseudo = max_pseudo
         self.pseudo_weight = pseudo_weight
         self.random_state = random_state
@@ -137,7 +145,8 @@ class SpreadingClassifier(EmbeddingClassifier):
         classes, y_index = np.unique(y, return_inverse=True)
         U = self._sample()
         self.n_pseudo_, self.check_ = 0, dict[str, int]()
-        if U is None or len(classes) < 2 or self.max_pseudo <= 0:
+        if (U is None or len(classes) < 2 or self.max_pseudo <= 0
+                or len(y) > self.max_labels_per_class * len(classes)):
             return super().fit(X, y, sample_weight=sample_weight)
         if U.shape[1] != X.shape[1]:
             raise ValueError(f"the unlabeled sample has {U.shape[1]}-d features but X has "
