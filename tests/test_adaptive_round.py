@@ -22,6 +22,7 @@ from sqlalchemy import select
 from alearn.config import ProjectConfig
 from alearn.exceptions import ConfigError
 from alearn.project import Project
+from alearn.report.agreement_view import agreement_summary
 from alearn.report.status import project_status
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adaptive_round import (
@@ -239,6 +240,9 @@ def test_agreement_rests_on_the_gold_and_audit_items_with_max_votes(proj: Projec
     assert metrics.agreement is not None and metrics.agreement["n_items"] == 7
     status = project_status(proj)["votes"]
     assert status["adaptive_rounds"][0]["agreement_items"] == on
+    for number in (get_round(proj.store, rid).number, None):  # alearn agreement [--round]
+        view = agreement_summary(proj, round_number=number)
+        assert view["agreement_items"] == on and view["report"]["n_items"] == 7
 
 
 def test_clicks_per_trusted_label_counts_every_vote_and_human_labels(proj: Project) -> None:

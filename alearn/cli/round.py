@@ -72,7 +72,8 @@ def _embed_missing(ctx: Context, as_json: bool) -> None:
 @batch_size_option
 @strategy_option
 @click.option("--overlap", type=click.IntRange(min=1), default=None,
-              help="Annotators per image (default: rounds.overlap).")
+              help="Exactly K votes per image (default: rounds.overlap if set, else "
+                   "adaptive votes between rounds.min_votes and rounds.max_votes).")
 @click.option("--embed-shards", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the embedding of new images into this many parallel jobs.")
 @json_option
@@ -135,7 +136,7 @@ def round_sync(ctx: Context, wait: bool, as_json: bool) -> None:
 @pass_ctx
 def round_close(ctx: Context, number: int | None, force: bool, as_json: bool) -> None:
     """Close a round now: pull, then agreement, consensus and metrics. A round with open
-    tasks (fewer votes than its overlap) needs --force. A closed round marked stale (a
+    tasks (fewer votes than asked for) needs --force. A closed round marked stale (a
     vote changed after it closed) is recomputed."""
     from alearn.rounds import metrics as round_metrics
     from workers.commands import close_now

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from alearn.exceptions import RoundError
 from alearn.project import Project
+from alearn.rounds.adaptive_round import agreement_sample
 from alearn.rounds.close import N_BOOT, annotator_report
 from alearn.rounds.votes import tally
 from alearn.stats.agreement import agreement_report
@@ -34,7 +35,16 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
         out["figures"].append(_row("agreement", Estimate(None, None, None, 0,
                                    "not computable, because there are no annotations yet")))
         return out
-    report = agreement_report(ratings, n_boot=N_BOOT, seed=round_number or 0)
+    # rounds with adaptive votes: agreement rests on their gold and audit items only
+    sample, on_items = agreement_sample(project, round_ids, votes)
+    if on_items is not None:
+        out["agreement_items"] = on_items
+    if sample is None:
+        out["figures"].append(_row("agreement", Estimate(None, None, None, 0,
+                                   "not computable, because no gold or audit item has its "
+                                   "votes yet")))
+        return out
+    report = agreement_report(sample, n_boot=N_BOOT, seed=round_number or 0)
     out["report"] = report.to_dict()
     for name, label in (("percent_agreement", "percent agreement"),
                         ("fleiss_kappa", "Fleiss' kappa"),

@@ -195,24 +195,37 @@ def record_targets(store: Store, round_id: int, targets: dict[int, int]) -> None
             plan.targets[int(item)] = max(int(n), plan.targets.get(int(item), 0))
 
 
-def agreement_sample(project: Project, round_id: int, votes: Tally
+def agreement_sample(project: Project, round_ids: list[int] | None, votes: Tally
                      ) -> tuple[Ratings | None, list[int] | None]:
-    """The ratings that agreement figures are computed on, and the items they rest on
-    (None: every item, in a round without adaptive votes). With adaptive votes: the gold
-    and audit items that have the round's most votes; (None, []) when there are none."""
+    """The ratings that agreement figures are computed on, and the items they rest on,
+    for the votes of some rounds (None: all). Items of rounds with adaptive votes count
+    only if they are gold or audit items with the round's most votes (their extra votes
+    went to the hard items); other rounds' items all count. ``(votes.ratings, None)``
+    when no round has adaptive votes; ``(None, [])`` when no item is left."""
+    query = select(Round)
+    if round_ids is not None:
+        query = query.where(Round.id.in_(round_ids))
     with project.store.session() as s:
-        rnd = s.get(Round, round_id)
-        plan = round_metrics.of(rnd).adaptive_votes if rnd is not None else None
-        gold = set(s.scalars(select(Selection.item_id).where(
-            Selection.round_id == round_id, Selection.is_gold.is_(True))))
-    if plan is None:
+        plans = {r.id: p for r in s.scalars(query)
+                 if (p := round_metrics.of(r).adaptive_votes) is not None}
+        chosen = s.execute(select(Selection.round_id, Selection.item_id, Selection.is_gold)
+                           .where(Selection.round_id.in_(list(plans)))).all() if plans else []
+    if not plans:
         return votes.ratings, None
-    forced = gold | set(plan.audit_items)
-    # the round's most votes: max_votes, or less where the roster was smaller
-    full = min(plan.max_votes, max((plan.targets.get(i, 0) for i in forced), default=0))
+    need: dict[int, int] = {}  # gold and audit items: the votes they must have
+    others: set[int] = set()
+    for rid, item, gold in chosen:
+        plan = plans[rid]
+        if gold or item in plan.audit_items:
+            # the round's most votes: max_votes, or less where the roster was smaller
+            full = min(plan.max_votes, max(plan.targets.get(item, 0), 2))
+            need[int(item)] = max(need.get(int(item), 0), full)
+        else:
+            others.add(int(item))
     matrix = votes.ratings.matrix
     rows = [r for r, item in enumerate(votes.items)
-            if item in forced and int((matrix[r] >= 0).sum()) >= max(full, 2)]
+            if (item in need and int((matrix[r] >= 0).sum()) >= need[item])
+            or (item not in need and item not in others)]
     if not rows:
         return None, []
     sub = matrix[rows]

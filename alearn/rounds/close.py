@@ -84,7 +84,7 @@ def close_round(project: Project, round_id: int, *,
     is_gold = votes.gold >= 0
     if votes.items:
         # with adaptive votes, agreement rests on the gold and audit items only
-        sample, sample_items = agreement_sample(project, round_id, votes)
+        sample, sample_items = agreement_sample(project, [round_id], votes)
         report = (_agreement_report(sample, n_boot=N_BOOT, seed=rnd.number)
                   if sample is not None else None)
         if metrics.adaptive_votes is not None:
