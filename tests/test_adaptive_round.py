@@ -218,6 +218,36 @@ def test_a_settled_round_is_full_without_max_votes(proj: Project) -> None:
     assert round_progress(proj.store, rid).complete and open_tasks(proj, rid) == 0
 
 
+def test_abort_locks_a_task_short_of_the_votes_asked_for_it(proj: Project) -> None:
+    from labelstudio.push import withdraw_round
+
+    rid, ids = adaptive_round(proj, {0: ["cat"], 1: ["dog"], 2: []})
+    with round_metrics.editing(proj.store, rid) as m:
+        assert m.adaptive_votes is not None
+        m.adaptive_votes.targets = {ids[0]: 2}  # asked for a second vote
+    proj.store.set_meta("ls_project_id", 1)
+    proj.store.set_meta("ls_image_url_base", "/data/local-files/?d=")
+
+    class Tasks(TaskLog):
+        deleted: list[int] = []
+
+        def iter_tasks(self, project_id: int, *, annotations: bool = False) -> Any:
+            for k, n in ((0, 1), (1, 1), (2, 0)):
+                yield {"id": FIRST_TASK_ID + k, "data": {}, "annotations": [{}] * n}
+
+        def update_task(self, task_id: int, **fields: Any) -> None:
+            self.overlap[int(task_id)] = int(fields["overlap"])
+
+        def delete_task(self, task_id: int) -> bool:
+            self.deleted.append(task_id)
+            return True
+
+    ls = Tasks()
+    got = withdraw_round(proj.store, ls, rid)  # type: ignore[arg-type]
+    assert (got.locked, got.deleted, got.complete) == (1, 1, 1)
+    assert ls.overlap == {FIRST_TASK_ID: 1} and ls.deleted == [FIRST_TASK_ID + 2]
+
+
 # -- close: agreement on gold and audit items only -------------------------------------
 def test_agreement_rests_on_the_gold_and_audit_items_with_max_votes(proj: Project) -> None:
     rng = np.random.default_rng(4)
