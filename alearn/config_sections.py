@@ -135,7 +135,12 @@ class RoundsConfig(Section):
 
 class AgreementConfig(Section):
     consensus: str = Field(
-        "majority", description="Consensus method: 'majority' or 'dawid_skene'."
+        "majority",
+        description=(
+            "Consensus method: 'majority', 'dawid_skene', or 'model_aware' (Dawid-Skene "
+            "with the head's out-of-sample probabilities as each item's prior; Dawid-Skene "
+            "until a head exists)."
+        ),
     )
     tie_policy: Literal["adjudicate", "more_votes", "first"] = Field(
         "adjudicate", description="What a majority-vote tie becomes."
@@ -187,9 +192,9 @@ class AgreementConfig(Section):
     @field_validator("consensus")
     @classmethod
     def _check_consensus(cls, value: str) -> str:
-        if value not in ("majority", "dawid_skene"):
-            raise ValueError(f"{value!r} is not a consensus method; use 'majority' or "
-                             "'dawid_skene'")
+        if value not in ("majority", "dawid_skene", "model_aware"):
+            raise ValueError(f"{value!r} is not a consensus method; use 'majority', "
+                             "'dawid_skene' or 'model_aware'")
         return value
 
 

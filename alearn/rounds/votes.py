@@ -90,4 +90,17 @@ def consensus(project: Project, ratings: Ratings, *, tie_policy: str | None = No
         tie_policy = "first" if cfg.agreement.tie_policy == "first" else "adjudicate"
     return get_consensus(cfg.agreement.consensus)(
         ratings.matrix, n_classes=len(cfg.classes), tie_policy=tie_policy,
-        min_confidence=cfg.agreement.min_confidence)
+        min_confidence=cfg.agreement.min_confidence, **model_inputs(project, ratings))
+
+
+def model_inputs(project: Project, ratings: Ratings) -> dict[str, Any]:
+    """What 'model_aware' consensus needs besides the votes: the head's out-of-sample
+    probabilities of the rated items (None without a head) and their gold classes."""
+    if project.config.agreement.consensus != "model_aware":
+        return {}
+    from alearn.model.out_of_sample import project_proba
+
+    items = [int(str(i)) for i in ratings.items]
+    gold = gold_labels(project, items)
+    return {"pred_probs": project_proba(project, items),
+            "gold": np.array([gold.get(i, -1) for i in items], dtype=int)}

@@ -1,6 +1,7 @@
-"""Consensus labels from several annotators' votes: majority vote and Dawid-Skene.
+"""Consensus labels from several annotators' votes: majority vote, Dawid-Skene, and
+Dawid-Skene with the model's probabilities as each item's prior (``model_aware``).
 
-Both methods take a ratings matrix ``R`` of shape (n_items, n_annotators) (class index, or
+All take a ratings matrix ``R`` of shape (n_items, n_annotators) (class index, or
 -1 for "not rated"; see :mod:`alearn.stats.ratings`) and return a :class:`Consensus` of
 arrays; ``Consensus.records()`` gives one :class:`ConsensusResult` per item. Methods are
 found by name in :data:`CONSENSUS_METHODS` through :func:`get_consensus`.
@@ -24,13 +25,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 
 from alearn.exceptions import ConfigError, UnknownNameError
+from alearn.stats.model_consensus import fit_model_aware
 from alearn.stats.ratings import check_ratings, vote_counts
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,10 @@ class Consensus:
     priors: np.ndarray | None = None
     n_iter: int = 0
     converged: bool = True
+    #: model_aware only: the fitted weight of the model's probabilities (0 ignores them)
+    model_weight: float | None = None
+    #: why the method fell back to another one ('' when it did not)
+    note: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -230,11 +236,34 @@ def dawid_skene(
                    n_iter=n_iter, converged=converged)
 
 
+def model_aware(
+    R: Any, *, n_classes: int | None = None, tie_policy: str = "adjudicate",
+    min_confidence: float = 0.0, pred_probs: Any = None, gold: Any = None, **fit: Any,
+) -> Consensus:
+    """Dawid-Skene with the model's out-of-sample probabilities ``pred_probs`` (n_items,
+    n_classes) as each item's prior, the model weighted by how well it predicts the votes
+    (see :mod:`alearn.stats.model_consensus`); ``gold`` (n_items,) is the known class, -1
+    elsewhere. Without ``pred_probs`` (no model yet) it is :func:`dawid_skene`, and the
+    result's ``note`` says so."""
+    _check_options(tie_policy, min_confidence)
+    R, k = check_ratings(R, n_classes)
+    if pred_probs is None:
+        ds = dawid_skene(R, n_classes=k, tie_policy=tie_policy, min_confidence=min_confidence)
+        reason = "no model probabilities yet (fewer than two classes labeled): Dawid-Skene"
+        log.info("model_aware consensus falls back: %s", reason)
+        return replace(ds, note=reason)
+    f = fit_model_aware(R, k, pred_probs, gold=gold, **fit)
+    return _finish("model_aware", vote_counts(R, k), f.posteriors, tie_policy=tie_policy,
+                   min_confidence=min_confidence, confusion=f.confusion, priors=f.priors,
+                   n_iter=f.n_iter, converged=f.converged, model_weight=f.model_weight)
+
+
 ConsensusMethod = Callable[..., Consensus]
 
 CONSENSUS_METHODS: dict[str, ConsensusMethod] = {
     "majority": majority_vote,
     "dawid_skene": dawid_skene,
+    "model_aware": model_aware,
 }
 
 
@@ -252,5 +281,5 @@ def get_consensus(name: str) -> ConsensusMethod:
 
 __all__ = [
     "CONSENSUS_METHODS", "TIE_POLICIES", "Consensus", "ConsensusResult",
-    "dawid_skene", "get_consensus", "majority_vote",
+    "dawid_skene", "get_consensus", "majority_vote", "model_aware",
 ]
