@@ -191,6 +191,92 @@ def test_cache_compact_keeps_every_vector(tmp_path: Path) -> None:
     assert missing == [] and X[:, 1].tolist() == [0, 1, 2, 3, 4]
 
 
+def test_cache_version_changes_with_content(tmp_path: Path) -> None:
+    a, b = FeatureCache(tmp_path, "k"), FeatureCache(tmp_path, "k")
+    assert a.version == ""
+    a.put([sha(0)], np.zeros((1, 4)))
+    v1 = a.version
+    assert v1 and b.version == v1  # another reader sees the same version
+    a.put([sha(1)], np.ones((1, 4)))
+    assert b.version not in ("", v1)
+    v2 = b.version
+    assert a.compact() == 2 and a.version not in (v1, v2) and b.version == a.version
+    assert a.compact() == 0 and b.version == a.version  # nothing to merge: unchanged
+
+
+def test_cache_compacts_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fc_mod, "COMPACT_CHUNKS", 3)
+    monkeypatch.setattr(fc_mod, "COMPACT_BASES", 2)
+    cache = FeatureCache(tmp_path, "k")
+    for i in range(40):
+        cache.put([sha(i)], np.full((1, 2), i))
+        assert len(list(cache.path.glob("chunk-*.npz"))) <= 3
+        assert len(list(cache.path.glob("base-*.keys.npy"))) <= 3
+    assert list(cache.path.glob("base-*.X.npy"))
+    X, missing = FeatureCache(tmp_path, "k").get([sha(i) for i in range(40)])
+    assert missing == [] and X[:, 0].tolist() == list(range(40))
+
+
+def test_old_cache_with_one_big_chunk_still_reads_and_is_converted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "k"
+    folder.mkdir()  # what the old compact() left: one npz holding everything
+    (folder / "meta.json").write_text(json.dumps({"key": "k", "dim": 3, "dtype": "float16"}))
+    X = np.arange(300, dtype=np.float16).reshape(100, 3)
+    np.savez(folder / "chunk-1-1-abcdef12.npz",
+             sha256=np.array([sha(i) for i in range(100)], dtype="S64"), X=X)
+    got, missing = FeatureCache(tmp_path, "k").get([sha(7), sha(99)])
+    assert missing == [] and got.tolist() == X[[7, 99]].astype(np.float32).tolist()
+    monkeypatch.setattr(fc_mod, "COMPACT_CHUNK_ROWS", 50)  # a big chunk: converted once
+    assert FeatureCache(tmp_path, "k").compact_if_due() == 1
+    assert not list(folder.glob("chunk-*")) and len(list(folder.glob("base-*.X.npy"))) == 1
+    assert FeatureCache(tmp_path, "k").get([sha(7)])[0].tolist() == [[21.0, 22.0, 23.0]]
+
+
+def test_cache_lookup_of_hashes_sharing_a_prefix(tmp_path: Path) -> None:
+    k1, k2, k3 = ("0" * 16 + c * 48 for c in "abc")
+    cache = FeatureCache(tmp_path, "k")
+    cache.put([k1], np.full((1, 2), 1.0))
+    cache.put([k2, sha(5)], np.array([[2.0, 2.0], [5.0, 5.0]]))
+    X, missing = FeatureCache(tmp_path, "k").get([k2, k3, k1, sha(5)])
+    assert missing == [k3] and X[:, 0].tolist() == [2.0, 1.0, 5.0]
+    assert len(cache) == 3
+    cache.compact()
+    assert len(FeatureCache(tmp_path, "k")) == 3
+
+
+def _write_many(root: str, w: int) -> None:
+    cache = FeatureCache(Path(root), "k")
+    for j in range(25):
+        i = w * 1000 + j
+        cache.put([sha(i)], np.full((1, 3), j))
+        if j % 8 == 7:
+            cache.compact()
+
+
+def test_concurrent_writers_and_compactions_lose_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(fc_mod, "COMPACT_CHUNKS", 4)  # forked writers inherit it
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    reader, seen = FeatureCache(tmp_path, "k"), set()
+    every = [sha(w * 1000 + j) for w in range(3) for j in range(25)]
+    while any(p.is_alive() for p in procs):  # a reader never loses what it once found
+        _, missing = reader.get(every)
+        found = set(every) - set(missing)
+        assert seen <= found
+        seen = found
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    X, missing = FeatureCache(tmp_path, "k").get(every)
+    assert missing == [] and X[:, 0].tolist() == [float(j) for _ in range(3) for j in range(25)]
+
+
 # --------------------------------------------------------------------------- backbones
 def test_unknown_backbone() -> None:
     with pytest.raises(UnknownNameError, match="resnet_18") as info:

@@ -42,7 +42,7 @@ import numpy as np
 import alearn.atomic as atomic
 from alearn.exceptions import FeatureError
 from alearn.features.keyindex import KeyIndex
-from alearn.features.segments import Segment, load_chunk_keys, open_base, write_base
+from alearn.features.segments import Segment, load_chunk, open_base, write_base
 
 logger = logging.getLogger(__name__)
 
@@ -266,23 +266,28 @@ class FeatureCache:
         return names | {p.name[: -len(_BASE_KEYS)] for p in self.path.glob(f"base-*{_BASE_KEYS}")}
 
     def _forget_all(self) -> None:
-        self._segments, self._order = {}, []
+        self._segments, self._order, self._index = {}, [], KeyIndex([])
 
     def _refresh(self, *, index: bool = True) -> None:
-        """Open segments added since the last look, forget gone ones, re-index if changed."""
-        names = self._list_names()
-        changed = set(self._segments) != names
-        for name in sorted(names - set(self._segments)):
+        """Open segments added since the last look, forget gone ones, re-index if changed.
+
+        The listing is taken again until every listed segment opened and none of them
+        was deleted meanwhile: a compaction deletes only after writing its base, so such
+        a listing holds every vector (chunks are listed before bases for that reason)."""
+        for _ in range(10):
+            names = self._list_names()
             try:
-                if name.startswith("chunk-"):
-                    self._segments[name] = load_chunk_keys(self.path / name)
-                else:
-                    self._segments[name] = open_base(self.path, name)
+                for name in sorted(names - set(self._segments)):
+                    self._segments[name] = (load_chunk(self.path / name, COMPACT_CHUNK_ROWS)
+                                            if name.startswith("chunk-")
+                                            else open_base(self.path, name))
             except FileNotFoundError:  # compacted away between the listing and the open
-                pass
+                continue
+            if names <= self._list_names():
+                break
         for name in set(self._segments) - names:
             del self._segments[name]
-        if index and (changed or self._order != sorted(self._segments)):
+        if index and self._order != sorted(self._segments):
             self._reindex()
 
     def _reindex(self) -> None:

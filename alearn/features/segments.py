@@ -86,11 +86,13 @@ class Segment:
             path.unlink(missing_ok=True)
 
 
-def load_chunk_keys(path: Path) -> Segment:
-    """A chunk's keys (its vectors load on first use)."""
+def load_chunk(path: Path, eager_rows: int) -> Segment:
+    """A chunk: its keys, and its vectors too when it has at most ``eager_rows`` rows (so
+    a compaction cannot pull them away later; an old cache's one big chunk loads on use)."""
     with np.load(path, allow_pickle=False) as z:
         keys = z["sha256"]
-    return Segment(path.name, keys, [path])
+        X = z["X"] if len(keys) <= eager_rows else None
+    return Segment(path.name, keys, [path], X=X)
 
 
 def open_base(folder: Path, name: str) -> Segment:
