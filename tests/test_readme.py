@@ -103,6 +103,8 @@ def test_readme_block_is_found_and_names_who_labels() -> None:
     added = [s.line.split()[4] for s in steps if s.line.startswith("alearn ls users add ")
              and "--role reviewer" not in s.line]
     assert labeling[0].who_labels == added  # those who label are the annotators added
+    # no exports to remember: ls up stores the connection for every later command
+    assert not [s.line for s in steps if s.line.startswith("export ")]
 
 
 def test_readme_parser_stops_at_the_next_heading() -> None:
