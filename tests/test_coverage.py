@@ -14,6 +14,7 @@ import pytest
 from factories import TINY_EMBED, run_cli
 from PIL import Image
 from sklearn.cluster import MiniBatchKMeans
+from sklearn.decomposition import PCA
 
 from alearn.config import EmbedConfig, Settings
 from alearn.features import cache as feature_cache
@@ -106,8 +107,8 @@ def test_the_unlabeled_mode_is_the_pocket(pool: Project) -> None:
 
 def test_clusters_match_a_direct_computation(pool: Project,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read in batches of 7 rows (never more at once), the clusters are those of k-means
-    run here on the whole pool as the pipeline loads it."""
+    """Read in batches of 7 rows (never more at once), the clusters are those of PCA and
+    k-means run here on the whole pool as the pipeline loads it."""
     asked: list[int] = []
     get = feature_cache.FeatureCache.get
 
@@ -121,7 +122,12 @@ def test_clusters_match_a_direct_computation(pool: Project,
     assert asked and max(asked) <= 7
     ids, X = load_pool_features(pool)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
-    km = MiniBatchKMeans(n_clusters=12, random_state=0, n_init=3, batch_size=120).fit(Xn)
+    rng = np.random.default_rng(0)
+    rng.choice(120, size=120, replace=False)  # the sample's draw, as coverage() makes it
+    rows = rng.permutation(120)[:cov_module.PCA_ROWS]
+    Z = PCA(n_components=64, svd_solver="randomized", random_state=0).fit(Xn[rows]
+                                                                          ).transform(Xn)
+    km = MiniBatchKMeans(n_clusters=12, random_state=0, n_init=3, batch_size=120).fit(Z)
     sizes = sorted(np.bincount(km.labels_).tolist())
     assert sorted(c["sampled"] for c in cov["clusters"]) == sizes
     labels = pool.store.trusted_labels()
@@ -137,7 +143,11 @@ def test_a_bounded_sample(pool: Project) -> None:
     assert cov["sampled"] == cov["clustered"] == 40 and cov["pool_size"] == 120
     assert cov["n_clusters"] == n_clusters(40, 3) == 4
     assert sum(c["estimated_items"] for c in cov["clusters"]) == pytest.approx(120, abs=4)
-    assert coverage(pool, sample=40) == cov  # seeded
+    seen = coverage(pool, sample=40, members=True)  # seeded: the same again
+    assert {k: v for k, v in seen.items() if k != "members"} == cov
+    assert len(seen["members"]["item_ids"]) == 40
+    assert np.bincount(seen["members"]["clusters"]).tolist() == [
+        c["sampled"] for c in cov["clusters"]]
     assert coverage(pool, sample=10)["why"].startswith("10 embedded items")
 
 

@@ -1,15 +1,15 @@
 """Coverage: which pockets of the pool's variability the trusted labels reach.
 
-The pool's embeddings are clustered (k-means, seeded MiniBatchKMeans on L2-normalised
-features of a seeded sample of at most :data:`SAMPLE` items, read from the feature cache
-:data:`BATCH` rows at a time, so memory stays bounded for a pool of any size). Every
-trusted label is assigned to its nearest cluster. A class *covers* the clusters that
-hold at least one of its trusted labels; a cluster that holds none is a *pocket* that no
-trusted label covers yet, listed largest first with the sample items nearest its centre
-(the thumbnails of :mod:`alearn.report.coverage_view`), so the team sees what is missing.
-A cluster's share of the pool is its share of the sample.
+The pool's embeddings are clustered: seeded MiniBatchKMeans on the first :data:`DIMS`
+principal components of the L2-normalised features of a seeded sample of at most
+:data:`SAMPLE` items, read from the feature cache :data:`BATCH` rows at a time, so memory
+stays bounded for a pool of any size. Every trusted label is assigned to its nearest
+cluster. A class *covers* the clusters that hold at least one of its trusted labels; a
+cluster that holds none is a *pocket* that no trusted label covers yet, listed largest
+first with the sample items nearest its centre (the thumbnails of
+:mod:`alearn.report.coverage_view`), so the team sees what is missing. A cluster's share
+of the pool is its share of the sample.
 """
-
 from __future__ import annotations
 
 import logging
@@ -35,6 +35,12 @@ PER_POCKET = 6
 MAX_POCKETS = 12
 #: each cluster should hold at least this many sampled items on average
 MIN_PER_CLUSTER = 10
+#: k-means runs on this many principal components of the features (seeded randomized
+#: PCA): the clusters of image embeddings live in few directions, and k-means++ over
+#: 1280 dimensions would cost 20 times more
+DIMS = 64
+#: ... fitted on at most this many of the sampled items
+PCA_ROWS = 2_000
 #: SQLite's limit on bound parameters is 999 in old builds
 _IN_CHUNK = 900
 
@@ -68,14 +74,20 @@ def _items(project: Project, ids: list[int]) -> dict[int, tuple[str, str]]:
     return out
 
 
-def read_features(project: Project, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Cached features of ``ids`` (those that have them), :data:`BATCH` at a time, through
-    the feature cache's public API: (found ids, float32 (n, dim))."""
+def feature_cache(project: Project) -> Any:
+    """The project's feature cache (:class:`alearn.features.cache.FeatureCache`)."""
     from alearn.features.backbone import cache_key_for  # torch: import on use
     from alearn.features.cache import FeatureCache
 
-    cache = FeatureCache(project.features_dir,
-                         cache_key_for(project.config.embed, root=project.root))
+    return FeatureCache(project.features_dir,
+                        cache_key_for(project.config.embed, root=project.root))
+
+
+def read_features(project: Project, ids: list[int], cache: Any = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Cached features of ``ids`` (those that have them), :data:`BATCH` at a time, through
+    the feature cache's public API: (found ids, float32 (n, dim))."""
+    cache = cache if cache is not None else feature_cache(project)
     found: list[np.ndarray] = []
     blocks: list[np.ndarray] = []
     for part in _chunks(ids, BATCH):
@@ -95,14 +107,25 @@ def _unit(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, 1.0)
 
 
+def _distinct(X: np.ndarray) -> int:
+    """Distinct rows of ``X`` (as float16: k-means cannot split closer points)."""
+    if not len(X):
+        return 0
+    rows = np.ascontiguousarray(X.astype(np.float16))
+    return len(np.unique(rows.view(np.dtype((np.void, rows.shape[1] * 2))).ravel()))
+
+
 def coverage(project: Project, *, sample: int = SAMPLE, seed: int = 0,
-             predict: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+             predict: Callable[[np.ndarray], np.ndarray] | None = None,
+             members: bool = False) -> dict[str, Any]:
     """Coverage of the pool's clusters by each class's trusted labels (JSON-able).
 
     ``predict`` (a head's ``predict`` on raw features) adds each pocket's predicted
-    classes. ``why`` says why there is nothing to show, when there is nothing.
+    classes; ``members`` adds every clustered item's cluster (``members``: item ids and
+    clusters, for a benchmark). ``why`` says why there is nothing to show.
     """
     from sklearn.cluster import MiniBatchKMeans
+    from sklearn.decomposition import PCA
 
     classes = list(project.config.classes)
     out: dict[str, Any] = {"classes": classes, "clusters": [], "by_class": {},
@@ -110,17 +133,22 @@ def coverage(project: Project, *, sample: int = SAMPLE, seed: int = 0,
     pool = _pool_ids(project)
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(pool, size=min(sample, len(pool)), replace=False))
-    ids, X = read_features(project, picked.tolist())
+    cache = feature_cache(project)
+    ids, X = read_features(project, picked.tolist(), cache)
     out.update(pool_size=int(len(pool)), sampled=int(len(picked)), clustered=int(len(ids)))
     Xn = _unit(X) if len(ids) else X
-    distinct = len(np.unique(Xn.round(5), axis=0)) if len(ids) else 0
+    distinct = _distinct(Xn)
     k = min(n_clusters(len(ids), len(classes)), distinct)
     if k < 2:
         out["why"] = (f"{len(ids)} embedded items in the sample; coverage needs at least "
                       f"{2 * MIN_PER_CLUSTER} distinct ones (run 'alearn embed').")
         return out
+    fit_rows = rng.permutation(len(ids))[:PCA_ROWS]
+    pca = PCA(n_components=min(DIMS, Xn.shape[1], len(fit_rows) - 1),
+              svd_solver="randomized", random_state=seed).fit(Xn[fit_rows])
+    Z = pca.transform(Xn)
     km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3,
-                         batch_size=min(1024, len(ids))).fit(Xn)
+                         batch_size=min(1024, len(ids))).fit(Z)
     assigned = km.labels_
     sizes = np.bincount(assigned, minlength=k)
     # every trusted label (in the project's classes) goes to its nearest cluster
@@ -128,9 +156,9 @@ def coverage(project: Project, *, sample: int = SAMPLE, seed: int = 0,
     held: dict[int, Counter[str]] = defaultdict(Counter)
     placed = 0
     for part in _chunks(sorted(labels), BATCH):
-        l_ids, l_X = read_features(project, part)
+        l_ids, l_X = read_features(project, part, cache)
         if len(l_ids):
-            for item, cluster in zip(l_ids.tolist(), km.predict(_unit(l_X)).tolist(),
+            for item, cluster in zip(l_ids.tolist(), km.predict(pca.transform(_unit(l_X))).tolist(),
                                      strict=True):
                 held[int(cluster)][labels[item]] += 1
                 placed += 1
@@ -149,17 +177,19 @@ def coverage(project: Project, *, sample: int = SAMPLE, seed: int = 0,
     out["uncovered"] = len(empty)
     out["uncovered_share"] = float(sum(sizes[c] for c in empty) / len(ids))
     for c in empty[:MAX_POCKETS]:
-        members = np.flatnonzero(assigned == c)
-        dist = np.linalg.norm(Xn[members] - km.cluster_centers_[c], axis=1)
-        near = members[np.argsort(dist, kind="stable")[:PER_POCKET]]
+        inside = np.flatnonzero(assigned == c)
+        dist = np.linalg.norm(Z[inside] - km.cluster_centers_[c], axis=1)
+        near = inside[np.argsort(dist, kind="stable")[:PER_POCKET]]
         items = _items(project, ids[near].tolist())
         pocket = {**out["clusters"][c],
                   "items": [{"item_id": int(i), "path": items[int(i)][1]}
                             for i in ids[near].tolist()]}
         if predict is not None:
-            mix = Counter(str(p) for p in predict(X[members]))
-            pocket["predicted"] = {cls: mix[cls] / len(members) for cls in classes if mix[cls]}
+            mix = Counter(str(p) for p in predict(X[inside]))
+            pocket["predicted"] = {cls: mix[cls] / len(inside) for cls in classes if mix[cls]}
         out["pockets"].append(pocket)
+    if members:
+        out["members"] = {"item_ids": ids.tolist(), "clusters": assigned.tolist()}
     log.info("coverage clusters=%d uncovered=%d clustered=%d trusted_placed=%d", k,
              len(empty), len(ids), placed)
     return out
