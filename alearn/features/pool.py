@@ -184,6 +184,8 @@ def _row_items(project: Project, cache: FeatureCache, segments: list[Segment], v
                items: tuple[int, int]) -> np.ndarray:
     """Item id of every row of every segment (concatenated), -1 where none; saved."""
     total = sum(len(s) for s in segments)
+    if not total:
+        return np.empty(0, dtype=np.int64)
     path = cache.path / "derived" / f"rows-{version}-{items[0]}-{items[1]}.npy"
     try:
         owners = np.load(path, allow_pickle=False)

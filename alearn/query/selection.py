@@ -269,8 +269,8 @@ def _mix_gold(
         if have:
             p = head.predict_proba(pool.vectors(np.asarray(have, dtype=np.int64)))
             predicted = {g: str(c) for g, c in zip(have, head.classes_[p.argmax(1)], strict=True)}
-    pool, golds = iter(ranked), iter(gold)
-    out = [next(golds) if r in places else next(pool) for r in range(total)]
+    rest, golds = iter(ranked), iter(gold)
+    out = [next(golds) if r in places else next(rest) for r in range(total)]
     mixed = [e if isinstance(e, tuple) else (e, float("nan"), predicted.get(e), True)
              for e in out]
     if not scored:
