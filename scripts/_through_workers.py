@@ -55,12 +55,24 @@ def _wait(what: Callable[[], Any], timeout: float, label: str, every: float = 0.
 
 
 class RssWatch(threading.Thread):
-    """Peak VmHWM (bytes) of each worker process and of every descendant it forks."""
+    """Peak VmHWM (bytes) of each worker process and of every descendant it forks, and
+    each work-horse's CPU seconds (user + system) and when it was seen alive, so that a
+    job's CPU time can be told from its wall time on a loaded machine."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
 
     def __init__(self, roots: dict[int, str]) -> None:
         super().__init__(daemon=True)
-        self.roots, self.peak, self.role = roots, {}, {}
+        self.roots, self.peak = roots, {}
+        self.horses: dict[int, dict[str, Any]] = {}  # pid -> worker, cpu_s, first, last
         self.stopped = threading.Event()
+
+    def _cpu(self, pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / self.TICK  # utime + stime
 
     def _children(self, pid: int) -> list[int]:
         try:
@@ -88,8 +100,20 @@ class RssWatch(threading.Thread):
                     if hwm is not None:
                         key = (role, pid)
                         self.peak[key] = max(self.peak.get(key, 0), hwm)
+                    cpu = self._cpu(pid) if role.endswith("/horse") else None
+                    if cpu is not None:
+                        now = time.time()
+                        h = self.horses.setdefault(pid, {"worker": name, "first": now})
+                        h["cpu_s"], h["last"] = cpu, now
                     stack.extend((c, f"{name}/horse") for c in self._children(pid))
             self.stopped.wait(0.05)
+
+    def cpu_of(self, worker: str, start: float, end: float) -> float | None:
+        """CPU seconds of the work-horses of ``worker`` seen alive within [start, end]
+        (epoch seconds): one job's horse (RQ forks one per job)."""
+        seen = [h["cpu_s"] for h in list(self.horses.values()) if h["worker"] == worker
+                and h["last"] >= start - 0.06 and h["first"] <= end + 0.06]
+        return round(sum(seen), 3) if seen else None
 
     def summary(self) -> dict[str, Any]:
         by_role: dict[str, int] = {}
@@ -156,9 +180,10 @@ def _utc(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def _phase_seconds(jobs: list[Any], t0: dt.datetime) -> dict[str, Any]:
-    """Per phase: queue wait, run time, and when it started and ended after the webhook.
-    Busy retries and several embed shards fold into one entry per phase."""
+def _phase_seconds(jobs: list[Any], t0: dt.datetime, watch: RssWatch) -> dict[str, Any]:
+    """Per phase: queue wait, run time (wall), the work-horse's CPU time, and when it
+    started and ended after the webhook. Busy retries and several embed shards fold into
+    one entry per phase."""
     out: dict[str, Any] = {}
     for job in jobs:
         name = (job.func_name or "").rsplit(".", 1)[-1].removesuffix("_job")
@@ -170,6 +195,9 @@ def _phase_seconds(jobs: list[Any], t0: dt.datetime) -> dict[str, Any]:
         entry["jobs"] += 1
         entry["queued_s"] += (s - e).total_seconds()
         entry["run_s"] += (f - s).total_seconds()
+        worker = f"worker{str(job.worker_name).rsplit('-', 1)[-1]}"
+        cpu = watch.cpu_of(worker, s.timestamp(), f.timestamp())
+        entry["cpu_s"] = entry.get("cpu_s", 0.0) + (cpu or 0.0)
         entry["end_after_webhook_s"] = (f - t0).total_seconds()
         entry["status"] = job.get_status()
     return {k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()}
@@ -220,7 +248,7 @@ class Bench:
         port = _free_port()
         self._spawn(["webhook", "serve", "--port", str(port)], "webhook")
         self.hook = f"http://127.0.0.1:{port}/webhook"
-        watch = RssWatch(workers)
+        watch = self.watch = RssWatch(workers)
         watch.start()
         client = LSClient(self.ls["url"], self.ls["token"])
         try:
@@ -235,8 +263,8 @@ class Bench:
             for _ in range(self.args.rounds):
                 turn, rid = self._turnaround(client, conn, rid, httpx)
                 turns.append(turn)
-            cli = {"round_plan_json_s": self._time_cli(["round", "plan", "--json"]),
-                   "status_json_s": self._time_cli(["status", "--json"])}
+            cli = {"round_plan_json": self._time_cli(["round", "plan", "--json"]),
+                   "status_json": self._time_cli(["status", "--json"])}
         finally:
             watch.stopped.set()
             _stop(self.procs)
@@ -282,7 +310,7 @@ class Bench:
         nxt = get_round(self.project.store)  # the active round: the next one
         self._wait_pushed(nxt.id, 60)
         time.sleep(0.3)  # the push job's end is written just after its last task
-        phases = _phase_seconds(_jobs_since(conn, t0_wall), t0_wall)
+        phases = _phase_seconds(_jobs_since(conn, t0_wall), t0_wall, self.watch)
         closed = get_round(self.project.store, rid)
         from alearn.rounds import metrics as round_metrics
 
@@ -290,6 +318,8 @@ class Bench:
         return ({"round": closed.number, "status": closed.status, "annotations": len(votes),
                  "labels_spent": m.labels_spent, "consensus": m.consensus,
                  "turnaround_s": round(wall, 3), "phases": phases,
+                 "horses_cpu_s": round(sum(v.get("cpu_s", 0.0) for v in phases.values()), 3),
+                 "load_average_1min": round(os.getloadavg()[0], 1),
                  "next_round": nxt.number}, nxt.id)
 
     def _post(self, httpx: Any) -> None:
@@ -298,15 +328,22 @@ class Bench:
         if r.status_code != 202:
             raise RuntimeError(f"the webhook answered {r.status_code}: {r.text}")
 
-    def _time_cli(self, argv: list[str]) -> float:
+    def _time_cli(self, argv: list[str]) -> dict[str, float]:
+        """Wall seconds and CPU seconds (user + system, the command's own process) of
+        ``alearn ARGV``: on a loaded machine the CPU time is what the command costs."""
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         done = subprocess.run([ALEARN, *argv], cwd=self.project.root, env=self.env,
                               capture_output=True, text=True, timeout=600)
         took = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
             raise RuntimeError(f"alearn {' '.join(argv)} failed: {done.stderr.strip()}")
         json.loads(done.stdout)  # it printed what a script can read
-        return round(took, 3)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return {"wall_s": round(took, 3), "cpu_s": round(cpu, 3)}
 
 
 def _votes(project: Any, users: list[int], round_id: int) -> list[tuple[int, list, int]]:
