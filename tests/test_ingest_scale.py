@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from alearn.project import Project
 from alearn.store import FileRecord, Item
 
 N = 240
+MakeProject = Callable[..., Project]
 
 
 def tree(root: Path, n: int = N) -> Path:
@@ -55,6 +57,20 @@ def snapshot(project: Project) -> tuple[list[tuple[Any, ...]], list[tuple[Any, .
 
 
 @pytest.fixture
+def new_project() -> Iterator[MakeProject]:
+    """make_project, with every store it opened disposed of at the end."""
+    made: list[Project] = []
+
+    def make(root: Path, images: Path, **kw: Any) -> Project:
+        made.append(make_project(root, images, **kw))
+        return made[-1]
+
+    yield make
+    for project in made:
+        project.store.dispose()
+
+
+@pytest.fixture
 def processes_now(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Start worker processes after the first probe; the list of pools' worker counts."""
     monkeypatch.setattr(parallel, "PROCESS_START_S", 0.0)
@@ -70,12 +86,12 @@ def processes_now(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_worker_processes_write_what_one_process_writes(
-        tmp_path: Path, db_url: str, processes_now: list[int]) -> None:
+        tmp_path: Path, new_project: MakeProject, db_url: str, processes_now: list[int]) -> None:
     root = tree(tmp_path / "images")
-    alone = make_project(tmp_path / "alone", root)
+    alone = new_project(tmp_path / "alone", root)
     one = ingest(alone, workers=0)
     assert processes_now == []
-    pooled = make_project(tmp_path / "pooled", root, database_url=db_url)
+    pooled = new_project(tmp_path / "pooled", root, database_url=db_url)
     many = ingest(pooled, workers=2, batch_size=64, progress=True)
     assert processes_now == [2]
     assert (many.added, many.duplicate, many.rejected) == (one.added, one.duplicate,
@@ -89,10 +105,11 @@ def test_worker_processes_write_what_one_process_writes(
 
 
 def test_a_worker_that_dies_loses_only_the_file_that_killed_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes_now: list[int]) -> None:
+        tmp_path: Path, new_project: MakeProject, monkeypatch: pytest.MonkeyPatch,
+        processes_now: list[int]) -> None:
     root = tree(tmp_path / "images")
     write_image(root / "d2" / "0100-poison.png", seed=5)
-    project = make_project(tmp_path / "p", root)
+    project = new_project(tmp_path / "p", root)
     monkeypatch.setattr(ingest_mod, "decode_image", dies_on_poison)
     first = ingest(project, workers=2, batch_size=64)
     assert processes_now == [2]
@@ -105,8 +122,9 @@ def test_a_worker_that_dies_loses_only_the_file_that_killed_it(
 
 
 def test_worker_processes_that_cannot_start_are_one_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes_now: list[int]) -> None:
-    project = make_project(tmp_path / "p", tree(tmp_path / "images"))
+        tmp_path: Path, new_project: MakeProject, monkeypatch: pytest.MonkeyPatch,
+        processes_now: list[int]) -> None:
+    project = new_project(tmp_path / "p", tree(tmp_path / "images"))
     monkeypatch.setattr(parallel, "_init_worker", init_fails)
     with pytest.raises(IngestError, match="could not start the decode worker processes"):
         ingest(project, workers=2)
@@ -134,8 +152,8 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
 
 def test_reingest_of_an_unchanged_tree_reads_no_file(
-        tmp_path: Path, reads: dict[str, list[str]]) -> None:
-    project = make_project(tmp_path / "p", tree(tmp_path / "images"))
+        tmp_path: Path, new_project: MakeProject, reads: dict[str, list[str]]) -> None:
+    project = new_project(tmp_path / "p", tree(tmp_path / "images"))
     ingest(project)
     assert len(reads["decoded"]) == N + 5 and reads["hashed"] == []
     before = snapshot(project)
@@ -146,9 +164,9 @@ def test_reingest_of_an_unchanged_tree_reads_no_file(
 
 
 def test_changes_are_found_by_size_and_time_and_only_moved_files_are_hashed(
-        tmp_path: Path, reads: dict[str, list[str]]) -> None:
+        tmp_path: Path, new_project: MakeProject, reads: dict[str, list[str]]) -> None:
     root = tree(tmp_path / "images")
-    project = make_project(tmp_path / "p", root)
+    project = new_project(tmp_path / "p", root)
     ingest(project)
     touched, rewritten, resized, sneaky = (root / "d0" / "0001.png", root / "d0" / "0002.png",
                                            root / "d0" / "0003.png", root / "d0" / "0004.png")
@@ -182,13 +200,13 @@ def test_changes_are_found_by_size_and_time_and_only_moved_files_are_hashed(
 
 
 def test_a_rejected_file_that_becomes_an_image_of_the_same_size_is_read_again(
-        tmp_path: Path) -> None:
+        tmp_path: Path, new_project: MakeProject) -> None:
     root = tmp_path / "images"
     good = write_image(tmp_path / "elsewhere" / "good.png", seed=3).read_bytes()
     target = root / "late.png"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"\0" * len(good))
-    project = make_project(tmp_path / "p", root)
+    project = new_project(tmp_path / "p", root)
     assert ingest(project).rejected == 1
     assert ingest(project).skipped == 1  # unchanged: not read again
     old = target.stat().st_mtime_ns
@@ -202,9 +220,10 @@ def test_a_rejected_file_that_becomes_an_image_of_the_same_size_is_read_again(
 
 
 def test_cli_ingest_with_workers_and_rehash(
-        tmp_path: Path, processes_now: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, new_project: MakeProject, processes_now: list[int],
+        capsys: pytest.CaptureFixture[str]) -> None:
     root = tree(tmp_path / "images")
-    project = make_project(tmp_path / "p", root)
+    project = new_project(tmp_path / "p", root)
     at = ["--project", str(project.root)]
     code, out, _ = run_cli([*at, "ingest", "--workers", "2", "--json"], capsys)
     assert code == 0 and processes_now == [2]
