@@ -166,8 +166,11 @@ def dataset_runs(args: argparse.Namespace, work: Path) -> dict:
         runs.append({"held_out": split.classes[held], "seconds": round(seconds, 2),
                      **_exact(cov, y, held)})
     project.store.dispose()
-    mean = {m: round(float(np.mean([r[m] for r in runs])), 3)
-            for m in ("recall", "precision")}
+    # precision only where a pocket was found (it is undefined where none was)
+    found = [r["precision"] for r in runs if r["precision"] is not None]
+    mean = {"recall": round(float(np.mean([r["recall"] for r in runs])), 3),
+            "precision": round(float(np.mean(found)), 3) if found else None,
+            "runs_with_pockets": len(found)}
     return {"dataset": args.dataset, "images": len(X), "dim": int(X.shape[1]),
             "per_class": args.per_class, "clusters": cov["n_clusters"], "mean": mean,
             "runs": runs}
@@ -183,7 +186,7 @@ def _exact(cov: dict, y: np.ndarray, held: int) -> dict:
     is_held = y[ids - 1] == held
     return {"uncovered_clusters": len(empty),
             "recall": round(float(inside[is_held].mean()), 3) if is_held.any() else 0.0,
-            "precision": round(float(is_held[inside].mean()), 3) if inside.any() else 0.0}
+            "precision": round(float(is_held[inside].mean()), 3) if inside.any() else None}
 
 
 def main(argv: list[str] | None = None) -> dict:
