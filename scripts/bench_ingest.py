@@ -13,7 +13,8 @@ pixels, 1,000 files per folder), then measures, in this order, in one run:
   ``vs_bare`` = fps / bare_fps, ``per_worker_vs_bare`` = vs_bare / workers, and
   ``cpu_per_file_vs_bare`` (CPU seconds of this process and its worker processes per
   file, over the bare loop's: the cost per core, whatever the machine's load);
-- ``reingest_s``: ingest again over the unchanged tree (every file skipped unread);
+- ``reingest_s``, ``reingest_cpu_s``: ingest again over the unchanged tree (every file
+  skipped unread), wall clock and CPU;
 - ``scaling_N_vs_1``: fps with the most workers (N) over fps with one, per database;
 - ``changes`` (last database only): after touching 1% of the files (same bytes, new
   modification time), overwriting 0.1% with other images and adding 0.1% new ones,
@@ -200,6 +201,7 @@ def main() -> None:
                     with timed() as t:
                         again = ingest(project, workers=w)
                     results[-1]["reingest_s"] = round(t["wall_s"], 2)
+                    results[-1]["reingest_cpu_s"] = round(t["cpu_s"], 2)
                     results[-1]["reingest_skipped"] = again.skipped
                     if last and kind == kinds[-1]:
                         report["changes"] = changes(project, root, args.files, pool)
