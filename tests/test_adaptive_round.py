@@ -209,6 +209,23 @@ def test_unsettled_items_get_one_more_vote_and_settled_ones_none(proj: Project) 
     assert open_tasks(proj, rid) == short
 
 
+def test_with_majority_a_tie_always_wants_another_vote(proj: Project) -> None:
+    """Majority's vote share is no posterior: Dawid-Skene's is used, but an item that
+    majority would leave tied (no trusted label at close) is never settled."""
+    assert proj.config.agreement.consensus == "majority"
+    # ann-a always agrees with ann-c, ann-b is wrong half the time: Dawid-Skene is sure
+    # (posterior > 0.99) that ann-a is right where ann-a and ann-b alone disagree
+    votes = {k: [CLASSES3[k % 3], CLASSES3[(k % 3 + k % 2) % 3], CLASSES3[k % 3]]
+             for k in range(12)}
+    votes.update({k: ["cat", "dog"] for k in range(12, 16)})
+    rid, ids = adaptive_round(proj, votes)
+    ds = reference_wanted(proj, rid, ids, set(), target=0.95)
+    assert all(ds[ids[k]] == 2 for k in range(12, 16))  # settled by the posterior alone
+    decision = decide(proj, rid)
+    assert decision is not None
+    assert all(decision.wanted[ids[k]] == 3 for k in range(12, 16))  # a tie for majority
+
+
 def test_a_settled_round_is_full_without_max_votes(proj: Project) -> None:
     proj.config.agreement.consensus = "dawid_skene"
     votes = {k: [CLASSES3[k % 3]] * 2 for k in range(12)}

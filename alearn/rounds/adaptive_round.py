@@ -18,8 +18,10 @@ repeated after a crash asks for the same votes again, and targets only ever rise
 
 The posterior is the project's consensus method (:func:`alearn.rounds.votes.consensus`);
 with ``majority``, whose vote share is no posterior (one vote is always 100%), Dawid-Skene
-gives it. ``max_votes`` is capped by the roster's size: Label Studio serves a task once
-per person and only the roster's votes count, so nothing waits for a vote nobody can give.
+gives it. An item the close's consensus would leave without a label (a tie, low
+confidence) is unsettled whatever its posterior. ``max_votes`` is capped by the roster's
+size: Label Studio serves a task once per person and only the roster's votes count, so
+nothing waits for a vote nobody can give.
 """
 
 from __future__ import annotations
@@ -123,17 +125,21 @@ class VoteDecision:
     waiting: int
 
 
-def posterior(project: Project, ratings: Ratings) -> Any:
-    """The consensus whose ``confidence`` is each item's label posterior (see the module
-    docstring: majority vote is replaced by Dawid-Skene here)."""
+def posterior(project: Project, ratings: Ratings) -> np.ndarray:
+    """Each rated item's label posterior, 0 where the close's consensus would give it no
+    label (a tie, low confidence): an item is settled only if both agree. With
+    ``majority``, whose vote share is no posterior (one vote is always 100%), the
+    posterior is Dawid-Skene's."""
     from alearn.stats.consensus import get_consensus  # scipy: on use, not by 'alearn status'
 
     cfg = project.config
+    cons = consensus(project, ratings, tie_policy="adjudicate")  # what the close will do
+    conf = np.asarray(cons.confidence, dtype=float)
     if cfg.agreement.consensus == "majority":
-        return get_consensus("dawid_skene")(
+        conf = np.asarray(get_consensus("dawid_skene")(
             ratings.matrix, n_classes=len(cfg.classes), tie_policy="adjudicate",
-            min_confidence=cfg.agreement.min_confidence)
-    return consensus(project, ratings, tie_policy="adjudicate")
+            min_confidence=cfg.agreement.min_confidence).confidence, dtype=float)
+    return np.where(np.asarray(cons.status).astype(str) == "agreed", conf, 0.0)
 
 
 def decide(project: Project, round_id: int) -> VoteDecision | None:
@@ -171,16 +177,16 @@ def decide(project: Project, round_id: int) -> VoteDecision | None:
 
 
 def _confidence(project: Project, votes: Tally, items: list[int]) -> np.ndarray:
-    """The posterior of each item's consensus label (0: no votes, or a tie)."""
+    """The posterior of each item's consensus label (0: no votes, a tie, not agreed)."""
     out = np.zeros(len(items))
     if not votes.items:
         return out
-    cons = posterior(project, votes.ratings)
+    conf = posterior(project, votes.ratings)
     row = {item: r for r, item in enumerate(votes.items)}
     for k, item in enumerate(items):
         r = row.get(item)
-        if r is not None and str(cons.status[r]) not in ("tie", "no_votes"):
-            out[k] = float(cons.confidence[r])
+        if r is not None:
+            out[k] = float(conf[r])
     return out
 
 
