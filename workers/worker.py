@@ -93,9 +93,15 @@ def run_worker(settings: Settings, names: Sequence[str] = queues.QUEUE_NAMES, *,
     """Run a worker on the given queues until stopped (or until empty with ``burst``)."""
     conn = queues.connect(settings)
     qs = [queues.get_queue(conn, settings, n) for n in names]
-    # Import the heavy libraries once in the parent, so each forked job starts warm.
+    # Import the heavy libraries once in the parent, so each forked job starts warm (a
+    # work-horse that imported the Label Studio SDK, close or select itself spent up to
+    # a CPU second of every pull, push, close and select doing so).
     import alearn.features.pipeline  # noqa: F401
     import alearn.model.training  # noqa: F401
+    import alearn.query.selection  # noqa: F401
+    import alearn.rounds.close  # noqa: F401
+    import labelstudio.pull  # noqa: F401
+    import labelstudio.push  # noqa: F401
 
     worker = AlearnWorker(qs, connection=conn, name=name, projects=projects)
     log.info("worker_event=start name=%s queues=%s", worker.name, ",".join(names))
