@@ -162,7 +162,8 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _jobs_since(conn: Any, t0: dt.datetime) -> list[Any]:
-    """Every finished or failed job enqueued at or after ``t0``, oldest first."""
+    """Every finished or failed job that ended after ``t0`` (the webhook): the jobs of
+    the turnaround, also one enqueued just before it (a tick's pull), oldest first."""
     from rq import Queue
     from rq.job import Job
     from rq.registry import FailedJobRegistry, FinishedJobRegistry
@@ -172,7 +173,7 @@ def _jobs_since(conn: Any, t0: dt.datetime) -> list[Any]:
         ids += FinishedJobRegistry(queue=q).get_job_ids()
         ids += FailedJobRegistry(queue=q).get_job_ids()
     jobs = [j for j in Job.fetch_many(ids, connection=conn) if j is not None]
-    jobs = [j for j in jobs if j.enqueued_at and _utc(j.enqueued_at) >= t0]
+    jobs = [j for j in jobs if j.enqueued_at and j.ended_at and _utc(j.ended_at) > t0]
     return sorted(jobs, key=lambda j: _utc(j.enqueued_at))
 
 
@@ -191,6 +192,7 @@ def _phase_seconds(jobs: list[Any], t0: dt.datetime, watch: RssWatch) -> dict[st
             continue
         e, s, f = _utc(job.enqueued_at), _utc(job.started_at), _utc(job.ended_at)
         entry = out.setdefault(name, {"jobs": 0, "queued_s": 0.0, "run_s": 0.0,
+                                      "enqueued_after_webhook_s": (e - t0).total_seconds(),
                                       "start_after_webhook_s": (s - t0).total_seconds()})
         entry["jobs"] += 1
         entry["queued_s"] += (s - e).total_seconds()
