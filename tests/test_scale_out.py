@@ -97,13 +97,21 @@ def _finished_jobs(conn: Redis) -> list[Any]:
 def test_two_workers_in_their_own_folders_run_a_round_on_one_postgresql_store(
         live_ls, env: Redis, pg_url: str, two_hosts: dict[str, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from labelstudio.annotators import label_stream
-    from workers.orchestrate import start_round
-
     monkeypatch.setenv("ALEARN_DATABASE_URL", pg_url)
     project = ingested_project(tmp_path, 24, seed=900, size=(24, 24), classes=CLASSES,
                                batch_size=6, overlap=3, min_labels_per_class=2,
                                auto_next=False)
+    try:
+        _whole_round(live_ls, env, project, two_hosts, tmp_path)
+    finally:
+        project.store.dispose()  # its connections close before the database is dropped
+
+
+def _whole_round(live_ls: Any, env: Redis, project: Project, two_hosts: dict[str, Path],
+                 tmp_path: Path) -> None:
+    from labelstudio.annotators import label_stream
+    from workers.orchestrate import start_round
+
     assert project.store.engine.url.get_backend_name() == "postgresql"
     manifest = tmp_path / "seed.csv"
     manifest.write_text("path,label\n" + "".join(f"{i:03d}.png,{truth_of(f'{i}.png')}\n"
