@@ -165,6 +165,13 @@ class AgreementConfig(Section):
             "rounds.max_votes, so that kappa, alpha and AC1 rest on an unbiased sample."
         ),
     )
+    audit_min_items: int = Field(
+        8, ge=0,
+        description=(
+            "Adaptive votes: the audit slice has at least this many items (while "
+            "audit_rate > 0), so that a small batch's kappa does not rest on 2-4 items."
+        ),
+    )
     kappa_threshold: float = Field(
         0.6, ge=-1, le=1, description="Rounds whose kappa falls below this are flagged."
     )

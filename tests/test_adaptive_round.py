@@ -64,7 +64,8 @@ def test_a_round_takes_adaptive_votes_unless_an_overlap_is_fixed() -> None:
     cfg = ProjectConfig(classes=CLASSES3)
     base, plan = round_votes_plan(cfg)
     assert base == 1 and plan is not None
-    assert (plan.min_votes, plan.max_votes, plan.target, plan.audit_rate) == (1, 3, 0.95, 0.1)
+    assert (plan.min_votes, plan.max_votes, plan.target, plan.audit_rate,
+            plan.audit_min_items) == (1, 3, 0.95, 0.1, 8)
     assert round_votes_plan(cfg, overlap=2) == (2, None)  # round start --overlap 2
     cfg.rounds.overlap = 3  # an alearn.toml from before adaptive votes
     assert round_votes_plan(cfg) == (3, None)
@@ -91,6 +92,15 @@ def test_audit_slice_is_seeded_random_and_never_gold() -> None:
     assert audit_slice(items, gold, 0.0, seed=3) == []
     assert len(audit_slice(range(5), [], 0.1, seed=0)) == 1  # a positive rate audits one
     assert audit_slice([1, 2], [1, 2], 0.5, seed=0) == []
+
+
+def test_audit_slice_has_a_floor_so_a_small_batch_still_measures_agreement() -> None:
+    # 10% of 40 is 4 items, too few for a kappa that means anything: the floor wins
+    batch, gold = list(range(40)), [0, 1]
+    assert len(audit_slice(batch, gold, 0.1, seed=1, min_items=8)) == 8
+    assert len(audit_slice(range(200), [], 0.1, seed=1, min_items=8)) == 20  # rate wins
+    assert len(audit_slice(range(5), [], 0.1, seed=1, min_items=8)) == 5  # all there is
+    assert audit_slice(batch, gold, 0.0, seed=1, min_items=8) == []  # rate 0: no audit
 
 
 # -- push: min_votes for every task, max_votes for gold and audit ----------------------
@@ -402,7 +412,8 @@ def test_a_min_votes_round_closes_by_itself_after_the_clicks_the_rule_wants(
     rnd = start_round(project, env)
     work(env)
     plan = round_metrics.of(get_round(project.store, rnd.id)).adaptive_votes
-    assert plan is not None and len(plan.audit_items) == 4
+    # a quarter of 16 is 4, under agreement.audit_min_items (8): the floor wins
+    assert plan is not None and len(plan.audit_items) == 8
     pid = int(project.store.get_meta("ls_project_id"))
     paths = paths_of(project)
     with project.store.session() as s:
@@ -424,5 +435,5 @@ def test_a_min_votes_round_closes_by_itself_after_the_clicks_the_rule_wants(
     assert metrics.labels_spent == clicks
     assert metrics.adaptive_votes is not None
     assert metrics.adaptive_votes.agreement_items == sorted(plan.audit_items)
-    assert metrics.agreement is not None and metrics.agreement["n_items"] == 4
+    assert metrics.agreement is not None and metrics.agreement["n_items"] == 8
     assert project_status(project)["votes"]["clicks"] == clicks

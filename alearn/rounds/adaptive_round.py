@@ -64,15 +64,18 @@ def round_votes_plan(cfg: ProjectConfig, overlap: int | None = None
         return low, None
     return low, round_metrics.AdaptiveVotes(
         min_votes=low, max_votes=high, target=cfg.agreement.confidence_target,
-        audit_rate=cfg.agreement.audit_rate)
+        audit_rate=cfg.agreement.audit_rate, audit_min_items=cfg.agreement.audit_min_items)
 
 
-def audit_slice(items: Iterable[int], gold: Iterable[int], rate: float, seed: int) -> list[int]:
+def audit_slice(items: Iterable[int], gold: Iterable[int], rate: float, seed: int,
+                min_items: int = 0) -> list[int]:
     """The seeded random audit slice: ``ceil(rate * batch)`` of the batch's non-gold
-    items (all of them at most), the same for the same arguments."""
+    items, at least ``min_items`` (all of them at most; none when ``rate`` is 0), the
+    same for the same arguments."""
     batch = sorted(set(items))
     candidates = sorted(set(batch) - set(gold))
-    n = min(len(candidates), math.ceil(rate * len(batch) - 1e-9)) if rate > 0 else 0
+    want = max(math.ceil(rate * len(batch) - 1e-9), min_items)
+    n = min(len(candidates), want) if rate > 0 else 0
     if n <= 0:
         return []
     rng = np.random.default_rng([AUDIT_SEED, int(seed)])
@@ -98,7 +101,8 @@ def push_targets(store: Store, round_id: int) -> dict[int, int]:
                          .where(Selection.round_id == round_id)).all()
         number = rnd.number
     gold = [int(i) for i, g in rows if g]
-    audit = audit_slice((int(i) for i, _g in rows), gold, plan.audit_rate, number)
+    audit = audit_slice((int(i) for i, _g in rows), gold, plan.audit_rate, number,
+                        plan.audit_min_items)
     high = most_votes(store, plan)
     with round_metrics.editing(store, round_id) as metrics:
         plan = metrics.adaptive_votes

@@ -93,6 +93,7 @@ class AdaptiveVotes:
     target: float
     audit_rate: float
     audit_items: list[int] = field(default_factory=list)
+    audit_min_items: int = 0
     targets: dict[int, int] = field(default_factory=dict)
     agreement_items: list[int] | None = None
 
@@ -103,6 +104,7 @@ class AdaptiveVotes:
         agreed = data.get("agreement_items")
         return cls(min_votes=int(data["min_votes"]), max_votes=int(data["max_votes"]),
                    target=float(data["target"]), audit_rate=float(data.get("audit_rate") or 0),
+                   audit_min_items=int(data.get("audit_min_items") or 0),
                    audit_items=[int(i) for i in data.get("audit_items") or []],
                    targets={int(i): int(n) for i, n in (data.get("targets") or {}).items()},
                    agreement_items=None if agreed is None else [int(i) for i in agreed])
