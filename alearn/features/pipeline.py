@@ -15,11 +15,12 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from alearn.exceptions import ConfigError, EmptyPoolError
 from alearn.features.backbone import Backbone, cache_key_for, load_backbone
 from alearn.features.cache import FeatureCache
+from alearn.features.embedded_mark import EmbedMark, usable_mark, write_mark
 from alearn.features.torch_embed import embed_files
 from alearn.store import Item
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from alearn.project import Project
 
 logger = logging.getLogger(__name__)
+
+#: images per cache write (a killed embed loses at most one such chunk)
+EMBED_CHUNK = 1024
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -71,13 +75,17 @@ class EmbedSummary:
 
 
 def embed_project(project: Project, *, shard: tuple[int, int] = (0, 1), progress: bool = True,
-                  backbone: Backbone | None = None, chunk_size: int = 1024) -> EmbedSummary:
+                  backbone: Backbone | None = None, chunk_size: int = EMBED_CHUNK,
+                  full: bool = False) -> EmbedSummary:
     """Embed the items of one shard that are not cached yet, into the feature cache.
 
-    Items whose ``id % n == i`` form shard ``(i, n)``. The backbone is loaded only if
-    something is missing (pass ``backbone`` to reuse a loaded one; its cache key is then
-    used). Vectors are written every ``chunk_size`` images, so a killed run keeps most
-    of its work. A file that cannot be decoded is reported in ``failed``; the rest go on.
+    Items whose ``id % n == i`` form shard ``(i, n)``. Only items above the shard's embed
+    mark (:mod:`alearn.features.embedded_mark`) and the ones that failed before are looked
+    up in the cache, so a run with nothing to do costs O(new items); ``full`` looks at
+    every item. The backbone is loaded only if something is missing (pass ``backbone``
+    to reuse a loaded one; its cache key is then used). Vectors are written every
+    ``chunk_size`` images, so a killed run loses only its unfinished chunk. A file that
+    cannot be decoded is reported in ``failed``; the rest go on.
     """
     t0 = perf_counter()
     try:
@@ -85,14 +93,13 @@ def embed_project(project: Project, *, shard: tuple[int, int] = (0, 1), progress
     except ValueError as exc:
         raise ConfigError(f"shard: {exc}") from None
     cfg = project.config.embed
-    with project.store.session() as s:
-        rows = s.execute(select(Item.id, Item.sha256, Item.path).order_by(Item.id)).all()
-    if not rows:
-        raise EmptyPoolError("the store has no items to embed. Run 'alearn ingest' first.")
-    rows = [r for r in rows if r.id % n == i]
     key = backbone.cache_key if backbone is not None else cache_key_for(cfg, root=project.root)
     cache = FeatureCache(project.features_dir, key)
-    todo_set = set(cache.missing([r.sha256 for r in rows]))
+    mark, rows = _candidates(project, cache, (i, n), full=full)
+    above = [r for r in rows if r.id > mark.upto]
+    if not above and not mark.count:
+        raise EmptyPoolError("the store has no items to embed. Run 'alearn ingest' first.")
+    todo_set = set(cache.missing([r.sha256 for r in rows])) if rows else set()
     todo = [r for r in rows if r.sha256 in todo_set]
     computed, failed = 0, list[tuple[int, str]]()
     if todo:
@@ -109,11 +116,45 @@ def embed_project(project: Project, *, shard: tuple[int, int] = (0, 1), progress
         failed = [(todo[j].id, reason) for j, reason in failures]
     for item_id, reason in failed:
         logger.warning("embed failed item=%d reason=%s", item_id, reason)
-    summary = EmbedSummary(computed, len(rows) - len(todo), failed, perf_counter() - t0,
-                           key=key, shard=(i, n), items=len(rows))
+    # every chunk is in the cache now: move the mark past what this run looked at
+    write_mark(cache.path, (i, n), EmbedMark(max([mark.upto, *(r.id for r in above)]),
+                                             mark.count + len(above), [j for j, _ in failed]))
+    items = mark.count + len(above)
+    summary = EmbedSummary(computed, items - len(todo), failed, perf_counter() - t0,
+                           key=key, shard=(i, n), items=items)
     logger.info("embed shard=%d/%d key=%s computed=%d cached=%d failed=%d", i, n, key,
                 summary.computed, summary.cached, len(failed))
     return summary
+
+
+def _candidates(project: Project, cache: FeatureCache, shard: tuple[int, int], *,
+                full: bool) -> tuple[EmbedMark, list[Any]]:
+    """The shard's usable mark, and its items above it or failed before (id order)."""
+    with project.store.session() as s:
+        mark = EmbedMark() if full else usable_mark(s, cache.path, shard)
+        q = select(Item.id, Item.sha256, Item.path).where(
+            or_(Item.id > mark.upto, Item.id.in_(mark.failed)) if mark.failed
+            else Item.id > mark.upto)
+        if shard[1] > 1:
+            q = q.where(Item.id % shard[1] == shard[0])
+        return mark, list(s.execute(q.order_by(Item.id)).all())
+
+
+def pending_items(project: Project) -> int:
+    """How many items the next embed may have to compute: the ones above the pool's
+    embed mark (or that failed) and not in the cache. Cheap when nothing is new."""
+    cache = FeatureCache(project.features_dir, cache_key_for(project.config.embed,
+                                                             root=project.root))
+    _mark, rows = _candidates(project, cache, (0, 1), full=False)
+    return len(cache.missing([r.sha256 for r in rows])) if rows else 0
+
+
+def choose_embed_shards(live_workers: int, pending: int, chunk: int = EMBED_CHUNK) -> int:
+    """Embed shards for a round: one per live embed worker, but only when there are at
+    least two chunks to embed, and never more shards than chunks; at least 1."""
+    if pending < 2 * chunk:
+        return 1
+    return max(1, min(live_workers, pending // chunk))
 
 
 def load_pool_features(project: Project, *,

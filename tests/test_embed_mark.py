@@ -1,0 +1,134 @@
+"""The embed mark: a run with nothing to do looks at no item it saw before, and stays
+correct when items are added (also late, below the mark), the cache is compacted or
+deleted, and with shards. Real store, real cache, a tiny real backbone."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+import alearn.features.pipeline as features
+from alearn.config import EmbedConfig
+from alearn.features.backbone import Backbone, load_backbone
+from alearn.features.cache import FeatureCache
+from alearn.features.embedded_mark import read_mark
+from alearn.features.pipeline import (
+    choose_embed_shards,
+    embed_project,
+    load_pool_features,
+    pending_items,
+)
+from alearn.project import Project
+from alearn.store import Item
+from tests.test_features import TINY, add_items
+
+
+@pytest.fixture
+def tiny(project: Project) -> Project:
+    project.config.embed = EmbedConfig(**TINY)
+    project.save_config()
+    return project
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone() -> Backbone:
+    return load_backbone(EmbedConfig(**TINY))
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """How many hashes each FeatureCache.missing() call was asked about (the real one runs)."""
+    sizes: list[int] = []
+    real = FeatureCache.missing
+
+    def spy(self: FeatureCache, sha256s: list[str]) -> list[str]:
+        sizes.append(len(sha256s))
+        return real(self, sha256s)
+
+    monkeypatch.setattr(FeatureCache, "missing", spy)
+    yield sizes
+
+
+def _embed(project: Project, bb: Backbone, **kw: object) -> features.EmbedSummary:
+    return embed_project(project, backbone=bb, progress=False, **kw)  # type: ignore[arg-type]
+
+
+def test_a_noop_run_asks_the_cache_about_nothing(tiny: Project, tiny_backbone: Backbone,
+                                                  asked: list[int]) -> None:
+    ids = add_items(tiny, ["a/img0.png", "a/img1.png", "a/img2.png"])
+    first = _embed(tiny, tiny_backbone)
+    assert (first.computed, first.items, asked) == (3, 3, [3])
+    again = _embed(tiny, tiny_backbone)
+    assert (again.computed, again.cached, again.items, asked[1:]) == (0, 3, 3, [])
+    assert pending_items(tiny) == 0
+
+    new = add_items(tiny, ["b/img3.jpg", "b/img4.jpg"])
+    assert pending_items(tiny) == 2
+    more = _embed(tiny, tiny_backbone)
+    assert (more.computed, more.cached, more.items) == (2, 3, 5) and asked[-1] == 2
+    mark = read_mark(FeatureCache(tiny.features_dir, tiny_backbone.cache_key).path, (0, 1))
+    assert mark is not None and (mark.upto, mark.count) == (max(new.values()), 5)
+
+    # compaction keeps every vector: the mark still holds
+    FeatureCache(tiny.features_dir, tiny_backbone.cache_key).compact()
+    n_asked = len(asked)
+    assert _embed(tiny, tiny_backbone).computed == 0 and len(asked) == n_asked
+    assert load_pool_features(tiny, backbone_key=tiny_backbone.cache_key)[0].tolist() == \
+        sorted([*ids.values(), *new.values()])
+    # --check looks at every item
+    full = _embed(tiny, tiny_backbone, full=True)
+    assert (full.computed, full.cached, asked[-1]) == (0, 5, 5)
+
+
+def test_deleted_cache_and_late_items_are_found(tiny: Project, tiny_backbone: Backbone) -> None:
+    add_items(tiny, ["a/img0.png", "a/img1.png"])
+    _embed(tiny, tiny_backbone)
+    shutil.rmtree(FeatureCache(tiny.features_dir, tiny_backbone.cache_key).path)
+    assert _embed(tiny, tiny_backbone).computed == 2  # the mark went with the cache
+
+    # an item committed late, with an id below the mark (concurrent ingests on PostgreSQL)
+    with tiny.store.session() as s:
+        s.add(Item(id=100, sha256="f" * 64, path="b/img3.jpg", width=1, height=1))
+    assert _embed(tiny, tiny_backbone).computed == 0  # sha 'fff..' is not the file: failed
+    real = add_items(tiny, ["b/img4.jpg"])  # gets id 101
+    _embed(tiny, tiny_backbone)
+    with tiny.store.session() as s:
+        sha = hashlib.sha256((tiny.image_root / "b/img5.jpg").read_bytes()).hexdigest()
+        s.add(Item(id=50, sha256=sha, path="b/img5.jpg", width=1, height=1))
+    summary = _embed(tiny, tiny_backbone)
+    assert summary.computed == 1 and not {50, *real.values()} - set(
+        load_pool_features(tiny, backbone_key=tiny_backbone.cache_key)[0].tolist())
+
+
+def test_failed_items_are_retried_alone(tiny: Project, tiny_backbone: Backbone,
+                                        asked: list[int]) -> None:
+    ids = add_items(tiny, ["a/img0.png", "a/img1.png", "a/img2.png"])
+    (tiny.image_root / "a/img1.png").unlink()
+    first = _embed(tiny, tiny_backbone)
+    assert (first.computed, [i for i, _ in first.failed]) == (2, [ids["a/img1.png"]])
+    again = _embed(tiny, tiny_backbone)  # only the failed one is looked at again
+    assert (again.computed, again.cached, len(again.failed), asked[-1]) == (0, 2, 1, 1)
+
+
+def test_shards_keep_their_own_marks(tiny: Project, tiny_backbone: Backbone,
+                                     asked: list[int]) -> None:
+    ids = add_items(tiny)
+    done = [_embed(tiny, tiny_backbone, shard=(i, 2)).computed for i in (0, 1)]
+    assert sum(done) == len(ids)
+    n_asked = len(asked)
+    assert [_embed(tiny, tiny_backbone, shard=(i, 2)).computed for i in (0, 1)] == [0, 0]
+    assert len(asked) == n_asked  # both shards: nothing looked up
+    whole = _embed(tiny, tiny_backbone)  # no pool mark yet: one full look, then marked
+    assert (whole.computed, whole.cached) == (0, len(ids))
+    assert [_embed(tiny, tiny_backbone, shard=(i, 3)).items for i in range(3)] == \
+        [sum(v % 3 == i for v in ids.values()) for i in range(3)]  # by the pool's mark
+
+
+@pytest.mark.parametrize("live,pending,want", [
+    (4, 0, 1), (4, 2047, 1), (4, 2048, 2), (4, 3 * 1024, 3), (4, 10**6, 4),
+    (0, 10**6, 1), (1, 10**6, 1), (8, 5000, 4)])
+def test_choose_embed_shards(live: int, pending: int, want: int) -> None:
+    assert choose_embed_shards(live, pending, chunk=1024) == want
