@@ -29,6 +29,7 @@ from alearn.config_sections import (
     HeadConfig,
     IngestConfig,
     LabelStudioConfig,
+    ReviewConfig,
     RoundsConfig,
 )
 from alearn.exceptions import ConfigError
@@ -57,6 +58,7 @@ class ProjectConfig(ClassTables):
     agreement: AgreementConfig = Field(default_factory=AgreementConfig)
     labelstudio: LabelStudioConfig = Field(default_factory=LabelStudioConfig)
     convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     @field_validator("classes")
     @classmethod

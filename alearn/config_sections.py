@@ -205,6 +205,17 @@ class AgreementConfig(Section):
         return value
 
 
+class ReviewConfig(Section):
+    max_per_round: int = Field(
+        5, ge=0,
+        description=(
+            "Label review: after each close, this many trusted labels most likely wrong "
+            "(never reviewed before) go to the adjudication project with their votes and "
+            "the model's view; a reviewer's decision replaces the label. 0 turns it off."
+        ),
+    )
+
+
 class LabelStudioConfig(Section):
     title: str = Field("", description="Label Studio project title; empty uses the project name.")
     show_predictions: bool = Field(

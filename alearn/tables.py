@@ -4,7 +4,8 @@ files (every path ingest has seen, with its outcome), items (one per distinct im
 labels (trusted: manifest gold, consensus or adjudication), rounds, selections,
 annotations (mirrored from Label Studio, or set aside with the reason), models (trained
 heads), meta (small facts), quarantine (annotations that could not be mirrored, kept raw
-with the reason), team (the roster), round_events (a round's life off the happy path).
+with the reason), team (the roster), round_events (a round's life off the happy path),
+label_changes (trusted labels a reviewer changed, with what they were).
 """
 
 from __future__ import annotations
@@ -193,6 +194,27 @@ class RoundEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LabelChange(Base):
+    """A trusted label a reviewer changed or confirmed (``reason`` 'label review'): what it
+    was (``old_*``), what it became, who, when. ``withdrawn_at``: the decision was deleted
+    in Label Studio and the old label restored (see :mod:`alearn.rounds.label_history`)."""
+
+    __tablename__ = "label_changes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    old_label: Mapped[str] = mapped_column(String(256))
+    old_origin: Mapped[str] = mapped_column(String(16))
+    old_method: Mapped[str | None] = mapped_column(String(32))
+    old_confidence: Mapped[float | None] = mapped_column(Float)
+    old_round_id: Mapped[int | None] = mapped_column(Integer)
+    new_label: Mapped[str] = mapped_column(String(256))
+    changed_by: Mapped[str] = mapped_column(String(256))
+    changed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    reason: Mapped[str] = mapped_column(String(32))
+    round_id: Mapped[int | None] = mapped_column(Integer)
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
 class Meta(Base):

@@ -118,15 +118,16 @@ def _project(store: Store) -> tuple[int, str]:
 
 
 def push_adjudication(
-    store: Store, client: LSClient, round_id: int, *, classes: Sequence[str] | None = None
+    store: Store, client: LSClient, round_id: int, *, classes: Sequence[str] | None = None,
+    review: Sequence[dict[str, Any]] = (),
 ) -> int:
-    """Create adjudication tasks for the round's unsettled items; return how many.
-
-    Idempotent: items that already have a task for this round are skipped.
+    """Create adjudication tasks for the round's unsettled items, and for ``review``
+    (its label-review items, :func:`alearn.rounds.label_review.review_queue`); return how
+    many. Idempotent: items that already have a task for this round are skipped.
     """
     project_id, base = _project(store)
     classes = list(classes if classes is not None else store.get_meta("ls_classes") or [])
-    queue = adjudication_queue(store, round_id, classes)
+    queue = adjudication_queue(store, round_id, classes) + list(review)
     created = dict(store.get_meta(META_TASKS) or {})
     present = {
         int(t["data"]["item_id"]): int(t["id"])

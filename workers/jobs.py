@@ -222,6 +222,7 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
 
 def adjudication_push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
     """Send a closed round's unsettled items to the Label Studio adjudication project."""
+    from alearn.rounds.label_review import review_queue
     from labelstudio.adjudication import ensure_adjudication_project, push_adjudication
     from labelstudio.client import connect_label_studio
 
@@ -233,6 +234,7 @@ def adjudication_push_job(project_dir: str, round_id: int) -> dict[str, Any] | R
             ensure_adjudication_project(project.store, client, project.config,
                                         project.image_root, document_root=document_root(project))
             created = push_adjudication(project.store, client, round_id,
-                                        classes=project.config.classes)
+                                        classes=project.config.classes,
+                                        review=review_queue(project, round_id))
     _report(created=created)
     return {"created": created}

@@ -145,7 +145,8 @@ def follow_close(project: Project, conn: Redis, round_id: int,
     if rnd.status != CLOSED:
         return None
     metrics = round_metrics.RoundMetrics.from_json(result)
-    if project.config.agreement.adjudication == "review" and metrics.adjudication_items:
+    if project.config.agreement.adjudication == "review" and (
+            metrics.adjudication_items or project.config.review.max_per_round):
         if has_reviewers(project):
             enqueue_adjudication_push(project, conn, round_id)
     if not project.config.rounds.auto_next or metrics.converged:

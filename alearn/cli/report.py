@@ -143,6 +143,10 @@ def status(ctx: Context, as_json: bool) -> None:
                          if adj.get("waiting_for_votes") else ""))
         if adj["set_aside"]:
             print_table("Adjudication decisions set aside", adj["set_aside"])
+    review = info.get("label_review") or {}
+    if review.get("sent"):
+        console.print(f"Label review: {review['sent']} sent, {review['decided']} decided, "
+                      f"{review['corrected']} labels corrected by review")
     _print_queues(info["queues"])
     if info["quarantined_annotations"]:
         console.print("Annotations in Label Studio that alearn does not count: "

@@ -134,7 +134,9 @@ def render_card(info: dict[str, Any]) -> str:
               ""]
     by_origin = info["by_origin"]
     lines += ["Labels by origin: " + ", ".join(f"{k} {v}" for k, v in sorted(by_origin.items()))
-              + ".", ""]
+              + ".", "", f"Labels corrected by review: {info.get('corrected_by_review', 0)} "
+              "(trusted labels a reviewer changed after the model flagged them as likely "
+              "wrong; they are adjudicated labels now).", ""]
     rounds = info["rounds"]
     if rounds:
         lines += _table(

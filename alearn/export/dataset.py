@@ -36,6 +36,7 @@ from alearn.export import plan as export_plan
 from alearn.export import records as export_records
 from alearn.progress import track
 from alearn.project import Project
+from alearn.rounds.label_history import corrected_by_review
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ def _write(project: Project, tmp: Path, records: list[dict[str, Any]], removed: 
         "n_copies": summary.n_copies, "n_dropped": summary.n_dropped,
         "class_weights": bal.weights, "removed": removed,
         "by_origin": dict(Counter(r["origin"] for r in records if r["id"] not in dropped)),
+        "corrected_by_review": corrected_by_review(project.store),
         "rounds": card.rounds_summary(project),
         "stopping_reason": card.stopping_reason(project),
         "n_dup_groups": plan["n_dup_groups"], "n_dup_items": plan["n_dup_items"],

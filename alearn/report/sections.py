@@ -15,6 +15,7 @@ from alearn.report.markup import Figures, nodata, table
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adjudication import adjudication_status
 from alearn.rounds.close import MIN_ITEMS, wilson_upper
+from alearn.rounds.label_history import review_status
 from alearn.store import Round
 
 #: a round and its metrics
@@ -90,9 +91,13 @@ def ls_project_url(base: str, project_id: Any) -> str | None:
 def adjudication(project: Project) -> str:
     """Items waiting for a reviewer's decision, and where they wait."""
     title = "<h2>Adjudication</h2>"
-    adj = adjudication_status(project)
+    adj, lr = adjudication_status(project), review_status(project.store)
+    if lr["sent"]:
+        title += (f"<p>Label review: {lr['sent']} trusted labels likely wrong sent to a "
+                  f"reviewer, {lr['decided']} decided, <b>{lr['corrected']} corrected by "
+                  "review</b>.</p>")
     if not adj["items"] and not adj["waiting_for_votes"]:
-        return title + nodata("no item has been sent to adjudication.")
+        return title + ("" if lr["sent"] else nodata("no item has been sent to adjudication."))
     text = (f"<p>Mode <code>{escape(str(adj['mode']))}</code>: {adj['items']} items sent to "
             f"adjudication, {adj['decided']} decided, <b>{adj['pending']} pending</b>, "
             f"{len(adj['set_aside'])} decisions set aside")

@@ -17,6 +17,7 @@ from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adaptive_round import clicks_per_trusted_label
 from alearn.rounds.adjudication import adjudication_status
+from alearn.rounds.label_history import review_status
 from alearn.rounds.lifecycle import (
     ACTIVE,
     CLOSED,
@@ -78,6 +79,7 @@ def project_status(project: Project) -> dict[str, Any]:
         "set_aside_total": aside_total,
         "convergence": _convergence(project),
         "adjudication": adjudication_status(project),
+        "label_review": review_status(store),
         "votes": _votes(project),
         "ls_project_id": store.get_meta("ls_project_id"),
     }

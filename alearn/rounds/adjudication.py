@@ -13,7 +13,9 @@ no trusted label. ``agreement.adjudication`` says what happens next:
     ones without exactly one known class are set aside with their reason, in
     the round's ``RoundMetrics.adjudication.set_aside``, where ``alearn status`` shows them.
     The adjudication project mirrors like the main one: a decision changed there
-    changes the label, and a decision deleted there withdraws it.
+    changes the label, and a decision deleted there withdraws it. Suspect consensus
+    labels go there too (label review, :mod:`alearn.rounds.label_review`): their
+    decisions keep a history (:mod:`alearn.rounds.label_history`).
 
 ``'more_votes'``
     Before the round closes, :func:`more_votes_targets` lists them, each with the number
@@ -38,11 +40,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from alearn.exceptions import RoundError
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
+from alearn.rounds.label_history import note_review, withdraw
 from alearn.rounds.votes import consensus, tally
 from alearn.store import Annotation, Item, Label, Round, Store
 
@@ -187,6 +190,7 @@ def apply_decisions(
                     "reviewer": d.reviewer, "label": d.labels[0],
                     "reason": f"the item already has a {label.origin} label {label.label!r}"})
                 continue
+            note_review(s, label, d.labels[0], d.reviewer, d.updated_at, rnd)  # label review
             label = label or Label(item_id=item)
             if (label.origin, label.label, label.round_id, label.method) != (
                     "adjudicated", d.labels[0], rnd, METHOD):
@@ -194,11 +198,8 @@ def apply_decisions(
                 label.method, label.round_id = METHOD, rnd
                 s.add(label)
             decided += 1
-        gone = [lab.id for item, lab in existing.items()
-                if item not in winners and lab.origin == "adjudicated" and lab.method == METHOD]
-        if gone:
-            s.execute(delete(Label).where(Label.id.in_(gone)))
-            withdrawn = len(gone)
+        withdrawn = withdraw(s, [lab for item, lab in existing.items() if item not in winners
+                                 and lab.origin == "adjudicated" and lab.method == METHOD])
     pending = _update_rounds(store, tasks, aside)
     summary = AdjudicationSummary(tasks=len(tasks), decided=decided,
                                   set_aside=sum(len(v) for v in aside.values()),

@@ -111,6 +111,7 @@ class SuspectLabel:
     score: float
     flagged: bool
     votes: dict[str, str]
+    suggested_proba: float = float("nan")  # the model's probability of ``suggested``
 
 
 def project_label_errors(project: Project, *, limit: int | None = None) -> list[SuspectLabel]:
@@ -140,7 +141,8 @@ def project_label_errors(project: Project, *, limit: int | None = None) -> list[
     items = [votes.items[r] for r in rows]
     y = np.array([index[trusted[i]] for i in items])
     known = ~np.isnan(P_all[sel]).any(1)
-    ranking = rank_label_errors(y[known], P_all[sel][known],
+    Pk = P_all[sel][known]
+    ranking = rank_label_errors(y[known], Pk,
                                 consensus_posteriors=cons.posteriors[sel][known])
     kept = [i for i, k in zip(items, known.tolist(), strict=True) if k]
     by_item: dict[int, dict[str, str]] = {}
@@ -149,7 +151,8 @@ def project_label_errors(project: Project, *, limit: int | None = None) -> list[
     out = [SuspectLabel(item_id=kept[r], label=trusted[kept[r]],
                         suggested=classes[int(ranking.suggested[r])],
                         score=float(ranking.score[r]), flagged=bool(ranking.flagged[r]),
-                        votes=by_item.get(kept[r], {}))
+                        votes=by_item.get(kept[r], {}),
+                        suggested_proba=float(Pk[r, int(ranking.suggested[r])]))
            for r in ranking.order.tolist()]
     return out if limit is None else out[:limit]
 
