@@ -5,12 +5,16 @@ deleted, and with shards. Real store, real cache, a tiny real backbone."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
+from redis import Redis
 
 import alearn.features.pipeline as features
+from alearn.cli import cli
 from alearn.config import EmbedConfig
 from alearn.features.backbone import Backbone, load_backbone
 from alearn.features.cache import FeatureCache
@@ -132,3 +136,46 @@ def test_shards_keep_their_own_marks(tiny: Project, tiny_backbone: Backbone,
     (0, 10**6, 1), (1, 10**6, 1), (8, 5000, 4)])
 def test_choose_embed_shards(live: int, pending: int, want: int) -> None:
     assert choose_embed_shards(live, pending, chunk=1024) == want
+
+
+def _fake_items(project: Project, start: int, stop: int) -> None:
+    """Items whose files were never embedded (their hashes are not in the cache)."""
+    with project.store.session() as s:
+        s.add_all(Item(sha256=f"{k:064x}", path=f"x/{k}.png", width=1, height=1)
+                  for k in range(start, stop))
+
+
+@pytest.mark.services
+def test_round_start_shards_over_the_live_embed_workers(tiny: Project, redis_conn: Redis) -> None:
+    from rq import Worker
+
+    from workers import queues
+    from workers.orchestrate import auto_embed_shards
+
+    assert auto_embed_shards(tiny, redis_conn) == 1  # no worker at all
+    q = queues.get_queue(redis_conn, tiny.settings, "embed")
+    other = queues.get_queue(redis_conn, tiny.settings, "train")
+    for k in range(3):
+        Worker([q], connection=redis_conn, name=f"embed-{k}").register_birth()
+    Worker([other], connection=redis_conn, name="train-0").register_birth()
+    _fake_items(tiny, 0, 1500)
+    assert auto_embed_shards(tiny, redis_conn) == 1  # < 2 chunks to embed: not worth it
+    _fake_items(tiny, 1500, 3000)
+    assert auto_embed_shards(tiny, redis_conn) == 2  # 3000 new: two chunks' worth
+    _fake_items(tiny, 3000, 10000)
+    assert auto_embed_shards(tiny, redis_conn) == 3  # one per live embed worker
+    result = CliRunner().invoke(cli, ["--project", str(tiny.root), "round", "start",
+                                      "--embed-shards", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(q.job_ids) == 5  # an explicit --embed-shards wins
+
+
+def test_cli_embed_check_looks_at_every_item(tiny: Project, asked: list[int]) -> None:
+    add_items(tiny, ["a/img0.png", "a/img1.png"])
+    run = CliRunner()
+    args = ["--project", str(tiny.root), "embed", "--json"]
+    assert run.invoke(cli, args).exit_code == 0 and asked == [2]
+    assert run.invoke(cli, args).exit_code == 0 and asked == [2]  # nothing new: no lookup
+    out = run.invoke(cli, [*args, "--check"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["cached"] == 2 and asked == [2, 2]

@@ -75,9 +75,12 @@ def start_round(
     batch_size: int | None = None,
     strategy: str | None = None,
     overlap: int | None = None,
-    embed_shards: int = 1,
+    embed_shards: int | None = None,
 ) -> Round:
     """Create the round in the store, then enqueue embed -> train -> select -> push.
+
+    Without ``embed_shards`` the embedding is split over the live embed workers
+    (:func:`auto_embed_shards`).
 
     Without ``overlap`` the round takes its votes per item from the config: adaptive
     votes, or ``rounds.overlap`` when it is set (see
@@ -97,9 +100,22 @@ def start_round(
         overlap=base,
         adaptive=adaptive,
     )
-    rnd.job_id = enqueue_chain(project, conn, rnd.id, embed_shards=embed_shards)
+    shards = embed_shards or auto_embed_shards(project, conn)
+    rnd.job_id = enqueue_chain(project, conn, rnd.id, embed_shards=shards)
     ensure_tick(project, conn)
     return rnd
+
+
+def auto_embed_shards(project: Project, conn: Redis) -> int:
+    """One embed shard per live worker on the embed queue, when there are enough new
+    images to pay for it (:func:`alearn.features.pipeline.choose_embed_shards`)."""
+    from rq import Worker
+
+    from alearn.features.pipeline import choose_embed_shards, pending_items
+
+    queue = queues.get_queue(conn, project.settings, "embed")
+    live = sum(queues.worker_alive(w) for w in Worker.all(queue=queue))
+    return 1 if live < 2 else choose_embed_shards(live, pending_items(project))
 
 
 def team_warnings(project: Project) -> list[str]:

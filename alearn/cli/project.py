@@ -99,15 +99,17 @@ def _parse_shard_option(_ctx: click.Context, _param: click.Parameter,
 @click.command("embed")
 @click.option("--shard", default="0/1", show_default=True, callback=_parse_shard_option,
               help="Embed only items whose id % n == i, given as i/n (e.g. 1/4).")
+@click.option("--check", is_flag=True,
+              help="Look up every item in the cache, not only those added since the last run.")
 @json_option
 @pass_ctx
-def embed_cmd(ctx: Context, shard: tuple[int, int], as_json: bool) -> None:
+def embed_cmd(ctx: Context, shard: tuple[int, int], check: bool, as_json: bool) -> None:
     """Embed the images not in the feature cache yet (with the configured backbone)."""
     from rich.markup import escape
 
     from alearn.features.pipeline import embed_project
 
-    summary = embed_project(ctx.project, shard=shard,
+    summary = embed_project(ctx.project, shard=shard, full=check,
                             progress=not as_json and sys.stderr.isatty())
     if as_json:
         print_json(summary.to_dict())

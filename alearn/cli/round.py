@@ -74,12 +74,14 @@ def _embed_missing(ctx: Context, as_json: bool) -> None:
 @click.option("--overlap", type=click.IntRange(min=1), default=None,
               help="Exactly K votes per image (default: rounds.overlap if set, else "
                    "adaptive votes between rounds.min_votes and rounds.max_votes).")
-@click.option("--embed-shards", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Split the embedding of new images into this many parallel jobs.")
+@click.option("--embed-shards", type=click.IntRange(min=1), default=None,
+              help="Split the embedding of new images into this many parallel jobs "
+                   "(default: one per live embed worker, when there are at least 2 x 1024 "
+                   "new images).")
 @json_option
 @pass_ctx
 def round_start(ctx: Context, batch_size: int | None, strategy: str | None,
-                overlap: int | None, embed_shards: int, as_json: bool) -> None:
+                overlap: int | None, embed_shards: int | None, as_json: bool) -> None:
     """Start a round: the workers embed, train, select and push the batch."""
     from workers.enqueue import ensure_tick
     from workers.orchestrate import start_round, team_warnings
