@@ -179,3 +179,28 @@ def test_cli_embed_check_looks_at_every_item(tiny: Project, asked: list[int]) ->
     out = run.invoke(cli, [*args, "--check"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["cached"] == 2 and asked == [2, 2]
+
+
+def test_a_killed_run_loses_only_its_unfinished_chunk(tiny: Project, tiny_backbone: Backbone,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny.config.embed = EmbedConfig(**{**TINY, "batch_size": 1})
+    add_items(tiny, ["a/img0.png", "a/img1.png"])
+    _embed(tiny, tiny_backbone)  # a mark at the first two
+    add_items(tiny, ["a/img2.png", "b/img3.jpg", "b/img4.jpg", "b/img5.jpg"])
+    cache_dir = FeatureCache(tiny.features_dir, tiny_backbone.cache_key).path
+    before = read_mark(cache_dir, (0, 1))
+    real_put, puts = FeatureCache.put, [0]
+
+    def put_then_die(self: FeatureCache, shas: list[str], X: object) -> None:
+        if puts[0] == 1:  # the second chunk: the process dies before it is written
+            raise KeyboardInterrupt
+        puts[0] += 1
+        real_put(self, shas, X)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FeatureCache, "put", put_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _embed(tiny, tiny_backbone, chunk_size=2)
+    assert read_mark(cache_dir, (0, 1)) == before  # a killed run moves no mark
+    monkeypatch.setattr(FeatureCache, "put", real_put)
+    again = _embed(tiny, tiny_backbone, chunk_size=2)
+    assert (again.computed, again.cached, again.items) == (2, 4, 6)  # the unfinished chunk
