@@ -148,7 +148,8 @@ def push_adjudication(
         created.update({str(t): [q["item_id"], round_id] for t, q in zip(ids, todo,
                                                                          strict=True)})
         store.set_meta(META_TASKS, created)
-    set_pushed(store, round_id, len(present) + len(todo))
+    set_pushed(store, round_id, len((set(present) | {q["item_id"] for q in todo})
+                                    - {q["item_id"] for q in review}))  # adjudication only
     logger.info("adjudication push round_id=%s ls_project_id=%s created=%s already=%s",
                 round_id, project_id, len(todo), len(present))
     return len(todo)

@@ -213,10 +213,10 @@ def _update_rounds(store: Store, tasks: set[tuple[int, int | None]],
                    aside: dict[int | None, list[dict[str, Any]]]) -> int:
     """Refresh the adjudication tally of every closed round concerned; return the
     pending count over all rounds."""
-    pushed: dict[int, int] = defaultdict(int)
+    pushed: dict[int, set[int]] = defaultdict(set)  # label-review tasks do not count
     for _item, rid in tasks:
         if rid is not None:
-            pushed[rid] += 1
+            pushed[rid].add(_item)
     with store.session() as s:
         adjudicated = set(s.scalars(select(Label.item_id).where(Label.origin == "adjudicated")))
     pending = 0
@@ -227,8 +227,8 @@ def _update_rounds(store: Store, tasks: set[tuple[int, int | None]],
         if not wanted and rnd.id not in pushed and rnd.id not in aside:
             return False
         old = metrics.adjudication or round_metrics.AdjudicationTally()
-        done = sum(i in adjudicated for i in wanted)
-        new = replace(old, items=len(wanted), pushed=pushed.get(rnd.id, 0), decided=done,
+        done, sent = sum(i in adjudicated for i in wanted), len(pushed[rnd.id] & set(wanted))
+        new = replace(old, items=len(wanted), pushed=sent, decided=done,
                       pending=len(wanted) - done, set_aside=aside.get(rnd.id, []))
         pending += new.pending
         metrics.adjudication = new
