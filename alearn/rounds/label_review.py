@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from alearn.exceptions import AlearnError
 from alearn.project import Project
 from alearn.rounds.adjudication import votes_text
 from alearn.rounds.label_errors import SuspectLabel, project_label_errors
@@ -76,8 +77,12 @@ def review_queue(project: Project, round_id: int) -> list[dict[str, Any]]:
         return _entries(store, {i: texts.get(str(i), "Label review.") for i in mine})
     if limit <= 0:
         return []
-    chosen = select_for_review(project_label_errors(project), set(sent) | reviewed_items(store),
-                               limit)
+    try:
+        suspects = project_label_errors(project)
+    except AlearnError as exc:  # a failed ranking never stops the adjudication push
+        log.warning("label review skipped round_id=%s reason=%s", round_id, exc)
+        return []
+    chosen = select_for_review(suspects, set(sent) | reviewed_items(store), limit)
     if not chosen:
         return []
     classes = project.config.classes
