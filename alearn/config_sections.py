@@ -209,9 +209,10 @@ class ReviewConfig(Section):
     max_per_round: int = Field(
         5, ge=0,
         description=(
-            "Label review: after each close, this many trusted labels most likely wrong "
-            "(never reviewed before) go to the adjudication project with their votes and "
-            "the model's view; a reviewer's decision replaces the label. 0 turns it off."
+            "Label review (with agreement.adjudication = 'review'): after each close, this "
+            "many trusted labels most likely wrong (never reviewed before) go to the "
+            "adjudication project with their votes and the model's view; a reviewer's "
+            "decision replaces the label. 0 turns it off."
         ),
     )
 
