@@ -125,10 +125,16 @@ def test_shards_keep_their_own_marks(tiny: Project, tiny_backbone: Backbone,
     n_asked = len(asked)
     assert [_embed(tiny, tiny_backbone, shard=(i, 2)).computed for i in (0, 1)] == [0, 0]
     assert len(asked) == n_asked  # both shards: nothing looked up
-    whole = _embed(tiny, tiny_backbone)  # no pool mark yet: one full look, then marked
-    assert (whole.computed, whole.cached) == (0, len(ids))
+    # the pool's mark made of the shards' (the lower: 5): only item 6 is looked up
+    assert pending_items(tiny) == 0 and asked[n_asked:] == [1]
+    whole = _embed(tiny, tiny_backbone)
+    assert (whole.computed, whole.cached, asked[n_asked:]) == (0, len(ids), [1, 1])
+    assert _embed(tiny, tiny_backbone).cached == len(ids) and len(asked) == n_asked + 2
+    _fake_items(tiny, 0, 1)  # a new item, not cached: the marks do not cover it
+    assert pending_items(tiny) == 1 and asked[-1] == 1
+    every = [*ids.values(), 7]
     assert [_embed(tiny, tiny_backbone, shard=(i, 3)).items for i in range(3)] == \
-        [sum(v % 3 == i for v in ids.values()) for i in range(3)]  # by the pool's mark
+        [sum(v % 3 == i for v in every) for i in range(3)]  # by the pool's mark
 
 
 @pytest.mark.parametrize("live,pending,want", [

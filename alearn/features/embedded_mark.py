@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,9 @@ class EmbedMark:
     upto: int = 0  # every item of the shard with id <= upto is cached, but ``failed``
     count: int = 0  # items of the shard with id <= upto when the mark was written
     failed: list[int] = field(default_factory=list)
+
+
+_NAME = re.compile(r"embedded-(\d+)of(\d+)\.json")
 
 
 def mark_path(cache_dir: Path, shard: tuple[int, int]) -> Path:
@@ -69,15 +73,40 @@ def count_upto(s: Session, shard: tuple[int, int], upto: int) -> int:
     return int(s.execute(q).scalar_one())
 
 
+def _holds(s: Session, shard: tuple[int, int], mark: EmbedMark | None) -> bool:
+    return mark is not None and count_upto(s, shard, mark.upto) == mark.count
+
+
+def _from_shards(s: Session, cache_dir: Path) -> EmbedMark | None:
+    """The pool's mark made of a whole set of shard marks ``(0..n-1, n)``: every item up
+    to the lowest of them is cached, but the failed ones."""
+    best = None
+    names = (_NAME.fullmatch(p.name) for p in Path(cache_dir).glob("embedded-*.json"))
+    for n in sorted({int(m[2]) for m in names if m} - {1}):
+        marks = [read_mark(cache_dir, (i, n)) for i in range(n)]
+        if not all(_holds(s, (i, n), m) for i, m in enumerate(marks)):
+            continue
+        upto = min(m.upto for m in marks if m is not None)
+        if best is None or upto > best.upto:
+            failed = sorted({x for m in marks if m is not None for x in m.failed if x <= upto})
+            best = EmbedMark(upto, count_upto(s, (0, 1), upto), failed)
+    return best
+
+
 def usable_mark(s: Session, cache_dir: Path, shard: tuple[int, int]) -> EmbedMark:
-    """The best mark that still holds for ``shard``: its own or the whole pool's;
-    ``EmbedMark()`` (look at everything) when neither holds."""
+    """The best mark that still holds for ``shard``: its own, the whole pool's, or (for the
+    whole pool) one made of a set of shard marks; ``EmbedMark()`` (look at everything)
+    when none holds."""
     best = EmbedMark()
     for src in dict.fromkeys([shard, (0, 1)]):
         mark = read_mark(cache_dir, src)
-        if mark is None or mark.upto <= best.upto or count_upto(s, src, mark.upto) != mark.count:
+        if mark is None or mark.upto <= best.upto or not _holds(s, src, mark):
             continue
         failed = [x for x in mark.failed if x % shard[1] == shard[0]]
         best = EmbedMark(mark.upto, count_upto(s, shard, mark.upto) if src != shard
                          else mark.count, failed)
+    if shard == (0, 1):
+        combined = _from_shards(s, cache_dir)
+        if combined is not None and combined.upto > best.upto:
+            best = combined
     return best

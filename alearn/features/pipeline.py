@@ -132,9 +132,10 @@ def _candidates(project: Project, cache: FeatureCache, shard: tuple[int, int], *
     """The shard's usable mark, and its items above it or failed before (id order)."""
     with project.store.session() as s:
         mark = EmbedMark() if full else usable_mark(s, cache.path, shard)
+        failed = (Item.id.in_(mark.failed) if len(mark.failed) <= 500  # SQL's bound
+                  else Item.id >= min(mark.failed))  # parameters: a superset, no harm
         q = select(Item.id, Item.sha256, Item.path).where(
-            or_(Item.id > mark.upto, Item.id.in_(mark.failed)) if mark.failed
-            else Item.id > mark.upto)
+            or_(Item.id > mark.upto, failed) if mark.failed else Item.id > mark.upto)
         if shard[1] > 1:
             q = q.where(Item.id % shard[1] == shard[0])
         return mark, list(s.execute(q.order_by(Item.id)).all())
