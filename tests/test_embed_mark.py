@@ -210,3 +210,12 @@ def test_a_killed_run_loses_only_its_unfinished_chunk(tiny: Project, tiny_backbo
     monkeypatch.setattr(FeatureCache, "put", real_put)
     again = _embed(tiny, tiny_backbone, chunk_size=2)
     assert (again.computed, again.cached, again.items) == (2, 4, 6)  # the unfinished chunk
+
+
+def test_many_failed_items_are_retried(tiny: Project, tiny_backbone: Backbone) -> None:
+    add_items(tiny, ["a/img0.png"])
+    _fake_items(tiny, 0, 600)  # files that do not exist: more failed ids than SQL parameters
+    first = _embed(tiny, tiny_backbone)
+    assert (first.computed, len(first.failed)) == (1, 600)
+    again = _embed(tiny, tiny_backbone)
+    assert (again.computed, again.cached, len(again.failed), again.items) == (0, 1, 600, 601)
