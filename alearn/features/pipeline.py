@@ -131,7 +131,8 @@ def _candidates(project: Project, cache: FeatureCache, shard: tuple[int, int], *
                 full: bool) -> tuple[EmbedMark, list[Any]]:
     """The shard's usable mark, and its items above it or failed before (id order)."""
     with project.store.session() as s:
-        mark = EmbedMark() if full else usable_mark(s, cache.path, shard)
+        # an empty cache (its files deleted by hand) voids the marks left in its folder
+        mark = EmbedMark() if full or not cache.version else usable_mark(s, cache.path, shard)
         failed = (Item.id.in_(mark.failed) if len(mark.failed) <= 500  # SQL's bound
                   else Item.id >= min(mark.failed))  # parameters: a superset, no harm
         q = select(Item.id, Item.sha256, Item.path).where(
