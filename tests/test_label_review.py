@@ -150,3 +150,64 @@ def test_status_report_and_export_count_corrected_labels(tmp_path: Path) -> None
     export_dataset(project, tmp_path / "out", format="csv")
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert "Labels corrected by review: 1 " in card
+
+
+def test_a_suspect_label_reaches_label_studio_and_a_reviewer_replaces_it(
+    live_ls, env, tmp_path: Path
+) -> None:
+    """Through Label Studio: two annotators agree on every image; the close sends the
+    top 3 suspects to the adjudication project (with the label review text); the
+    reviewer changes each; the pull replaces the labels and keeps their history."""
+    from ls_server import work
+
+    from alearn.rounds.lifecycle import CLOSED, get_round
+    from labelstudio.annotators import label_stream
+    from workers.enqueue import enqueue_pull
+    from workers.orchestrate import start_round
+
+    project = ingested_project(tmp_path, 30, seed=900, embed={"batch_size": 16})
+    team = [live_ls.new_annotator(f"ann{j}", store=project.store) for j in range(2)]
+    reviewer = live_ls.new_annotator("reviewer")
+    cfg = project.config
+    cfg.rounds.batch_size, cfg.rounds.overlap = 24, 2
+    cfg.agreement.adjudication, cfg.agreement.reviewers = "review", [reviewer.email]
+    cfg.review.max_per_round = 3
+    project.save_config()
+    with project.store.session() as s:
+        paths = dict(s.execute(select(Item.id, Item.path)).all())
+
+    def truth(d: dict) -> str:
+        return CLASSES[int(Path(paths[int(d["item_id"])]).stem) % 3]
+
+    rnd = start_round(project, env)
+    work(env)
+    pid = int(project.store.get_meta("ls_project_id"))
+    assert [label_stream(live_ls.url, a.token, pid, truth) for a in team] == [24, 24]
+    assert enqueue_pull(project, env, delay=0)
+    work(env)  # pull -> close -> adjudication push with the label review
+    rnd = get_round(project.store, rnd.id)
+    assert rnd.status == CLOSED and rnd.metrics["adjudication_items"] == []
+    adj_pid = int(project.store.get_meta("ls_adjudication_project_id"))
+    tasks = {t["data"]["item_id"]: t for t in live_ls.client().iter_tasks(adj_pid)}
+    sent = sent_for_review(project.store)
+    assert len(tasks) == 3 and set(tasks) == set(sent) and set(sent.values()) == {rnd.id}
+    before = _labels(project, list(tasks))
+    for item, task in tasks.items():
+        text = task["data"]["votes_text"]
+        assert text.startswith("Label review. Votes: ") and "Model: " in text
+        assert f"Trusted label: {before[item][0]}." in text and before[item][1] == "consensus"
+    assert rnd.metrics["adjudication"]["pushed"] == 0  # no adjudication item was pushed
+
+    def other(d: dict) -> str:  # the reviewer moves each label to the next class
+        return CLASSES[(CLASSES.index(before[int(d["item_id"])][0]) + 1) % 3]
+
+    assert label_stream(live_ls.url, reviewer.token, adj_pid, other) == 3
+    assert enqueue_pull(project, env, delay=0)
+    work(env)
+    after = _labels(project, list(tasks))
+    assert after == {i: (CLASSES[(CLASSES.index(before[i][0]) + 1) % 3], "adjudicated")
+                     for i in tasks}
+    history = review_history(project.store)
+    assert sorted((h["item_id"], h["was"], h["by"]) for h in history) == sorted(
+        (i, before[i][0], reviewer.email) for i in tasks)
+    assert project_status(project)["label_review"] == {"sent": 3, "decided": 3, "corrected": 3}
