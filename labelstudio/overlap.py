@@ -18,7 +18,12 @@ import logging
 from dataclasses import asdict, dataclass
 
 from alearn.project import Project
-from alearn.rounds.adaptive_round import decide, push_targets, record_targets
+from alearn.rounds.adaptive_round import (
+    decide,
+    push_targets,
+    record_push_targets,
+    record_targets,
+)
 from alearn.rounds.lifecycle import active_round
 from alearn.store import Store
 from labelstudio.adjudication import request_more_votes
@@ -43,8 +48,12 @@ class AdaptSummary:
 def push_overlaps(store: Store, client: LSClient, round_id: int) -> int:
     """Ask ``max_votes`` for the round's gold and audit tasks; return the tasks changed
     (0 for a round without adaptive votes). Idempotent."""
-    targets = push_targets(store, round_id)
-    return request_more_votes(store, client, targets, round_id) if targets else 0
+    audit, targets = push_targets(store, round_id)
+    if not targets:
+        return 0
+    changed = request_more_votes(store, client, targets, round_id)
+    record_push_targets(store, round_id, audit, targets)  # after asking, never before
+    return changed
 
 
 def adapt_votes(project: Project, round_id: int | None = None,

@@ -153,11 +153,50 @@ def test_push_asks_max_votes_of_gold_and_audit_tasks_only(proj: Project) -> None
     assert open_tasks(proj, rid) == 20
 
 
+class FailingTaskLog(TaskLog):
+    """Label Studio going away after ``ok`` task updates."""
+
+    def __init__(self, ok: int) -> None:
+        super().__init__()
+        self.ok = ok
+
+    def update_task(self, task_id: int, **fields: Any) -> None:
+        if self.calls >= self.ok:
+            raise ConnectionError("Label Studio went away")
+        super().update_task(task_id, **fields)
+
+
+def test_a_push_that_fails_while_asking_records_no_target_and_the_next_pull_asks(
+        proj: Project) -> None:
+    votes: dict[int, list[str]] = {k: [] for k in range(20)}
+    rid, ids = adaptive_round(proj, votes, gold={0: "cat", 1: "dog"}, audit_rate=0.1)
+    with pytest.raises(ConnectionError):
+        push_overlaps(proj.store, FailingTaskLog(ok=1), rid)  # type: ignore[arg-type]
+    plan = round_metrics.of(get_round(proj.store, rid)).adaptive_votes
+    # nothing recorded that Label Studio was not asked for: no task waits for a vote
+    # nobody will be served
+    assert plan is not None and plan.targets == {} and plan.audit_items == []
+    assert open_tasks(proj, rid) == 20  # each still waits for its first vote only
+    decision = decide(proj, rid)  # the next pull asks the gold items again
+    assert decision is not None
+    assert {ids[0], ids[1]} <= set(decision.raised)
+
+
 def test_max_votes_is_capped_by_the_roster(proj: Project) -> None:
     rid, ids = adaptive_round(proj, {0: [], 1: []}, gold={0: "cat"}, max_votes=5)
     ls = TaskLog()
     push_overlaps(proj.store, ls, rid)  # type: ignore[arg-type]
     assert ls.overlap == {FIRST_TASK_ID: len(ANNOTATORS)}  # nobody else could vote
+
+
+def test_a_reviewer_does_not_raise_the_cap(proj: Project) -> None:
+    # a reviewer decides in the adjudication project and may never label here: a gold
+    # task must not wait for a vote only the reviewer could give
+    rid, _ids = adaptive_round(proj, {0: [], 1: []}, gold={0: "cat"}, max_votes=5)
+    add_member(proj.store, "rev@alearn.local", role="reviewer")
+    ls = TaskLog()
+    push_overlaps(proj.store, ls, rid)  # type: ignore[arg-type]
+    assert ls.overlap == {FIRST_TASK_ID: len(ANNOTATORS)}
 
 
 def test_a_fixed_overlap_round_pushes_no_extra_votes(proj: Project) -> None:

@@ -42,7 +42,8 @@ def _base_url(host: str, port: int) -> str:
 @click.option("--port", type=click.IntRange(1, 65535), default=8800, show_default=True)
 @pass_ctx
 def webhook_serve(ctx: Context, host: str, port: int) -> None:
-    """Serve POST /webhook (each accepted call enqueues a debounced pull) and the live
+    """Serve POST /webhook (an accepted call enqueues a pull at once, unless one is
+    already waiting to start) and the live
     status page GET /status: the running round's figures, refreshed as votes arrive,
     read-only, behind the project's read token. Open the page with the address that
     'alearn webhook status-url' prints (it holds the token)."""

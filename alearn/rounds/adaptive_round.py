@@ -43,7 +43,7 @@ from alearn.rounds.votes import Tally, consensus, tally
 from alearn.stats.adaptive import check_vote_limits, votes_wanted
 from alearn.stats.ratings import Ratings
 from alearn.store import Annotation, Label, Round, Selection, Store
-from alearn.team import voters
+from alearn.team import roster
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +83,26 @@ def audit_slice(items: Iterable[int], gold: Iterable[int], rate: float, seed: in
 
 
 def most_votes(store: Store, plan: round_metrics.AdaptiveVotes) -> int:
-    """``max_votes``, capped by the roster's size (never under ``min_votes``)."""
-    team = len(voters(store))
+    """``max_votes``, capped by the number of annotators on the roster (never under
+    ``min_votes``). Reviewers' votes count too, but a reviewer may never label in the main
+    project, and a task must not wait for a vote nobody will give."""
+    members = roster(store)
+    team = sum(role == "annotator" for role in members.values()) or len(members)
     return max(plan.min_votes, min(plan.max_votes, team)) if team else plan.max_votes
 
 
-def push_targets(store: Store, round_id: int) -> dict[int, int]:
-    """At push: choose and record the audit slice; gold and audit items are asked for
-    ``max_votes``. Returns every recorded target (item id -> annotations); empty for a
-    round without adaptive votes. Idempotent: the slice is seeded by the round number."""
+def push_targets(store: Store, round_id: int) -> tuple[list[int], dict[int, int]]:
+    """At push: the audit slice, and the votes to ask of gold and audit items
+    (``max_votes``): ``(audit items, item id -> annotations)``; both empty for a round
+    without adaptive votes. Records nothing: :func:`record_push_targets` does, once Label
+    Studio has been asked, so a push that fails in between leaves no target that Label
+    Studio never heard of (a round waiting for it would never fill). Idempotent: the slice
+    is seeded by the round number."""
     with store.session() as s:
         rnd = s.get(Round, round_id)
         plan = round_metrics.of(rnd).adaptive_votes if rnd is not None else None
         if rnd is None or plan is None:
-            return {}
+            return [], {}
         rows = s.execute(select(Selection.item_id, Selection.is_gold)
                          .where(Selection.round_id == round_id)).all()
         number = rnd.number
@@ -104,16 +110,21 @@ def push_targets(store: Store, round_id: int) -> dict[int, int]:
     audit = audit_slice((int(i) for i, _g in rows), gold, plan.audit_rate, number,
                         plan.audit_min_items)
     high = most_votes(store, plan)
-    with round_metrics.editing(store, round_id) as metrics:
-        plan = metrics.adaptive_votes
-        assert plan is not None  # checked above; only push and pull write it
-        plan.audit_items = audit
-        for item in (*gold, *audit):
-            plan.targets[item] = max(high, plan.targets.get(item, 0))
-        targets = dict(plan.targets)
+    targets = {item: max(high, plan.targets.get(item, 0)) for item in (*gold, *audit)}
     log.info("round_event=audit_slice round=%s gold=%s audit=%s max_votes=%s", round_id,
              len(gold), len(audit), high)
-    return targets
+    return audit, targets
+
+
+def record_push_targets(store: Store, round_id: int, audit: list[int],
+                        targets: dict[int, int]) -> None:
+    """Remember the audit slice and the votes asked of Label Studio at push."""
+    with round_metrics.editing(store, round_id) as metrics:
+        plan = metrics.adaptive_votes
+        if plan is None:
+            return
+        plan.audit_items = list(audit)
+    record_targets(store, round_id, targets)
 
 
 @dataclass(frozen=True)
