@@ -1,8 +1,8 @@
 """alearn: active-learning, human-in-the-loop labeling for image classification.
 
 The public API is re-exported here. Light names are imported at once; the ones that
-pull in torch, scikit-learn or matplotlib load on first use, so ``import alearn`` (and
-the CLI) start fast.
+pull in SQLAlchemy, pydantic, torch, scikit-learn or matplotlib load on first use, so
+``import alearn`` (the CLI, a decode worker that needs only Pillow) starts fast.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from alearn.config import ProjectConfig, Settings
 from alearn.exceptions import (
     AlearnError,
     ConfigError,
@@ -25,12 +24,14 @@ from alearn.exceptions import (
     StoreError,
     UnknownNameError,
 )
-from alearn.project import Project
-from alearn.store import Store
 from alearn.version import __version__
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
+    "ProjectConfig": "alearn.config",
+    "Settings": "alearn.config",
+    "Project": "alearn.project",
+    "Store": "alearn.store",
     "ingest": "alearn.ingestion.driver",
     "IngestSummary": "alearn.ingestion.records",
     "read_manifest": "alearn.ingestion.manifest",
@@ -148,6 +149,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from alearn.config import ProjectConfig, Settings  # noqa: F401
+    from alearn.project import Project  # noqa: F401
     from alearn.stats.agreement import (  # noqa: F401
         AgreementReport,
         agreement_report,
@@ -160,3 +163,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from alearn.stats.bootstrap import Estimate  # noqa: F401
     from alearn.stats.pairwise import cohen_kappa, pairwise_kappa  # noqa: F401
     from alearn.stats.ratings import Ratings, ratings_matrix  # noqa: F401
+    from alearn.store import Store  # noqa: F401

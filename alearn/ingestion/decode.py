@@ -1,20 +1,21 @@
 """Read one file: hash it and fully decode it, or say what is wrong with it.
 
 This is the per-file work of ingest, run in the calling process or in worker processes
-(:mod:`alearn.ingestion.parallel`); a :class:`Decoded` is small and picklable.
+(:mod:`alearn.ingestion.parallel`). The file is read once: the sha256 and the decode
+both work on the bytes in memory. A :class:`Decoded` is a small tuple, cheap to pickle.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
 from alearn.files import read_regular_stat
-from alearn.ingestion.exif import ExifInfo, read_exif
+from alearn.ingestion.exif import NO_EXIF, ExifInfo, read_exif
 
 #: The reason recorded for a file that killed the process decoding it, twice over.
 CRASH_REASON = ("the decoder's worker process died on this file (a crash in an image codec, "
@@ -22,8 +23,7 @@ CRASH_REASON = ("the decoder's worker process died on this file (a crash in an i
                 "next ingest")
 
 
-@dataclass(frozen=True)
-class Decoded:
+class Decoded(NamedTuple):
     """The outcome of reading one file: ``error`` is None for a good image.
 
     ``size`` and ``mtime_ns`` are the file's as read (None where it could not be read).
@@ -33,7 +33,7 @@ class Decoded:
     sha256: str | None = None
     width: int = 0
     height: int = 0
-    exif: ExifInfo = ExifInfo()
+    exif: ExifInfo = NO_EXIF
     error: str | None = None
     mtime_ns: int | None = None
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import ExifTags, Image
 
@@ -20,9 +19,9 @@ logger = logging.getLogger(__name__)
 _DATE_FORMAT = "%Y:%m:%d %H:%M:%S"
 
 
-@dataclass(frozen=True)
-class ExifInfo:
-    """What ingest keeps from EXIF; None where absent or unreadable."""
+class ExifInfo(NamedTuple):
+    """What ingest keeps from EXIF; None where absent or unreadable (a tuple: cheap to
+    send back from a decode worker)."""
 
     captured_at: dt.datetime | None = None
     lat: float | None = None
@@ -32,14 +31,14 @@ class ExifInfo:
 def read_exif(image: Image.Image) -> ExifInfo:
     """Capture date (DateTimeOriginal, else DateTime) and GPS position of a loaded image."""
     if not has_exif(image):
-        return ExifInfo()
+        return NO_EXIF
     try:
         exif = image.getexif()
         sub = exif.get_ifd(ExifTags.IFD.Exif)
         gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError) as exc:
         logger.debug("unreadable EXIF ignored: %s", exc)
-        return ExifInfo()
+        return NO_EXIF
     captured = parse_exif_datetime(sub.get(ExifTags.Base.DateTimeOriginal))
     if captured is None:
         captured = parse_exif_datetime(exif.get(ExifTags.Base.DateTime))
@@ -51,6 +50,10 @@ def read_exif(image: Image.Image) -> ExifInfo:
     if lat is None or lon is None:
         lat = lon = None
     return ExifInfo(captured_at=captured, lat=lat, lon=lon)
+
+
+#: An image without EXIF: one shared value (sent once per chunk by a decode worker).
+NO_EXIF = ExifInfo()
 
 
 def has_exif(image: Image.Image) -> bool:

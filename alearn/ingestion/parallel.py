@@ -3,8 +3,10 @@
 Decoding is CPU-bound Python and C (Pillow holds the GIL for much of a small image), so
 threads do not scale; ``workers >= 1`` starts that many processes (``spawn``: no fork of a
 process that may hold threads or open database connections). Files go to the workers in
-chunks of paths and come back as :class:`~alearn.ingestion.decode.Decoded` records, in
-order, so the caller writes the store as results arrive while the workers decode on.
+chunks of paths and come back as :class:`~alearn.ingestion.decode.Decoded` records (sent
+as plain tuples), in order, so the caller writes the store as results arrive while the
+workers decode on. A spawned worker imports only what decoding needs, not the main
+script of the ingesting process (a CLI's imports all of alearn).
 
 A worker that dies (a codec that crashes on a hostile file, the OOM killer) loses
 nothing: the files of the chunks in flight are decoded again, one per task, in a fresh
@@ -17,12 +19,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import sys
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 
 from PIL import Image
 
@@ -33,7 +37,7 @@ from alearn.ingestion.scan import Candidate
 logger = logging.getLogger(__name__)
 
 #: About what starting the worker processes costs (each imports Python, Pillow and
-#: alearn: some 0.7 s of CPU), in seconds. Processes start only once decoding here has
+#: the decoder: some 0.5 s of CPU), in seconds. Processes start only once decoding here has
 #: shown that the rest would take several times that.
 PROCESS_START_S = 1.0
 #: Files decoded here between two looks at the clock, before processes start.
@@ -81,7 +85,7 @@ def _over_processes(pieces: list[list[Candidate]], decode: DecodeFn, workers: in
     nxt = 0
     while nxt < len(pieces):
         pool = _pool(workers)
-        inflight: deque[tuple[list[Candidate], Future[list[Decoded]]]] = deque()
+        inflight: deque[tuple[list[Candidate], Future[list[tuple[object, ...]]]]] = deque()
         try:
             while nxt < len(pieces) or inflight:
                 while nxt < len(pieces) and len(inflight) < window:
@@ -91,7 +95,7 @@ def _over_processes(pieces: list[list[Candidate]], decode: DecodeFn, workers: in
                     nxt += 1
                 batch, future = inflight[0]
                 try:
-                    results = future.result()
+                    results = _decoded(future.result())
                 except BrokenProcessPool:
                     break
                 inflight.popleft()
@@ -104,7 +108,7 @@ def _over_processes(pieces: list[list[Candidate]], decode: DecodeFn, workers: in
             yield from _one_by_one(inflight, decode, max_pixels, max_bytes)
 
 
-def _one_by_one(inflight: deque[tuple[list[Candidate], Future[list[Decoded]]]],
+def _one_by_one(inflight: deque[tuple[list[Candidate], Future[list[tuple[object, ...]]]]],
                 decode: DecodeFn, max_pixels: int, max_bytes: int,
                 ) -> Iterator[tuple[list[Candidate], list[Decoded]]]:
     """The chunks in flight when a worker died: those that finished as they are, the
@@ -113,14 +117,14 @@ def _one_by_one(inflight: deque[tuple[list[Candidate], Future[list[Decoded]]]],
     try:
         for batch, future in inflight:
             if future.done() and not future.cancelled() and future.exception() is None:
-                yield batch, future.result()  # finished before the pool broke
+                yield batch, _decoded(future.result())  # finished before the pool broke
                 continue
             results = []
             for c in batch:
                 pool = pool or _pool(1)
                 try:
-                    results += pool.submit(decode_chunk, decode, [c.path], max_pixels,
-                                           max_bytes).result()
+                    results += _decoded(pool.submit(decode_chunk, decode, [c.path],
+                                                    max_pixels, max_bytes).result())
                 except BrokenProcessPool:
                     logger.warning("ingest: the decoder's worker died on path=%r", c.rel)
                     pool.shutdown(wait=True)
@@ -137,19 +141,43 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker)
     try:
-        pool.submit(_ready).result()
+        with _main_not_imported():  # processes start on demand: start them all now
+            started = [pool.submit(_ready) for _ in range(workers)]
+        for ready in started:
+            ready.result()
     except BrokenProcessPool as exc:
         pool.shutdown(wait=True)
         raise IngestError(
             f"could not start the decode worker processes ({exc}). Ingest with workers=0 "
-            "(decode in this process), or call ingest() from a script whose main code is "
-            "under 'if __name__ == \"__main__\":' (worker processes are spawned, and a "
-            "spawned process imports the main script).") from None
+            "(decode in this process).") from None
     return pool
 
 
 def _ready() -> bool:
     return True
+
+
+@contextmanager
+def _main_not_imported() -> Iterator[None]:
+    """Processes spawned in here do not import this process's main script or module.
+
+    A spawned process imports the main script first, so that it can unpickle functions
+    defined there; the decode tasks are module-level functions of importable modules,
+    and a main script (the CLI's, a benchmark's) would cost each worker a second of
+    imports, or run unguarded code a second time.
+    """
+    main = sys.modules.get("__main__")
+    saved: dict[str, object] = {k: main.__dict__[k] for k in ("__file__", "__spec__")
+             if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
 
 
 def _init_worker() -> None:
@@ -160,6 +188,11 @@ def _init_worker() -> None:
 
 
 def decode_chunk(decode: DecodeFn, paths: list[str], max_pixels: int,
-                 max_bytes: int) -> list[Decoded]:
-    """Decode ``paths`` in a worker process (the task each chunk is)."""
-    return [decode(p, max_pixels=max_pixels, max_bytes=max_bytes) for p in paths]
+                 max_bytes: int) -> list[tuple[object, ...]]:
+    """Decode ``paths`` in a worker process (the task each chunk is); plain tuples go
+    back (a third of the pickling of named ones)."""
+    return [tuple(decode(p, max_pixels=max_pixels, max_bytes=max_bytes)) for p in paths]
+
+
+def _decoded(rows: list[tuple[object, ...]]) -> list[Decoded]:
+    return [Decoded._make(r) for r in rows]

@@ -13,6 +13,7 @@ import os
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from alearn.exceptions import IngestError, ManifestRowError
 from alearn.ingestion.manifest import MAX_PATH, ManifestRow
@@ -20,12 +21,12 @@ from alearn.ingestion.manifest import MAX_PATH, ManifestRow
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A file to read: its path relative to the image root, and its manifest row if any.
 
     ``size`` and ``mtime_ns`` are what the scan saw (None when it saw nothing: a manifest
     row, a dangling link); re-ingest compares them with the store's to skip a file unread.
+    A tuple: one is made per file scanned, at a third of a frozen dataclass's cost.
     """
 
     rel: str

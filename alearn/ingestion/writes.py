@@ -3,15 +3,14 @@
 A good file becomes an :class:`~alearn.store.Item` (manifest values first, EXIF capture
 date and GPS where the manifest gives none); byte-identical copies become 'duplicate'
 file records pointing at the first path's item; a refused or undecodable file becomes a
-'rejected' record with its reason. A batch is a few multi-row statements (items with
-their new ids returned, file records, manifest labels), not a round trip per file, on
-SQLite and PostgreSQL alike.
+'rejected' record with its reason. A batch is a few statements (items, then their new ids
+read back in one query, file records, manifest labels), not a round trip per file:
+rows are plain tuples sent in one ``executemany`` on SQLite and one COPY on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import operator
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +29,10 @@ ITEMS = cast(Table, Item.__table__)
 LABELS = cast(Table, Label.__table__)
 _UNSET = object()
 _NO_ROW = ManifestRow(row=0, path=None)
-_FILE_KEYS = ("status", "reason", "item_id", "size", "mtime_ns", "seen_at")
+FILE_COLS = ("path", "status", "reason", "item_id", "size", "mtime_ns", "seen_at")
+ITEM_COLS = ("sha256", "path", "width", "height", "source", "captured_at", "lat", "lon",
+             "license", "extra", "added_at")
+LABEL_COLS = ("item_id", "label", "origin", "is_gold", "confidence", "created_at")
 
 
 class ItemIds:
@@ -59,36 +61,35 @@ def write_batch(s: Session, batch: list[Candidate], results: list[Decoded],
     """Record one batch of decoded files: new items, duplicates and rejections."""
     now = utcnow()
     items = item_ids.lookup(s, {r.sha256 for r in results if r.error is None and r.sha256})
-    new: dict[str, dict[str, Any]] = {}  # the first path of new content becomes its item
+    new: dict[str, tuple[Any, ...]] = {}  # the first path of new content becomes its item
     for c, r in zip(batch, results, strict=True):
-        if r.error is None and r.sha256 is not None and r.sha256 not in items:
-            new.setdefault(r.sha256, _item_row(c, r, now))
+        if r.error is None and r.sha256 is not None and r.sha256 not in items \
+                and r.sha256 not in new:
+            new[r.sha256] = _item_row(c, r, now)
     if new:
-        insert_many(s, ITEMS, list(new.values()))
-        items.update(_item_ids(s, set(new)))
-    records: list[dict[str, Any]] = []
-    labels: list[dict[str, Any]] = []
+        items.update(insert_items(s, new))
+    records: list[tuple[Any, ...]] = []
+    labels: list[tuple[Any, ...]] = []
     rows_of_duplicates: list[tuple[int, Candidate]] = []
     for c, r in zip(batch, results, strict=True):
         if r.error is not None or r.sha256 is None:
             reason = printable(r.error or "unreadable")
-            records.append(_file_row(c.rel, "rejected", reason, None, r, now))
+            records.append((c.rel, "rejected", reason, None, r.size, r.mtime_ns, now))
             summary.reject(c.rel, reason)
             continue
         item_id = items[r.sha256]
-        if r.sha256 in new and new[r.sha256]["path"] == c.rel:
-            records.append(_file_row(c.rel, "item", None, item_id, r, now))
+        if r.sha256 in new and new[r.sha256][1] == c.rel:
+            records.append((c.rel, "item", None, item_id, r.size, r.mtime_ns, now))
             if c.row is not None and c.row.label is not None:
-                labels.append({"item_id": item_id, "label": c.row.label, "origin": "manifest",
-                               "is_gold": True, "confidence": 1.0, "created_at": now})
+                labels.append((item_id, c.row.label, "manifest", True, 1.0, now))
             summary.added += 1
             continue
-        records.append(_file_row(c.rel, "duplicate", None, item_id, r, now))
+        records.append((c.rel, "duplicate", None, item_id, r.size, r.mtime_ns, now))
         summary.duplicate += 1
         if c.row is not None:
             rows_of_duplicates.append((item_id, c))
     put_files(s, known, records)
-    insert_many(s, LABELS, labels)
+    insert_rows(s, LABELS, LABEL_COLS, labels)
     for item_id, c in rows_of_duplicates:
         apply_row(s, item_id, c, summary, overwrite=False)
 
@@ -102,9 +103,23 @@ def _item_ids(s: Session, shas: set[str]) -> dict[str, int]:
     return {sha: id_ for sha, id_ in s.execute(q, {"shas": list(shas)})}
 
 
-def insert_many(s: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT ``rows`` (dicts with the same keys, every column with a default among them)
-    in one ``executemany`` of the database driver.
+def insert_items(s: Session, rows: dict[str, tuple[Any, ...]]) -> dict[str, int]:
+    """INSERT new items (sha256 -> row in ``ITEM_COLS`` order); their ids by sha256.
+
+    The new ids are read back as those above the largest id before the insert (ids
+    only grow: a SQLite rowid, a PostgreSQL sequence), not looked up hash by hash.
+    """
+    top = s.scalar(select(func.max(ITEMS.c.id))) or 0
+    insert_rows(s, ITEMS, ITEM_COLS, list(rows.values()))
+    q = select(ITEMS.c.sha256, ITEMS.c.id).where(ITEMS.c.id > top)
+    return {sha: id_ for sha, id_ in s.execute(q) if sha in rows}
+
+
+def insert_rows(s: Session, table: Table, cols: tuple[str, ...],
+                rows: list[tuple[Any, ...]]) -> None:
+    """INSERT ``rows`` (tuples of ``cols``' values, every column with a default among
+    them) in the session's transaction, in one statement of the database driver: COPY
+    on PostgreSQL through psycopg, one ``executemany`` otherwise.
 
     The values go through the columns' own bind processors, as SQLAlchemy would send
     them, but without its per-row parameter handling: that was a third of ingest's time
@@ -114,23 +129,37 @@ def insert_many(s: Session, table: Table, rows: list[dict[str, Any]]) -> None:
         return
     conn = s.connection()
     dialect = conn.dialect
-    keys = list(rows[0])
-    compiled = insert(table).inline().compile(dialect=dialect, column_keys=keys)
-    if set(compiled.binds) != set(keys):
-        raise ValueError(f"insert_many({table.name}): give exactly the columns "
-                         f"{sorted(compiled.binds)}, not {sorted(keys)}")
-    order = list(compiled.positiontup or []) if compiled.positional else keys
-    get = operator.itemgetter(*order)
-    procs = [(i, _last_value_cached(bind)) for i, k in enumerate(order)
+    procs = [(i, _last_value_cached(bind)) for i, k in enumerate(cols)
              if (bind := table.c[k].type.dialect_impl(dialect).bind_processor(dialect))]
-    params: list[Any] = []
-    for row in rows:
-        values = list(get(row)) if len(order) > 1 else [get(row)]
-        for i, proc in procs:
-            values[i] = proc(values[i])
-        params.append(tuple(values) if compiled.positional
-                      else dict(zip(order, values, strict=True)))
+    if procs:
+        rows = [_processed(row, procs) for row in rows]
+    compiled = insert(table).inline().compile(dialect=dialect, column_keys=list(cols))
+    if set(compiled.binds) != set(cols):
+        raise ValueError(f"insert_rows({table.name}): give exactly the columns "
+                         f"{sorted(compiled.binds)}, not {sorted(cols)}")
+    raw = conn.connection.driver_connection
+    if dialect.name == "postgresql" and dialect.driver == "psycopg" and raw is not None:
+        names = ", ".join(f'"{k}"' for k in cols)
+        with raw.cursor() as cur, \
+                cur.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    order = list(compiled.positiontup or []) if compiled.positional else list(cols)
+    if order != list(cols):
+        where = [cols.index(k) for k in order]
+        rows = [tuple(row[i] for i in where) for row in rows]
+    params: list[Any] = rows if compiled.positional else [
+        dict(zip(order, row, strict=True)) for row in rows]
     conn.exec_driver_sql(compiled.string, params)
+
+
+def _processed(row: tuple[Any, ...], procs: list[tuple[int, Callable[[Any], Any]]],
+               ) -> tuple[Any, ...]:
+    values = list(row)
+    for i, proc in procs:
+        values[i] = proc(values[i])
+    return tuple(values)
 
 
 def _last_value_cached(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -146,32 +175,28 @@ def _last_value_cached(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return cached
 
 
-def _file_row(path: str, status: str, reason: str | None, item_id: int | None,
-              r: Decoded, now: dt.datetime) -> dict[str, Any]:
-    return {"path": path, "status": status, "reason": reason, "item_id": item_id,
-            "size": r.size, "mtime_ns": r.mtime_ns, "seen_at": now}
-
-
-def _item_row(c: Candidate, r: Decoded, now: dt.datetime) -> dict[str, Any]:
-    row = c.row or _NO_ROW
+def _item_row(c: Candidate, r: Decoded, now: dt.datetime) -> tuple[Any, ...]:
+    """The item's values in ``ITEM_COLS`` order (its path second)."""
+    row = c.row
+    if row is None:
+        return (r.sha256, c.rel, r.width, r.height, None, r.exif.captured_at, r.exif.lat,
+                r.exif.lon, None, _NO_ROW.extra, now)
     lat, lon = (row.lat, row.lon) if row.lat is not None else (r.exif.lat, r.exif.lon)
-    return {"sha256": r.sha256, "path": c.rel, "width": r.width, "height": r.height,
-            "source": row.source, "captured_at": row.captured_at or r.exif.captured_at,
-            "lat": lat, "lon": lon, "license": row.license,
-            "extra": dict(row.extra) if row.extra else _NO_ROW.extra, "added_at": now}
+    return (r.sha256, c.rel, r.width, r.height, row.source,
+            row.captured_at or r.exif.captured_at, lat, lon, row.license,
+            dict(row.extra) if row.extra else _NO_ROW.extra, now)
 
 
-def put_files(s: Session, known: dict[str, Known], records: list[dict[str, Any]]) -> None:
-    """Insert or update file records (dicts of every column but ``id``), in two
-    multi-row statements, and note them in ``known``."""
-    insert_many(s, FILES, [r for r in records if r["path"] not in known])
-    updates = [{"b_path": r["path"], **{k: r[k] for k in _FILE_KEYS}}
-               for r in records if r["path"] in known]
+def put_files(s: Session, known: dict[str, Known], records: list[tuple[Any, ...]]) -> None:
+    """Insert or update file records (tuples in ``FILE_COLS`` order), in two statements,
+    and note them in ``known``."""
+    insert_rows(s, FILES, FILE_COLS, [r for r in records if r[0] not in known])
+    updates = [{"b_path": r[0], **dict(zip(FILE_COLS[1:], r[1:], strict=True))}
+               for r in records if r[0] in known]
     if updates:
         s.execute(update(FILES).where(FILES.c.path == bindparam("b_path")), updates)
-    for r in records:
-        known[r["path"]] = Known(r["status"], r["size"], r["item_id"], r["reason"],
-                                 r["mtime_ns"])
+    for path, status, reason, item_id, size, mtime_ns, _ in records:
+        known[path] = Known(status, size, item_id, reason, mtime_ns)
 
 
 def record_touched(s: Session, touched: list[tuple[str, int]]) -> None:
@@ -194,9 +219,8 @@ def record_refusal(s: Session, ref: Refusal, known: dict[str, Known],
             size: int | None = (root / ref.key).stat().st_size
         except OSError:
             size = None
-        put_files(s, known, [{"path": ref.key, "status": "rejected", "reason":
-                              printable(ref.reason), "item_id": None, "size": size,
-                              "mtime_ns": None, "seen_at": utcnow()}])
+        put_files(s, known, [(ref.key, "rejected", printable(ref.reason), None, size, None,
+                              utcnow())])
 
 
 def apply_row(s: Session, item_id: int, c: Candidate, summary: IngestSummary, *,
