@@ -117,6 +117,8 @@ print(json.dumps({{"seconds": s, "ids": [i.item_id for i in plan.items],
 def cold_select(project: Any, version: str, batch: int, warm_ids: list[int],
                 *, evict: bool) -> dict[str, Any]:
     """plan_batch in a new process; ``evict``: drop the cache files from the page cache."""
+    for kept in Path(project.features_dir).rglob("scores-*.npz"):
+        kept.unlink()  # the warm select's scores: a work-horse's select scores a new head
     if evict:
         for f in cache_files(project):
             fd = os.open(f, os.O_RDONLY)

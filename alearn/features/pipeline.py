@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -18,19 +19,28 @@ import numpy as np
 from sqlalchemy import or_, select
 
 from alearn.exceptions import ConfigError, EmptyPoolError
-from alearn.features.backbone import Backbone, cache_key_for, load_backbone
 from alearn.features.cache import FeatureCache
+from alearn.features.cache_key import project_cache_key
 from alearn.features.embedded_mark import EmbedMark, usable_mark, write_mark
-from alearn.features.torch_embed import embed_files
 from alearn.store import Item
 
 if TYPE_CHECKING:
+    from alearn.config import EmbedConfig
+    from alearn.features.backbone import Backbone
     from alearn.project import Project
 
 logger = logging.getLogger(__name__)
 
 #: images per cache write (a killed embed loses at most one such chunk)
 EMBED_CHUNK = 1024
+
+
+def load_backbone(cfg: EmbedConfig, *, root: Path | None = None) -> Backbone:
+    """The configured backbone (:func:`alearn.features.backbone.load_backbone`): timm and
+    torch are imported here, only when something is to be embedded."""
+    from alearn.features.backbone import load_backbone as load
+
+    return load(cfg, root=root)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -93,7 +103,7 @@ def embed_project(project: Project, *, shard: tuple[int, int] = (0, 1), progress
     except ValueError as exc:
         raise ConfigError(f"shard: {exc}") from None
     cfg = project.config.embed
-    key = backbone.cache_key if backbone is not None else cache_key_for(cfg, root=project.root)
+    key = backbone.cache_key if backbone is not None else project_cache_key(project)
     cache = FeatureCache(project.features_dir, key)
     mark, rows = _candidates(project, cache, (i, n), full=full)
     above = [r for r in rows if r.id > mark.upto]
@@ -103,6 +113,8 @@ def embed_project(project: Project, *, shard: tuple[int, int] = (0, 1), progress
     todo = [r for r in rows if r.sha256 in todo_set]
     computed, failed = 0, list[tuple[int, str]]()
     if todo:
+        from alearn.features.torch_embed import embed_files  # torch: only with work to do
+
         backbone = backbone or load_backbone(cfg, root=project.root)
 
         def save(positions: list[int], X: np.ndarray) -> None:
@@ -145,8 +157,7 @@ def _candidates(project: Project, cache: FeatureCache, shard: tuple[int, int], *
 def pending_items(project: Project) -> int:
     """How many items the next embed may have to compute: the ones above the pool's
     embed mark (or that failed) and not in the cache. Cheap when nothing is new."""
-    cache = FeatureCache(project.features_dir, cache_key_for(project.config.embed,
-                                                             root=project.root))
+    cache = FeatureCache(project.features_dir, project_cache_key(project))
     _mark, rows = _candidates(project, cache, (0, 1), full=False)
     return len(cache.missing([r.sha256 for r in rows])) if rows else 0
 
@@ -170,7 +181,7 @@ def load_pool_features(project: Project, *,
     item_ids : ndarray of shape (n,), int64
     X : ndarray of shape (n, dim), float32 (``(0, 0)`` when nothing is cached)
     """
-    key = backbone_key or cache_key_for(project.config.embed, root=project.root)
+    key = backbone_key or project_cache_key(project)
     with project.store.session() as s:
         rows = s.execute(select(Item.id, Item.sha256).order_by(Item.id)).all()
     X, missing = FeatureCache(project.features_dir, key).get([r.sha256 for r in rows])

@@ -145,9 +145,9 @@ def open_pool(project: Project, *, key: str | None = None) -> Pool:
     Compacts the cache first when it is due (many chunks, or an old cache's single big
     chunk), so the vectors are read through memory maps.
     """
-    from alearn.features.backbone import cache_key_for  # torch: import on use
+    from alearn.features.cache_key import project_cache_key  # no timm when remembered
 
-    key = key or cache_key_for(project.config.embed, root=project.root)
+    key = key or project_cache_key(project)
     cache = FeatureCache(project.features_dir, key)
     cache.compact_if_due()
     for _ in range(3):

@@ -42,10 +42,10 @@ _POOL: weakref.WeakKeyDictionary[Project, tuple[tuple, np.ndarray, np.ndarray]] 
 
 def _pool_fingerprint(project: Project) -> tuple:
     """What identifies the pool's features: cache key, item count and id, cache version."""
-    from alearn.features.backbone import cache_key_for  # torch: import on use
     from alearn.features.cache import FeatureCache
+    from alearn.features.cache_key import project_cache_key  # no timm when remembered
 
-    key = cache_key_for(project.config.embed, root=project.root)
+    key = project_cache_key(project)
     with project.store.session() as s:
         n_items, last = s.execute(select(func.count(Item.id), func.max(Item.id))).one()
     return (key, n_items, last, FeatureCache(project.features_dir, key).version)

@@ -9,11 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.decomposition import PCA
-from sklearn.metrics.pairwise import euclidean_distances, pairwise_distances_argmin_min
-from sklearn.neighbors import NearestNeighbors
-from sklearn.preprocessing import normalize
 
 from alearn.query.utilities import (
     RngLike,
@@ -50,6 +45,11 @@ def ranked_batch(
     uncertain, see :mod:`alearn.query.pool_select`), the whole pool's size, so that
     ``alpha`` weighs diversity as it would on the whole pool.
     """
+    from sklearn.metrics.pairwise import (  # scikit-learn: imported on use
+        euclidean_distances,
+        pairwise_distances_argmin_min,
+    )
+
     n_pool, take = check_pool(
         "ranked_batch", probas, n, embeddings, needs_probas=True, needs_embeddings=True
     )
@@ -99,6 +99,10 @@ def typiclust(
     its cluster) of the cluster with the fewest labeled or picked items, the largest
     such cluster first. ``probas`` is ignored.
     """
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # scikit-learn: imported on use
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import normalize
+
     n_pool, take = check_pool("typiclust", None, n, embeddings, needs_embeddings=True)
     assert embeddings is not None  # check_pool refuses None
     L = check_labeled(labeled_embeddings, np.shape(embeddings)[1])
@@ -137,6 +141,8 @@ def _by_typicality(X: np.ndarray, members: np.ndarray) -> np.ndarray:
     k = min(TYPICLUST_KNN, len(members) - 1)
     if k < 1:
         return members
+    from sklearn.neighbors import NearestNeighbors
+
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(X[members]).kneighbors(X[members])
     typicality = 1.0 / (dist[:, 1:].mean(axis=1) + 1e-12)
     return members[np.argsort(-typicality, kind="stable")]

@@ -27,7 +27,7 @@ from alearn.model.head import EmbeddingClassifier
 from alearn.project import Project
 from alearn.query.diversity import ranked_batch, typiclust
 from alearn.query.projection import pool_projection
-from alearn.query.scoring import score_pool, top_k
+from alearn.query.scoring import pool_scores, top_k
 from alearn.query.strategies import balanced_picks, get_strategy
 from alearn.query.utilities import UTILITIES
 
@@ -36,11 +36,13 @@ TYPICLUST_SAMPLE = 20000
 
 
 def pick(name: str, n: int, *, project: Project, pool: Pool, in_pool: np.ndarray,
-         labeled: np.ndarray, head: EmbeddingClassifier | None, seed: int) -> np.ndarray:
+         labeled: np.ndarray, head: EmbeddingClassifier | None, seed: int,
+         head_version: str | None = None) -> np.ndarray:
     """The item ids strategy ``name`` picks from the pool items ``pool.ids[in_pool]``,
     ranked (at most ``n``). ``labeled`` (a mask over ``pool.ids`` too) marks the items
     labeled or selected before, which diversity keeps away from; ``head`` is required
-    by the strategies that need one."""
+    by the strategies that need one. With ``head_version`` (the saved head's), the
+    pool's scores are remembered (:func:`alearn.query.scoring.pool_scores`)."""
     get_strategy(name)  # an unknown name fails here, as it would in the registry
     pool_ids = pool.ids[in_pool]
     take = min(n, len(pool_ids))
@@ -61,7 +63,7 @@ def pick(name: str, n: int, *, project: Project, pool: Pool, in_pool: np.ndarray
     utility = {"class_balanced": "margin", "ranked_batch": "least_confident"}.get(name, name)
     if utility not in UTILITIES:
         raise ValueError(f"strategy {name!r} has no streamed form")
-    scores = score_pool(pool, head, utility)
+    scores = pool_scores(project, pool, head, utility, head_version)
     scores = scores.subset(in_pool[pool.positions(scores.ids)])
     if name == "class_balanced":
         return scores.ids[balanced_picks(scores.utility, scores.predicted, take, rng=seed)]

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 import alearn.atomic as atomic
 from alearn.features.pool import Pool, derived_dir
@@ -53,6 +52,8 @@ def pool_projection(project: Project, pool: Pool) -> Projection | None:
     if proj is not None and proj.components.shape[0] == pool.dim and \
             (proj.n_fit >= FIT_SAMPLE or len(pool) < 2 * proj.n_fit):
         return proj
+    from sklearn.decomposition import PCA  # scikit-learn: imported on use
+
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(pool.ids, size=want, replace=False))
     pca = PCA(PROJECTION_DIM, random_state=0,

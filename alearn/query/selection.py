@@ -168,7 +168,7 @@ def plan_batch(
     gold_ids = _gold_candidates(project, exclude=set(exclude), chosen=chosen, seed=seed)
     n_gold = gold_count(n, cfg.rounds.gold_rate, len(gold_ids))
     chosen_ids = pick(name, n - n_gold, project=project, pool=pool, in_pool=in_pool,
-                      labeled=labeled, head=head, seed=seed)
+                      labeled=labeled, head=head, seed=seed, head_version=version)
     scored = head is not None and name in NEEDS_HEAD
     if scored and head is not None:
         probas = head.predict_proba(pool.vectors(chosen_ids))
