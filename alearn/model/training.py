@@ -17,7 +17,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from alearn.atomic import write_with
@@ -27,7 +27,7 @@ from alearn.files import sha256_file
 from alearn.model.head import EmbeddingClassifier
 from alearn.model.semi_supervised import SpreadingClassifier, sample_ids
 from alearn.project import Project
-from alearn.store import Item, ModelRecord
+from alearn.store import ModelRecord
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,11 @@ def _pool_fingerprint(project: Project) -> tuple:
     """What identifies the pool's features: cache key, item count and id, cache version."""
     from alearn.features.cache import FeatureCache
     from alearn.features.cache_key import project_cache_key  # no timm when remembered
+    from alearn.features.pool import item_extent
 
     key = project_cache_key(project)
     with project.store.session() as s:
-        n_items, last = s.execute(select(func.count(Item.id), func.max(Item.id))).one()
+        n_items, last = item_extent(s)
     return (key, n_items, last, FeatureCache(project.features_dir, key).version)
 
 
@@ -129,13 +130,16 @@ def labeled_features(project: Project) -> tuple[np.ndarray, np.ndarray]:
     return features_for(project, project.store.trusted_labels())
 
 
-def make_head(project: Project) -> EmbeddingClassifier:
+def make_head(project: Project, stats: tuple[np.ndarray, np.ndarray] | None = None
+              ) -> EmbeddingClassifier:
     """An unfitted head with the project's ``[head]`` settings and the pool's statistics
-    (and, for ``unlabeled = "spread"``, a seeded sample of the pool: only it is read)."""
+    (``stats``, read by :func:`pool_stats` when not given; and, for ``unlabeled =
+    "spread"``, a seeded sample of the pool: only it is read)."""
     cfg = project.config.head
     sample = None if cfg.unlabeled == "none" else features_for(
         project, sample_ids(embedded_ids(project), cfg.unlabeled_items))[1]
-    return head_from_settings(cfg, pool_stats(project), sample)
+    return head_from_settings(cfg, stats if stats is not None else pool_stats(project),
+                              sample)
 
 
 def head_from_settings(cfg: HeadConfig, stats: tuple[np.ndarray, np.ndarray] | None,
@@ -167,11 +171,13 @@ def training_set(
     return ids[sel], X[sel], y
 
 
-def model_version(project: Project, ids: np.ndarray, X: np.ndarray, y: np.ndarray) -> str:
+def model_version(project: Project, ids: np.ndarray, X: np.ndarray, y: np.ndarray,
+                  stats: tuple[np.ndarray, np.ndarray] | None = None) -> str:
     """``m-`` + 10 hex digits of sha1 over the training set, its features, the config
-    and the pool's feature statistics (which the head standardises with)."""
+    and the pool's feature statistics (which the head standardises with; ``stats``,
+    read by :func:`pool_stats` when not given)."""
     h = hashlib.sha1()
-    for stat in pool_stats(project) or ():
+    for stat in (stats if stats is not None else pool_stats(project)) or ():
         h.update(np.ascontiguousarray(stat, dtype=np.float64).tobytes())
     h.update(project.config.head.model_dump_json().encode())
     h.update(project.config.embed.model_dump_json(include={"backbone", "weights",
@@ -221,7 +227,8 @@ def train_head(project: Project, *, round_id: int | None = None) -> ModelRecord 
         logger.info("no head: %d trusted labels over %d class(es); need two classes",
                     len(y), n_classes)
         return None
-    version = model_version(project, ids, X, y)
+    stats = pool_stats(project)  # read once: the version and both heads use them
+    version = model_version(project, ids, X, y, stats)
     store = project.store
     with store.session() as s:
         existing = s.scalar(select(ModelRecord).where(ModelRecord.version == version))
@@ -233,8 +240,8 @@ def train_head(project: Project, *, round_id: int | None = None) -> ModelRecord 
                           .values(round_id=round_id))
             existing.round_id = round_id
         return existing
-    head = make_head(project).fit(X, y)
-    cv = cv_accuracy(make_head(project), X, y)
+    head = make_head(project, stats).fit(X, y)
+    cv = cv_accuracy(make_head(project, stats), X, y)
     path = project.models_dir / f"{version}.joblib"
     _atomic_dump(head, path)
     store.set_meta(f"model_sha256:{version}", sha256_file(path))

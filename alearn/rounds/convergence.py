@@ -8,14 +8,14 @@ predictions in the round's metrics, for the next round to compare;
 
 A close costs O(batch), not O(pool): the stop set is chosen once per project (kept in
 the store's meta), the head predicts only its items, the number of embedded items is
-counted once per change of the items or the feature cache (kept in the meta with a
-fingerprint of both), and the pool that remains is that count less the labeled and
-selected items that are embedded.
+the size of the pool the close opened anyway (:func:`alearn.features.pool.open_pool`:
+its item map is a saved file), and the pool that remains is that number less the
+labeled and selected items found in the pool's sorted ids. The feature cache's key
+index (a sort of every cached hash) is never built by a close.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -45,14 +45,14 @@ from alearn.stats.stopping import (
 from alearn.store import Item, Selection
 
 if TYPE_CHECKING:
+    from alearn.features.pool import Pool
     from alearn.model.current import TrainedHead
     from alearn.project import Project
 
 log = logging.getLogger(__name__)
 
 STOP_SET_KEY = "stop_set"
-EMBEDDED_KEY = "embedded_count"
-#: Item ids per IN (...) query.
+#: Stop-set candidates drawn per look-up, at least.
 CHUNK = 500
 
 
@@ -82,17 +82,16 @@ def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMe
     out: dict[str, Any] = {"stop_kappa": None, "stop_predictions": None,
                            "model_version": None, "n_embedded": None,
                            "pool_remaining": None, "notes": []}
-    n_embedded: int | None = None
+    pool = None
     try:
-        n_embedded = embedded_count(project)  # counted once per change of the pool
+        pool = _pool(project)  # opened once; the embedded count is its size
     except AlearnError as exc:
         out["notes"].append(f"no features: {exc}")
-    if n_embedded is not None:
-        out["n_embedded"], out["pool_remaining"] = n_embedded, _pool_remaining(project,
-                                                                               n_embedded)
-    if n_embedded:
-        stop = _stop_set(project, round_number=rnd.number)
-        preds, version, note = _stop_predictions(project, head, stop)
+    if pool is not None:
+        out["n_embedded"], out["pool_remaining"] = len(pool), _pool_remaining(project, pool)
+    if pool is not None and len(pool):
+        stop = _stop_set(project, pool, round_number=rnd.number)
+        preds, version, note = _stop_predictions(project, head, stop, pool)
         out.update(stop_predictions=encode_predictions(preds), model_version=version)
         if note:
             out["notes"].append(note)
@@ -138,77 +137,46 @@ def convergence_status(project: Project) -> ConvergenceStatus:
     return ConvergenceStatus.from_dict(metrics.convergence)
 
 
-def _cache(project: Project) -> tuple[str, Any]:
-    from alearn.features.backbone import cache_key_for  # torch: import on use
-    from alearn.features.cache import FeatureCache
+def _pool(project: Project) -> Pool:
+    """The project's pool (:func:`alearn.features.pool.open_pool`): the store's items
+    mapped onto the feature cache, opened once per process and cache version, and
+    already open in a close (its head read the labeled items' vectors from it)."""
+    from alearn.features.pool import open_pool  # torch: import on use
 
-    key = cache_key_for(project.config.embed, root=project.root)
-    return key, FeatureCache(project.features_dir, key)
-
-
-def _pool_fingerprint(project: Project, key: str) -> str:
-    """What the number of embedded items depends on: the items (count, last id) and
-    the feature cache's files (name, size, mtime). One query and one listing."""
-    with project.store.session() as s:
-        n_items, last = s.execute(select(func.count(Item.id), func.max(Item.id))).one()
-    folder = project.features_dir / key
-    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in folder.iterdir()) if folder.is_dir() else []
-    return hashlib.sha1(repr((key, n_items, last, files)).encode()).hexdigest()
+    return open_pool(project)
 
 
-def embedded_count(project: Project) -> int:
-    """How many items have cached features. Counted over the whole pool only when the
-    items or the feature cache changed since the last count (kept in the store's meta)."""
-    key, _ = _cache(project)
-    fingerprint = _pool_fingerprint(project, key)
-    memo = project.store.get_meta(EMBEDDED_KEY)
-    if isinstance(memo, dict) and memo.get("fingerprint") == fingerprint:
-        return int(memo["n"])
-    from alearn.model import training  # scikit-learn: import on use
-
-    n = int(len(training.embedded_ids(project)))
-    project.store.set_meta(EMBEDDED_KEY, {"fingerprint": fingerprint, "n": n})
-    return n
-
-
-def embedded_among(project: Project, item_ids: Iterable[int]) -> set[int]:
-    """Those of ``item_ids`` that have cached features (their hashes are looked up in
-    chunks; nothing else of the pool is read)."""
-    wanted = sorted({int(i) for i in item_ids})
-    if not wanted:
+def embedded_among(pool: Pool, item_ids: Iterable[int]) -> set[int]:
+    """Those of ``item_ids`` that have cached features, looked up in the pool's sorted
+    ids (O(k log n); the cache's own key index is never built)."""
+    wanted = np.unique(np.fromiter((int(i) for i in item_ids), dtype=np.int64))
+    if not len(wanted):
         return set()
-    _, cache = _cache(project)
-    found: set[int] = set()
-    with project.store.session() as s:
-        for k in range(0, len(wanted), CHUNK):
-            rows = s.execute(select(Item.id, Item.sha256).where(
-                Item.id.in_(wanted[k:k + CHUNK]))).all()
-            gone = set(cache.missing([h for _, h in rows]))
-            found.update(int(i) for i, h in rows if h not in gone)
-    return found
+    return {int(i) for i in wanted[pool.positions(wanted) >= 0].tolist()}
 
 
-def _pool_remaining(project: Project, n_embedded: int) -> int:
-    """Embedded items with no trusted label that no round ever selected: the embedded
-    count less the embedded items among the labeled and selected ones."""
+def _pool_remaining(project: Project, pool: Pool) -> int:
+    """Embedded items with no trusted label that no round ever selected: the pool's
+    size less the embedded items among the labeled and selected ones."""
     with project.store.session() as s:
         selected = set(s.scalars(select(Selection.item_id).distinct()))
     taken = selected | set(project.store.trusted_labels())
-    return max(0, n_embedded - len(embedded_among(project, taken)))
+    return max(0, len(pool) - len(embedded_among(pool, taken)))
 
 
-def _stop_set(project: Project, *, round_number: int) -> list[int]:
+def _stop_set(project: Project, pool: Pool, *, round_number: int) -> list[int]:
     """The stop set's item ids: chosen once per project (seeded, uniformly among the
-    embedded unlabeled items) and kept in the store's meta. Choosing reads the item ids
-    once and looks up features only for the candidates it draws."""
+    embedded unlabeled items) and kept in the store's meta. Choosing takes the item ids
+    from the open pool when every item is embedded (else from the store, once) and
+    looks up features only for the candidates it draws."""
     stored = project.store.get_meta(STOP_SET_KEY)
     if stored and stored.get("items"):
         return [int(i) for i in stored["items"]]
     cfg = project.config.convergence
     labels = project.store.trusted_labels()
-    with project.store.session() as s:
-        ids = np.fromiter(s.scalars(select(Item.id).order_by(Item.id)), dtype=np.int64)
+    with project.store.session() as s:  # every item embedded: the pool's ids are the items'
+        ids = pool.ids if s.scalar(select(func.count()).select_from(Item)) == len(pool) \
+            else np.fromiter(s.scalars(select(Item.id).order_by(Item.id)), dtype=np.int64)
     rng = np.random.default_rng(cfg.stop_set_seed)
     order = ids[rng.permutation(len(ids))]
     picked: list[int] = []
@@ -217,7 +185,7 @@ def _stop_set(project: Project, *, round_number: int) -> list[int]:
         if len(picked) >= cfg.stop_set_size:
             break
         draw = [int(i) for i in order[k:k + step].tolist() if int(i) not in labels]
-        have = embedded_among(project, draw)
+        have = embedded_among(pool, draw)
         picked += [i for i in draw if i in have]
     items = sorted(picked[:cfg.stop_set_size])
     n = len(items)
@@ -230,20 +198,17 @@ def _stop_set(project: Project, *, round_number: int) -> list[int]:
     return items
 
 
-def _stop_predictions(project: Project, head: TrainedHead | None, stop: list[int]
+def _stop_predictions(project: Project, head: TrainedHead | None, stop: list[int], pool: Pool
                       ) -> tuple[list[int] | None, str | None, str]:
-    """(class indices over the stop set, head version, note) from the current head;
-    (None, None, why) when there is no head or no stop set."""
-    from alearn.model import training
-
+    """(class indices over the stop set, head version, note) from the current head, on
+    the stop set's vectors read from ``pool``; (None, None, why) when there is no head or
+    no stop set."""
     if not stop:
         return None, None, "the stop set is empty (no unlabeled embedded item)"
     if head is None:
         return None, None, "no head yet: trusted labels cover fewer than two classes"
-    ids, X = training.features_for(project, stop)
-    rows = {int(i): r for r, i in enumerate(ids.tolist())}
-    where = [rows.get(i, -1) for i in stop]
-    have = [r for r in where if r >= 0]
+    ids = np.asarray(stop, dtype=np.int64)
+    have = pool.positions(ids) >= 0
     index = {c: k for k, c in enumerate(project.config.classes)}
-    predicted = iter(head.head.predict(X[have]).tolist() if have else [])
-    return [index[str(next(predicted))] if r >= 0 else -1 for r in where], head.version, ""
+    predicted = iter(head.head.predict(pool.vectors(ids[have])).tolist() if have.any() else [])
+    return [index[str(next(predicted))] if h else -1 for h in have.tolist()], head.version, ""
