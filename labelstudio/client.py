@@ -11,7 +11,9 @@ Setting the alearn project up in Label Studio is :mod:`labelstudio.projects`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import datetime as dt
+import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -26,6 +28,17 @@ from alearn.exceptions import ConfigError, LabelStudioError
 #: POSTs that create things are not retried by the SDK: a retried import could duplicate
 #: tasks. Callers reconcile instead (push lists existing tasks before creating).
 _NO_RETRY: RequestOptions = {"max_retries": 0}
+
+
+def _iso(when: Any) -> str | None:
+    """Label Studio's time as ISO 8601 in UTC (the SDK gives a datetime or a string)."""
+    if when is None:
+        return None
+    if isinstance(when, dt.datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(when)
 
 
 def _describe(body: Any) -> str:
@@ -167,16 +180,30 @@ class LSClient:
         return ids
 
     def iter_tasks(
-        self, project_id: int, *, annotations: bool = False, page_size: int = 200
+        self, project_id: int, *, annotations: bool = False, page_size: int = 200,
+        updated_after: str | None = None, data_equal: Mapping[str, int] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Every task of the project as ``{"id", "data", "annotations"}``, page by page."""
+        """The project's tasks as ``{"id", "data", "annotations", "updated_at"}``, page by
+        page: all of them, or only those updated after ``updated_after`` (an ISO time of
+        Label Studio's clock) and whose data fields have the integer values in
+        ``data_equal``. Label Studio filters them before listing, which is what costs."""
         fields = "all" if annotations else "task_only"
+        filters: list[dict[str, Any]] = []
+        if updated_after is not None:
+            filters.append({"filter": "filter:tasks:updated_at", "operator": "greater",
+                            "type": "Datetime", "value": updated_after})
+        for field, value in (data_equal or {}).items():
+            filters.append({"filter": f"filter:tasks:data.{field}", "operator": "equal",
+                            "type": "Number", "value": int(value)})
+        query = (json.dumps({"filters": {"conjunction": "and", "items": filters}})
+                 if filters else None)
         with self._calls(f"list tasks of project {project_id}"):
             pager: Any = self._sdk.tasks.list(
-                project=project_id, fields=fields, page_size=page_size
+                project=project_id, fields=fields, page_size=page_size, query=query
             )
             for t in pager:
-                yield {"id": t.id, "data": dict(t.data or {}), "annotations": t.annotations or []}
+                yield {"id": t.id, "data": dict(t.data or {}), "annotations": t.annotations or [],
+                       "updated_at": _iso(t.updated_at)}
 
     def update_task(self, task_id: int, **fields: Any) -> None:
         """Change a task's fields (``overlap``, ``is_labeled``...)."""

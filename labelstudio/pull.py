@@ -35,6 +35,7 @@ from sqlalchemy import select
 from alearn.exceptions import LabelStudioError
 from alearn.store import Round, Selection, Store
 from alearn.team import voters
+from labelstudio import pull_window
 from labelstudio.client import LSClient
 from labelstudio.convert import SET_ASIDE, annotation_to_record
 from labelstudio.mirror import Quarantine, annotation_id, keep_quarantine, mirror_votes
@@ -100,8 +101,12 @@ def pull_annotations(
     *,
     round_id: int | None = None,
     classes: Sequence[str] | None = None,
+    full: bool = False,
 ) -> PullSummary:
     """Mirror the annotations of the project's tasks (of one round, if given).
+
+    Only the tasks Label Studio updated since the last pull are read
+    (:mod:`labelstudio.pull_window`), unless ``full`` or the window is unknown.
 
     Parameters
     ----------
@@ -126,11 +131,14 @@ def pull_annotations(
         )
     recorded = _recorded_tasks(store)
     users = client.user_emails()
+    since = None if full else pull_window.updated_after(store, project_id)
+    listed: list[str | None] = []
     records: dict[int, dict[str, Any]] = {}
     unreadable: dict[int, str] = {}
     quarantine = Quarantine(project_id)
     tasks_seen: set[int] = set()
-    for task in client.iter_tasks(project_id, annotations=True):
+    for task in client.iter_tasks(project_id, annotations=True, updated_after=since):
+        listed.append(task.get("updated_at"))
         where = recorded.get(task.get("id"))  # type: ignore[arg-type]
         if round_id is not None and (where is None or where[1] != round_id):
             continue
@@ -158,14 +166,15 @@ def pull_annotations(
     _off_roster(records, voters(store))
     counts = mirror_votes(store, records, unreadable, tasks_seen, _rounds(store))
     keep_quarantine(store, quarantine, set(records))
+    pull_window.remember(store, project_id, listed, full=since is None)
     summary = PullSummary(**counts, tasks=len(tasks_seen), quarantined=len(quarantine.rows),
                           superseded=superseded)
     logger.info(
-        "pull done ls_project_id=%s round_id=%s tasks=%s new=%s updated=%s deleted=%s "
-        "unchanged=%s set_aside=%s quarantined=%s superseded=%s stale_rounds=%s",
-        project_id, round_id, len(tasks_seen), summary.new, summary.updated, summary.deleted,
-        summary.unchanged, summary.set_aside, summary.quarantined, summary.superseded,
-        summary.stale_rounds,
+        "pull done ls_project_id=%s round_id=%s updated_after=%s tasks=%s new=%s updated=%s "
+        "deleted=%s unchanged=%s set_aside=%s quarantined=%s superseded=%s stale_rounds=%s",
+        project_id, round_id, since or "-", len(tasks_seen), summary.new, summary.updated,
+        summary.deleted, summary.unchanged, summary.set_aside, summary.quarantined,
+        summary.superseded, summary.stale_rounds,
     )
     return summary
 

@@ -103,7 +103,8 @@ def _adopt_existing(
     if not missing:
         return 0
     found: dict[int, int] = {}
-    for task in client.iter_tasks(project_id):
+    # only this round's tasks: Label Studio filters them, the project may hold thousands
+    for task in client.iter_tasks(project_id, data_equal={"round": round_id}):
         data = task["data"]
         if data.get("round") == round_id and data.get("item_id") in missing:
             found.setdefault(missing[data["item_id"]], task["id"])  # oldest task wins

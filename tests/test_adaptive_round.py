@@ -297,7 +297,7 @@ def test_abort_locks_a_task_short_of_the_votes_asked_for_it(proj: Project) -> No
     class Tasks(TaskLog):
         deleted: list[int] = []
 
-        def iter_tasks(self, project_id: int, *, annotations: bool = False) -> Any:
+        def iter_tasks(self, project_id: int, *, annotations: bool = False, **_kw: Any) -> Any:
             for k, n in ((0, 1), (1, 1), (2, 0)):
                 yield {"id": FIRST_TASK_ID + k, "data": {}, "annotations": [{}] * n}
 

@@ -157,6 +157,10 @@ def test_json_of_each_command_on_live_services(
     work(env)  # embed, train, select, push
     assert j("round sync") == {"enqueued": True}
     work(env)
+    assert project.store.get_meta("ls_pull_window")["newest"]  # the pull set its window
+    assert j("round sync", "--full") == {"enqueued": True}
+    assert project.store.get_meta("ls_pull_window") is None  # the next pull lists every task
+    work(env)
     ls_project = int(project.store.get_meta("ls_project_id"))
     me = signup_annotator(live_ls.url, person["email"], person["password"])
     assert label_stream(live_ls.url, me.token, ls_project, lambda d: "cat", max_tasks=1) == 1

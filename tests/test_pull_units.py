@@ -31,7 +31,7 @@ class StubLS:
     def user_emails(self) -> dict[int, str]:
         return {1: "ann@x", 2: "bob@x", 3: "eve@x"}
 
-    def iter_tasks(self, project_id: int, *, annotations: bool = False) -> Any:
+    def iter_tasks(self, project_id: int, *, annotations: bool = False, **_kw: Any) -> Any:
         yield from self.tasks
 
 

@@ -105,13 +105,19 @@ def round_start(ctx: Context, batch_size: int | None, strategy: str | None,
 @round_group.command("sync")
 @click.option("--wait", is_flag=True,
               help="Pull now in this process instead of enqueueing (prints JSON).")
+@click.option("--full", is_flag=True,
+              help="List every Label Studio task, not only those changed since the last pull.")
 @json_option
 @pass_ctx
-def round_sync(ctx: Context, wait: bool, as_json: bool) -> None:
+def round_sync(ctx: Context, wait: bool, full: bool, as_json: bool) -> None:
     """Pull annotations from Label Studio now (the workers also pull periodically)."""
     from workers import jobs
     from workers.enqueue import enqueue_pull
 
+    if full:
+        from labelstudio.pull_window import forget
+
+        forget(ctx.project.store)
     if wait:
         from workers.orchestrate import progress_round
 
