@@ -182,3 +182,25 @@ def test_round_plan_loads_the_backbone_only_when_there_is_something_to_embed(
         path.unlink()
     plan, heavy = _plan_in_new_process(argv)  # scores the pool itself: torch, no timm
     assert plan == embedded_first and heavy == ["torch"]
+
+
+# ------------------------------------------------------------------ the worker preload
+_PRELOAD = """
+import gc, json, sys
+from workers.worker import preload
+preload(sys.argv[1].split(","))
+print(json.dumps({"timm": "timm" in sys.modules, "torch": "torch" in sys.modules,
+                  "sklearn": "sklearn.neighbors" in sys.modules, "frozen": gc.get_freeze_count()}))
+"""
+
+
+@pytest.mark.parametrize(("queues", "timm"), [("train,sync,round", False),
+                                              ("embed,train,sync,round", True)])
+def test_a_worker_preloads_what_its_jobs_import_and_freezes_it(queues: str, timm: bool) -> None:
+    """Round modules import torch and scikit-learn inside their functions; a worker
+    imports them once before forking, so no job does, and only an embed worker loads the
+    backbone's libraries. The heap is then frozen out of the collector's passes."""
+    got = json.loads(subprocess.run([sys.executable, "-c", _PRELOAD, queues], check=True,
+                                    capture_output=True, text=True, cwd=ROOT).stdout)
+    assert got["torch"] and got["sklearn"] and got["timm"] is timm
+    assert got["frozen"] > 10_000
