@@ -23,6 +23,7 @@ from alearn.cli import cli
 from alearn.config import Settings
 from alearn.exceptions import ConfigError
 from alearn.model import training
+from alearn.model.current import current_head
 from alearn.project import Project
 from alearn.report import plots
 from alearn.report.html import load_reference, write_report
@@ -158,7 +159,19 @@ def test_report_files_and_contents(two_rounds: Project, tmp_path: Path,
     pred = cross_val_predict(training.make_head(project), t_X, y, cv=folds)
     assert f"accuracy {accuracy_score(y, pred):.3f}." in html
     assert "not converged:" in html and "Rule:" in html
-    # a second report over the first replaces it
+    # the predicted class counts over the unlabeled pool are the head's predict()
+    ids_all, X_all = training.pool_features(project)
+    head = training.load_head(project, current_head(project).version)
+    unlabeled = ~np.isin(ids_all, list(project.store.trusted_labels()))
+    want = Counter(head.predict(X_all[unlabeled]).tolist())
+    rows = dict(re.findall(r"<tr><td>([^<]+)</td><td[^>]*>\d+</td><td[^>]*>(\d+)</td></tr>",
+                           html))
+    got = {c: int(n) for c, n in rows.items() if c in project.config.classes}
+    assert want and got == {c: want.get(c, 0) for c in project.config.classes}
+    # a second report over the first replaces it, and never holds the pool in memory
+    def whole_pool(_project: Project) -> None:
+        raise AssertionError("the report read every vector into memory")
+    monkeypatch.setattr(training, "pool_features", whole_pool)
     assert write_report(project, tmp_path / "out") == out
 
 

@@ -107,28 +107,41 @@ def load_reference(path: Path, *, overlap: int = 1) -> tuple[list[tuple[float, f
 
 
 def _head_view(project: Project) -> dict[str, Any]:
-    """Pool features, the trusted training set and the current head (the one the next
-    round starts from), or the reason there is none."""
-    from alearn.model import training  # the feature cache pulls in torch: import on use
+    """The pool (memory-mapped, never read whole), the trusted training set and the
+    current head (the one the next round starts from), or the reason there is none."""
+    from alearn.features.pool import open_pool  # the feature cache pulls in torch
+    from alearn.model import training
     from alearn.model.current import current_head
 
-    view: dict[str, Any] = {"ids": None, "head": None, "why": ""}
+    view: dict[str, Any] = {"pool": None, "head": None, "why": ""}
     try:
-        ids, X = training.pool_features(project)
+        pool = open_pool(project)
+        ids, X = training.labeled_features(project)
     except AlearnError as exc:
         view["why"] = f"features cannot be read ({exc})"
         return view
-    if not len(ids):
+    if not len(pool):
         view["why"] = "no embedded items (run 'alearn embed')"
         return view
     t_ids, t_X, y = training.training_set(project, ids, X)
-    view.update(ids=ids, X=X, t_ids=t_ids, t_X=t_X, y=y)
+    view.update(pool=pool, t_ids=t_ids, t_X=t_X, y=y)
     current = current_head(project) if len(set(y.tolist())) >= 2 else None
     if current is None:
         view["why"] = f"{len(y)} trusted labels of embedded items cover fewer than two classes"
         return view
     view.update(head=current.head, version=current.version)
     return view
+
+
+def _predicted_unlabeled(project: Project, head: dict) -> Counter[str]:
+    """Class counts the head predicts over the unlabeled pool, in one streamed pass (the
+    select job's pass of the same head is reused when it was kept)."""
+    from alearn.query.scoring import pool_scores
+
+    scores = pool_scores(project, head["pool"], head["head"], "margin", head["version"])
+    unlabeled = ~np.isin(scores.ids, head["t_ids"])
+    classes = np.asarray(head["head"].classes_, dtype=object)
+    return Counter(classes[scores.predicted[unlabeled]].tolist())
 
 
 def _coverage(project: Project, head: dict) -> dict[str, Any]:
@@ -142,7 +155,7 @@ def _header(project: Project, closed: list[Rounds], head: dict) -> str:
 
     st = project_status(project)
     spent = closed[-1][1].labels_spent_total if closed else 0
-    embedded = "-" if head["ids"] is None else len(head["ids"])
+    embedded = "-" if head["pool"] is None else len(head["pool"])
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<h1>alearn report: {escape(project.config.name)}</h1>"
             f'<p class="meta">Generated {now}. Pool {st["pool_size"]} items ({embedded} '
@@ -212,9 +225,8 @@ def _classes(fig: Figures, project: Project, head: dict) -> str:
     counts = [trusted.get(c, 0) for c in classes]
     predicted, note = None, head["why"]
     if head["head"] is not None:
-        labeled = np.isin(head["ids"], head["t_ids"])
-        if (~labeled).any():
-            pred = Counter(head["head"].predict(head["X"][~labeled]).tolist())
+        pred = _predicted_unlabeled(project, head)
+        if pred:
             predicted = [pred.get(c, 0) for c in classes]
             note = f"Predictions of head {head['version']} over the unlabeled pool."
         else:
