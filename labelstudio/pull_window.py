@@ -27,7 +27,7 @@ KEY = "ls_pull_window"
 #: Tasks updated this long before the newest one seen are listed again.
 MARGIN = dt.timedelta(seconds=15)
 #: A full listing at least this often.
-FULL_EVERY = dt.timedelta(minutes=10)
+FULL_EVERY = dt.timedelta(hours=1)
 
 
 def _parse(when: str) -> dt.datetime:
