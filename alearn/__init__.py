@@ -24,10 +24,10 @@ from alearn.exceptions import (
     StoreError,
     UnknownNameError,
 )
-from alearn.version import __version__
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
+    "__version__": "alearn.version",  # read from the package metadata on first use
     "ProjectConfig": "alearn.config",
     "Settings": "alearn.config",
     "Project": "alearn.project",
@@ -164,3 +164,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from alearn.stats.pairwise import cohen_kappa, pairwise_kappa  # noqa: F401
     from alearn.stats.ratings import Ratings, ratings_matrix  # noqa: F401
     from alearn.store import Store  # noqa: F401
+    from alearn.version import __version__  # noqa: F401

@@ -1,8 +1,9 @@
 """What the command modules share: the context, output helpers and repeated options.
 
-Only light imports here (click, rich and alearn's base modules): ``alearn --help`` loads
+Only light imports here (click and alearn's base modules): ``alearn --help`` loads
 this module, so anything heavy (workers, sqlalchemy queries, torch) is imported inside
-the helper that needs it.
+the helper that needs it. Rich too: ``console`` and ``err_console`` are made on their
+first use (:mod:`alearn.cli.output`), so a command that prints only JSON never loads it.
 """
 
 from __future__ import annotations
@@ -13,60 +14,39 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console, ConsoleDimensions
-from rich.table import Table
 
 from alearn.config import Settings
 from alearn.project import Project
 
-# the width of output that goes to a pipe, a file or CI: wide enough that no table is cut
-PIPE_WIDTH = 10_000
+
+class LazyConsole:
+    """An :class:`~alearn.cli.output.OutputConsole` made on first use, with these
+    arguments: importing rich costs a command that prints only JSON about 40 ms."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from alearn.cli.output import OutputConsole
+
+            self._console = OutputConsole(**self._kwargs)
+        return getattr(self._console, name)
 
 
-class OutputConsole(Console):
-    """A console that uses the terminal's width on a terminal and never cuts anything
-    when its stream is not one (``alearn status | less``, a log file, CI): there it is
-    :data:`PIPE_WIDTH` wide, whatever ``COLUMNS``, ``FORCE_COLOR`` or stdin say.
-
-    The stream is looked at on every print, so a command run in-process with its output
-    captured (click's CliRunner) gets the pipe's width too.
-    """
-
-    def __init__(self, *args: Any, width: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, width=width, **kwargs)
-        self._width_given = width is not None  # else Rich may have taken COLUMNS
-
-    @property
-    def size(self) -> ConsoleDimensions:
-        size = super().size
-        if not self._width_given and not _writes_to_terminal(self):
-            return ConsoleDimensions(PIPE_WIDTH, size.height)
-        return size
-
-    @size.setter
-    def size(self, new_size: tuple[int, int]) -> None:
-        self._width, self._height = new_size
-        self._width_given = True
-
-    @property
-    def width(self) -> int:
-        return self.size.width
-
-    @width.setter
-    def width(self, width: int) -> None:
-        self._width, self._width_given = width, True
+console: Any = LazyConsole()
+err_console: Any = LazyConsole(stderr=True)
 
 
-def _writes_to_terminal(con: Console) -> bool:
-    isatty = getattr(con.file, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
-        return False
+def __getattr__(name: str) -> Any:
+    """``OutputConsole`` and ``PIPE_WIDTH``, from :mod:`alearn.cli.output` on first use."""
+    if name in ("OutputConsole", "PIPE_WIDTH"):
+        from alearn.cli import output
 
+        return getattr(output, name)
+    raise AttributeError(f"module 'alearn.cli.common' has no attribute {name!r}")
 
-console = OutputConsole()
-err_console = OutputConsole(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,6 +87,8 @@ def print_table(title: str, rows: list[dict[str, Any]], columns: list[str] | Non
                 headers: dict[str, str] | None = None) -> None:
     """Rows as a table; ``headers`` gives a column (a row's key) a human name. A cell that
     does not fit the terminal is folded onto more lines, never cut."""
+    from rich.table import Table
+
     columns = columns or (list(rows[0]) if rows else [])
     headers = headers or {}
     table = Table(title=title)

@@ -3,20 +3,22 @@ is the current round. Read from the store only (queues are added by the CLI).
 
 It reads counts, never whole tables: the pool, the labels and the annotations set aside
 are counted in the database (only the latest :data:`SET_ASIDE_SHOWN` set-aside votes are
-listed), and nothing here imports scikit-learn or reads the feature cache, so it answers
-in well under a second at a million items.
+listed), each table at most once (the labels by class and origin in one pass, the
+annotations by status in one), and nothing here imports numpy or scikit-learn or reads
+the feature cache, so it answers in well under a second at a million items.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import func, select
 
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
-from alearn.rounds.adaptive_round import clicks_per_trusted_label
 from alearn.rounds.adjudication import adjudication_status
+from alearn.rounds.clicks import clicks_summary
 from alearn.rounds.label_history import review_status
 from alearn.rounds.lifecycle import (
     ACTIVE,
@@ -40,10 +42,14 @@ def project_status(project: Project) -> dict[str, Any]:
         rejected = s.scalar(
             select(func.count()).where(FileRecord.status == "rejected")
         ) or 0
-        by_class = dict(s.execute(select(Label.label, func.count()).group_by(Label.label)).all())
-        by_origin = dict(
-            s.execute(select(Label.origin, func.count()).group_by(Label.origin)).all()
-        )
+        by_class: Counter[str] = Counter()
+        by_origin: Counter[str] = Counter()
+        for label, origin, n in s.execute(select(Label.label, Label.origin, func.count())
+                                          .group_by(Label.label, Label.origin)):
+            by_class[label] += n
+            by_origin[origin] += n
+        by_status = dict(s.execute(select(Annotation.status, func.count())
+                                   .group_by(Annotation.status)).all())
         round_rows = list(s.scalars(select(Round).order_by(Round.number)))
         rounds = [
             {"number": r.number, "status": r.status, "strategy": r.strategy,
@@ -58,7 +64,7 @@ def project_status(project: Project) -> dict[str, Any]:
             for a in s.scalars(select(Annotation).where(Annotation.status != "ok")
                                .order_by(Annotation.id.desc()).limit(SET_ASIDE_SHOWN))
         ][::-1]
-        aside_total = s.scalar(select(func.count()).where(Annotation.status != "ok")) or 0
+        aside_total = sum(n for st, n in by_status.items() if st != "ok")
         quarantined = dict(s.execute(select(QuarantinedAnnotation.kind, func.count())
                                      .group_by(QuarantinedAnnotation.kind)).all())
     current = active_round(store)
@@ -71,7 +77,7 @@ def project_status(project: Project) -> dict[str, Any]:
         "rejected_files": rejected,
         "trusted_labels": sum(by_class.values()),
         "trusted_by_class": {c: by_class.get(c, 0) for c in project.config.classes},
-        "trusted_by_origin": by_origin,
+        "trusted_by_origin": dict(sorted(by_origin.items())),
         "unlabeled": pool - sum(by_class.values()),
         "rounds": rounds,
         "current_round": round_progress(store, current.id).to_dict() if current else None,
@@ -80,7 +86,7 @@ def project_status(project: Project) -> dict[str, Any]:
         "convergence": _convergence(project),
         "adjudication": adjudication_status(project),
         "label_review": review_status(store),
-        "votes": _votes(project),
+        "votes": _votes(project, clicks_summary(sum(by_status.values()), by_origin)),
         "ls_project_id": store.get_meta("ls_project_id"),
     }
 
@@ -126,9 +132,10 @@ def _headline(m: round_metrics.RoundMetrics) -> dict[str, Any]:
             "consensus_items": m.consensus_items, "flagged": m.flagged}
 
 
-def _votes(project: Project) -> dict[str, Any]:
-    """Clicks per trusted label, and each adaptive-votes round's votes: the limits, the
-    items asked for more than min_votes, and the items its agreement figures rest on."""
+def _votes(project: Project, clicks: dict[str, Any]) -> dict[str, Any]:
+    """Clicks per trusted label (``clicks``, from :func:`alearn.rounds.clicks.clicks_summary`)
+    and each adaptive-votes round's votes: the limits, the items asked for more than
+    min_votes, and the items its agreement figures rest on."""
     rounds = []
     for rnd, m in round_metrics.by_round(project.store):
         plan = m.adaptive_votes
@@ -137,7 +144,7 @@ def _votes(project: Project) -> dict[str, Any]:
                            "max_votes": plan.max_votes, "asked_more": len(plan.targets),
                            "audit_items": plan.audit_items, "kappa": m.kappa,
                            "agreement_items": plan.agreement_items})
-    return {**clicks_per_trusted_label(project.store), "adaptive_rounds": rounds}
+    return {**clicks, "adaptive_rounds": rounds}
 
 
 def _convergence(project: Project) -> dict[str, Any]:

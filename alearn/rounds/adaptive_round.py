@@ -30,7 +30,6 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -38,11 +37,12 @@ from sqlalchemy import func, select
 from alearn.config import ProjectConfig
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
+from alearn.rounds.clicks import clicks_per_trusted_label  # noqa: F401  (its former home)
 from alearn.rounds.lifecycle import COLLECTING, PUSHED
 from alearn.rounds.votes import Tally, consensus, tally
 from alearn.stats.adaptive import check_vote_limits, votes_wanted
 from alearn.stats.ratings import Ratings
-from alearn.store import Annotation, Label, Round, Selection, Store
+from alearn.store import Annotation, Round, Selection, Store
 from alearn.team import roster
 
 log = logging.getLogger(__name__)
@@ -256,16 +256,3 @@ def agreement_sample(project: Project, round_ids: list[int] | None, votes: Tally
                       votes.ratings.classes)
     return ratings, sorted(votes.items[r] for r in rows)
 
-
-def clicks_per_trusted_label(store: Store) -> dict[str, Any]:
-    """What a team paid per trusted label: annotations given in Label Studio (every one
-    mirrored, set aside or not) plus adjudication decisions, over the trusted labels
-    people made (consensus and adjudicated; gold and manifest labels are not counted)."""
-    with store.session() as s:
-        annotations = s.scalar(select(func.count()).select_from(Annotation)) or 0
-        by_origin = dict(s.execute(select(Label.origin, func.count()).where(
-            Label.origin.in_(("consensus", "adjudicated"))).group_by(Label.origin)).all())
-    trusted = sum(by_origin.values())
-    clicks = annotations + by_origin.get("adjudicated", 0)
-    return {"clicks": clicks, "trusted_labels": trusted,
-            "clicks_per_trusted_label": round(clicks / trusted, 2) if trusted else None}

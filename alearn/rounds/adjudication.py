@@ -46,7 +46,6 @@ from alearn.exceptions import RoundError
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.label_history import note_review, withdraw
-from alearn.rounds.votes import consensus, tally
 from alearn.store import Annotation, Item, Label, Round, Store
 
 log = logging.getLogger(__name__)
@@ -274,6 +273,7 @@ def more_votes_targets(project: Project, round_id: int) -> dict[int, int]:
     pushed or collecting, or when every item is settled. Gold items and items with a
     trusted label are never listed.
     """
+    from alearn.rounds.votes import consensus, tally  # numpy on use, not in 'alearn status'
     store = project.store
     with store.session() as s:
         rnd = s.get(Round, round_id)

@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import func, select
 
 from alearn.exceptions import AlearnError
@@ -149,6 +148,8 @@ def _pool(project: Project) -> Pool:
 def embedded_among(pool: Pool, item_ids: Iterable[int]) -> set[int]:
     """Those of ``item_ids`` that have cached features, looked up in the pool's sorted
     ids (O(k log n); the cache's own key index is never built)."""
+    import numpy as np  # on use: 'alearn status' reads the stored verdict only
+
     wanted = np.unique(np.fromiter((int(i) for i in item_ids), dtype=np.int64))
     if not len(wanted):
         return set()
@@ -172,6 +173,8 @@ def _stop_set(project: Project, pool: Pool, *, round_number: int) -> list[int]:
     stored = project.store.get_meta(STOP_SET_KEY)
     if stored and stored.get("items"):
         return [int(i) for i in stored["items"]]
+    import numpy as np
+
     cfg = project.config.convergence
     labels = project.store.trusted_labels()
     with project.store.session() as s:  # every item embedded: the pool's ids are the items'
@@ -207,6 +210,8 @@ def _stop_predictions(project: Project, head: TrainedHead | None, stop: list[int
         return None, None, "the stop set is empty (no unlabeled embedded item)"
     if head is None:
         return None, None, "no head yet: trusted labels cover fewer than two classes"
+    import numpy as np
+
     ids = np.asarray(stop, dtype=np.int64)
     have = pool.positions(ids) >= 0
     index = {c: k for k, c in enumerate(project.config.classes)}

@@ -37,8 +37,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from alearn.exceptions import ConfigError
 
 SIGNAL_NAMES = ("stabilizing", "plateau", "human_ceiling", "budget", "pool_exhausted", "targets")
@@ -276,6 +274,8 @@ def stop_kappa(previous: Sequence[int] | None, current: Sequence[int] | None) ->
     """
     if previous is None or current is None or len(previous) != len(current):
         return None
+    import numpy as np  # on use: 'alearn status' reads verdicts, never computes one
+
     a, b = np.asarray(previous), np.asarray(current)
     both = (a >= 0) & (b >= 0)
     if not both.any():
