@@ -55,6 +55,70 @@ def source_images(n: int) -> tuple[np.ndarray, str]:
     return np.stack(up), "sklearn digits upscaled to 28x28 (repeated)"
 
 
+_SHARD = """
+import json, sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(int(sys.argv[4]))
+from alearn.features.backbone import load_backbone
+from alearn.features.pipeline import embed_project
+from alearn.project import Project
+project = Project.open(Path(sys.argv[1]))
+bb = load_backbone(project.config.embed, root=project.root)
+i, n = int(sys.argv[2]), int(sys.argv[3])
+go = Path(sys.argv[5])
+(go.parent / f"ready-{i}").touch()
+while not go.exists():
+    time.sleep(0.01)
+summary = embed_project(project, shard=(i, n), backbone=bb, progress=False)
+print(json.dumps({"end": time.time(), "computed": summary.computed}))
+"""
+
+
+def _run_shards(project: object, shards: int, threads: int) -> tuple[float, int]:
+    """Embed the whole project in ``shards`` processes started together (each loads its
+    backbone first, then all start at once); (wall seconds, images computed)."""
+    import subprocess
+
+    root = Path(project.root)  # type: ignore[attr-defined]
+    shutil.rmtree(project.features_dir, ignore_errors=True)  # type: ignore[attr-defined]
+    sync = Path(tempfile.mkdtemp(prefix="alearn-shards-"))
+    go = sync / "go"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen([sys.executable, "-c", _SHARD, str(root), str(i), str(shards),
+                               str(threads), str(go)], stdout=subprocess.PIPE, text=True,
+                              env=env) for i in range(shards)]
+    while sum((sync / f"ready-{i}").exists() for i in range(shards)) < shards:
+        if any(p.poll() not in (None, 0) for p in procs):
+            raise SystemExit("a shard process failed before it started")
+        time.sleep(0.01)
+    start = time.time()
+    go.touch()
+    outs = [json.loads(p.communicate()[0]) for p in procs]
+    shutil.rmtree(sync, ignore_errors=True)
+    return max(o["end"] for o in outs) - start, sum(o["computed"] for o in outs)
+
+
+def sharded_throughput(project: object, n: int, shards: int, threads: int,
+                       repeats: int) -> dict[str, object]:
+    """Images/s of one embedding process against ``shards`` of them at once (best of
+    ``repeats``, interleaved): what 'round start' gets from its live embed workers."""
+    one, many = [], []
+    for _ in range(repeats):
+        for runs, k in ((one, 1), (many, shards)):
+            seconds, computed = _run_shards(project, k, threads)
+            if computed != n:
+                raise SystemExit(f"{k} shard(s) computed {computed} of {n} images")
+            runs.append(seconds)
+    one_ips, many_ips = n / min(one), n / min(many)
+    return {"shards": shards, "threads_each": threads, "one_process_ips": round(one_ips, 1),
+            "sharded_ips": round(many_ips, 1),
+            "speedup": round(many_ips / one_ips, 3),
+            "speedup_over_shards": round(many_ips / one_ips / shards, 3),
+            "one_process_seconds": [round(v, 3) for v in one],
+            "sharded_seconds": [round(v, 3) for v in many]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000)
@@ -66,6 +130,9 @@ def main() -> None:
     ap.add_argument("--weights", default="offline")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=4, help="batches run before timing")
+    ap.add_argument("--shards", type=int, default=0,
+                    help="also time embed_project sharded over this many processes (each "
+                         "with --threads threads) against one such process")
     args = ap.parse_args()
 
     import torch
@@ -149,6 +216,8 @@ def main() -> None:
         order = np.argsort([it.id for it in items])
         max_diff = float(np.abs(X - X_bare[order]).max())
 
+        sharded = (sharded_throughput(project, n, args.shards, args.threads, args.repeats)
+                   if args.shards > 1 else None)
         bare_ips = n / min(bare_times)
         alearn_ips = n / min(alearn_times)
         print(json.dumps({
@@ -175,6 +244,7 @@ def main() -> None:
             "cache_bytes": sum(f.stat().st_size for f in project.features_dir.rglob("*")),
             "torch": torch.__version__, "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "sharded": sharded,
         }, indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
