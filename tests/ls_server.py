@@ -82,6 +82,7 @@ def env(live_ls: LiveLabelStudio, monkeypatch: pytest.MonkeyPatch) -> Iterator[R
     conn.flushdb()
     yield conn
     conn.flushdb()
+    conn.close()
 
 
 def work(conn: Redis) -> None:
