@@ -53,13 +53,10 @@ def _child(phase: str, root: str, state: dict[str, Any], profile: str | None,
 
     import rq
 
-    import alearn.features.pipeline  # noqa: F401  (what a worker preloads)
-    import alearn.model.training  # noqa: F401
-    import alearn.query.selection  # noqa: F401
-    import alearn.rounds.close  # noqa: F401
-    import labelstudio.pull  # noqa: F401
-    import labelstudio.push  # noqa: F401
     from workers import jobs, orchestrate, queues
+    from workers.worker import preload
+
+    preload(queues.QUEUE_NAMES)  # what a worker does before it forks a job
 
     # two live embed workers, so the close's next round asks how much is left to embed
     rq.Worker.all = classmethod(lambda cls, *a, **k: [None, None])  # type: ignore
