@@ -5,6 +5,8 @@ the round closes on the votes given, and a real Label Studio stops serving its o
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from alearn.project import Project
 from alearn.rounds.lifecycle import CLOSED, PUSHED, get_round, round_events
 from alearn.store import Annotation, Item
 from labelstudio.annotators import label_stream
+from workers import queues
 from workers.commands import open_tasks
 from workers.orchestrate import start_round
 
@@ -73,9 +76,25 @@ def test_close_with_open_tasks_needs_force_then_withdraws_them(
     assert get_round(project.store, rnd.id).status != CLOSED
     assert {t["id"] for t in client.iter_tasks(pid)} == set(before)
 
-    # --force: closed on the 3 votes; unlabeled tasks removed, partly labeled ones locked
+    # --force: closed on the 3 votes; unlabeled tasks removed, partly labeled ones locked.
+    # A worker's pull holds the round's lock for the first 2 s: the command waits for it
+    # (it used to fail at once and ask the operator to run it again)
+    held, released = threading.Event(), threading.Event()
+
+    def worker_pulling() -> None:
+        with queues.job_lock(env, f"{queues.project_key(str(project.root))}:votes") as got:
+            assert got
+            held.set()
+            time.sleep(2.0)
+        released.set()
+
+    holder = threading.Thread(target=worker_pulling)
+    holder.start()
+    assert held.wait(10)
     code, out, err = run([*argv, "--force"], capsys)
+    holder.join()
     assert code == 0, err
+    assert released.is_set()
     said = " ".join(out.split())
     assert f"Round {rnd.number} closed: 3 labels" in said
     assert (f"{len(unlabeled)} unlabeled removed from Label Studio, {len(partial)} partly "

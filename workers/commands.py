@@ -8,6 +8,8 @@ the next round too.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
@@ -117,9 +119,7 @@ def close_now(project: Project, conn: Redis, round_id: int, *,
     leave Label Studio as in ``alearn round abort`` (unlabeled ones removed, partly
     labeled ones locked), and the result says so under ``withdrawn``.
     """
-    pulled = jobs.pull_job(str(project.root))
-    if isinstance(pulled, Retry):
-        raise RoundError(BUSY)
+    _when_free(lambda: jobs.pull_job(str(project.root)))
     rnd = get_round(project.store, round_id)
     n_open = open_tasks(project, round_id)
     if n_open and not force and rnd.status in (PUSHED, COLLECTING):
@@ -128,9 +128,7 @@ def close_now(project: Project, conn: Redis, round_id: int, *,
             f"'alearn round close --round {rnd.number} --force' closes it on the votes given, "
             "removes its unlabeled tasks from Label Studio and locks its partly labeled "
             "ones; or wait for the votes.")
-    closed = jobs.close_job(str(project.root), round_id, force=True)
-    if isinstance(closed, Retry):
-        raise RoundError(BUSY)
+    closed = _when_free(lambda: jobs.close_job(str(project.root), round_id, force=True))
     if force and n_open and project.store.get_meta("ls_project_id") is not None:
         from labelstudio.client import connect_label_studio
         from labelstudio.push import withdraw_round
@@ -145,5 +143,21 @@ def close_now(project: Project, conn: Redis, round_id: int, *,
     return closed
 
 
-BUSY = ("a worker is pulling or closing this round right now; run 'alearn round close' "
-        "again in a few seconds.")
+BUSY = ("a worker has been pulling or closing this round for {s:.0f} s; run 'alearn round "
+        "close' again when 'alearn status' shows it done.")
+#: how long ``round close`` waits for a worker's pull or close of the round to finish
+#: (a step's lease is 20 s; a pull at a million items takes about 1 s)
+BUSY_WAIT_S = 60.0
+
+
+def _when_free(step: Callable[[], dict[str, Any] | Retry]) -> dict[str, Any]:
+    """Run a pull or close step here, waiting while a worker holds the round's lock (the
+    periodic tick pulls every 30 s, so an operator's close often meets one)."""
+    deadline = time.monotonic() + BUSY_WAIT_S
+    while True:
+        out = step()
+        if not isinstance(out, Retry):
+            return out
+        if time.monotonic() > deadline:
+            raise RoundError(BUSY.format(s=BUSY_WAIT_S))
+        time.sleep(0.5)
