@@ -761,6 +761,8 @@ def _changed_after_close(change: str) -> Callable[[Scenario], dict[str, Any]]:
         return {"round": rid, "stale_after_s": round(t, 1),
                 "status_says_stale": "is stale" in status,
                 "recomputed": recompute.returncode == 0,
+                **({} if recompute.returncode == 0 else
+                   {"recompute_said": (recompute.stdout + recompute.stderr)[-600:]}),
                 "stale_after_recompute": bool(is_stale(sc.project.store, rid)),
                 "check": recompute.returncode == 0 and not is_stale(sc.project.store, rid)
                 and "is stale" in status}
