@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from alearn.exceptions import RoundError
+from alearn.exceptions import LabelStudioError, RoundError
 from alearn.progress import progress as progress_bar
 from alearn.rounds import metrics as round_metrics
 from alearn.store import Item, Round, Selection, Store
@@ -119,6 +119,28 @@ def _adopt_existing(
     return len(found)
 
 
+def _restore_predictions(store: Store, client: LSClient, project_id: int, round_id: int,
+                         version: str) -> int:
+    """Give the round's tasks that lack a prediction of ``version`` the one push sends
+    (score and predicted class from the selection). Returns how many it created."""
+    with store.session() as s:
+        by_task = {sel.ls_task_id: sel for sel in s.scalars(select(Selection).where(
+            Selection.round_id == round_id, Selection.ls_task_id.is_not(None)))
+            if sel.ls_task_id is not None}
+        bare = [t["id"] for t in client.iter_tasks(project_id, annotations=True,
+                                                    data_equal={"round": round_id})
+                if t["id"] in by_task and version not in t["prediction_versions"]]
+        for task_id in bare:
+            sel = by_task[task_id]
+            client.create_prediction(
+                task_id, score=float(sel.score), model_version=version,
+                result=choice_result(sel.predicted) if sel.predicted else [])
+    if bare:
+        logger.warning("push restored missing predictions round_id=%s ls_project_id=%s "
+                       "model_version=%s tasks=%s", round_id, project_id, version, len(bare))
+    return len(bare)
+
+
 def push_round(
     store: Store, client: LSClient, round_id: int, *, chunk_size: int = 500,
     progress: bool = False,
@@ -178,7 +200,15 @@ def push_round(
     # adaptive votes: gold and audit tasks ask for max_votes (a retry asks the same again)
     push_overlaps(store, client, round_id)
     # only now: Label Studio accepts a model_version once predictions of it exist
-    client.update_project(project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
+    try:
+        client.update_project(project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
+    except LabelStudioError:
+        # an import that failed inside Label Studio (seen: 'database is locked' on its
+        # SQLite under load) can leave the tasks without their predictions; then no
+        # retry of the push could ever set the version. Put them back, then set it.
+        if not _restore_predictions(store, client, project_id, round_id, version):
+            raise
+        client.update_project(project_id, sampling=UNCERTAINTY_SAMPLING, model_version=version)
     summary = PushSummary(created=created, already_present=total - created)
     logger.info(
         "push done round_id=%s ls_project_id=%s created=%s already_present=%s",

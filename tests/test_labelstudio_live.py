@@ -318,6 +318,32 @@ def test_push_and_pull_on_sqlite_and_postgresql(live_ls, db_url: str, tmp_path) 
     store.dispose()
 
 
+def test_a_push_puts_back_predictions_label_studio_lost(live_ls, setup) -> None:
+    """An import that failed inside Label Studio can leave tasks without predictions
+    (seen under load on its SQLite: 'database is locked'); Label Studio then refuses the
+    round's model version, and a push could never finish. Push puts them back."""
+    store, client, _cfg, pid = setup
+    push_round(store, client, 1)
+    tasks = list(client.iter_tasks(pid, annotations=True))
+    (version,) = {v for t in tasks for v in t["prediction_versions"]}
+    for t in tasks:  # what the failed import left: every task of the round, bare
+        for p in client._sdk.predictions.list(task=t["id"]):
+            client.delete_prediction(int(p.id))
+    assert all(not t["prediction_versions"] for t in client.iter_tasks(pid, annotations=True))
+    client.update_project(pid, model_version="")  # as before the push set this round's
+    with pytest.raises(LabelStudioError, match="[Mm]odel version"):
+        client.update_project(pid, model_version=version)  # what a push met, every retry
+    assert push_round(store, client, 1).created == 0  # the retry: nothing imported again
+    after = {t["id"]: t["prediction_versions"] for t in client.iter_tasks(pid, annotations=True)}
+    assert set(after) == {t["id"] for t in tasks} and all(v == [version] for v in after.values())
+    with store.session() as s:
+        scores = {sel.ls_task_id: sel.score for sel in s.scalars(select(Selection))}
+    for t in after:
+        (p,) = client._sdk.predictions.list(task=t)
+        assert p.score == pytest.approx(scores[t]) and p.model_version == version
+    assert client.get_project(pid)["model_version"] == version
+
+
 # -- accounts -------------------------------------------------------------------------
 def test_signup_is_closed_and_an_invite_signs_up_once_then_is_rotated(live_ls) -> None:
     import httpx
