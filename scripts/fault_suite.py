@@ -52,6 +52,7 @@ CLASSES = ["cat", "dog", "bird"]
 N_IMAGES, BATCH, OVERLAP = 24, 6, 2
 PG_ADMIN = os.environ.get("ALEARN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ALEARN_FAULT_REDIS_URL", "redis://127.0.0.1:6379/14")
+TMP_PREFIX = "alearn-fault-"
 
 
 def truth_of(path: str) -> str:
@@ -869,7 +870,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown scenario(s) {sorted(unknown)}; --list names them", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="alearn-fault-"))
+    # a run stopped by a signal still stops its workers (the finally clauses run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    stray = _stop_stray_workers()
+    if stray:
+        print(json.dumps({"stopped_workers_of_an_earlier_run": stray}), file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
     saved_env = dict(os.environ)
     t0 = time.monotonic()
     world = World(tmp, args.tick)
@@ -894,6 +900,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps({"summary": summary, "scenarios": results}, indent=2, default=str))
     return 0 if summary["scenarios_passed"] == summary["scenarios_run"] else 1
+
+
+def _stop_stray_workers() -> list[int]:
+    """SIGKILL the worker trees an earlier run of the suite left on this host (a run
+    killed before its clean-up): on the suite's Redis database they would take this
+    run's jobs with another project's settings. Only processes whose project is in one
+    of the suite's temporary folders and whose Redis is the suite's are touched."""
+    stray = []
+    for env_file in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            env = dict(e.split("=", 1) for e in env_file.read_text(errors="replace")
+                       .split("\0") if "=" in e)
+        except OSError:
+            continue
+        if (env.get("ALEARN_REDIS_URL") == REDIS_URL
+                and f"/{TMP_PREFIX}" in env.get("ALEARN_PROJECT", "")):
+            stray.append(int(env_file.parent.name))
+    for pid in stray:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return sorted(stray)
 
 
 def _lease() -> int:
