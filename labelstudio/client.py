@@ -41,11 +41,6 @@ def _iso(when: Any) -> str | None:
     return str(when)
 
 
-def _field(obj: Any, name: str) -> Any:
-    """A field of an SDK object or of the plain dict Label Studio sent."""
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
 def _describe(body: Any) -> str:
     if isinstance(body, dict):
         parts = [str(body.get("detail") or "")]
@@ -189,10 +184,10 @@ class LSClient:
         updated_after: str | None = None, data_equal: Mapping[str, int] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """The project's tasks as ``{"id", "data", "annotations", "updated_at",
-        "prediction_versions"}`` (the last two lists filled only with ``annotations``),
-        page by page: all of them, or only those updated after ``updated_after`` (an ISO time of
-        Label Studio's clock) and whose data fields have the integer values in
-        ``data_equal``. Label Studio filters them before listing, which is what costs."""
+        "prediction_versions"}`` (annotations and versions listed only with ``annotations``),
+        page by page: all, or those updated after ``updated_after`` (an ISO time of Label
+        Studio's clock) whose data fields have the integer values in ``data_equal``. Label
+        Studio filters them before listing, which is what costs."""
         fields = "all" if annotations else "task_only"
         filters: list[dict[str, Any]] = []
         if updated_after is not None:
@@ -210,9 +205,8 @@ class LSClient:
             for t in pager:
                 yield {"id": t.id, "data": dict(t.data or {}), "annotations": t.annotations or [],
                        "updated_at": _iso(t.updated_at),
-                       "prediction_versions": sorted({
-                           str(_field(p, "model_version"))
-                           for p in (getattr(t, "predictions", None) or [])})}
+                       "prediction_versions": sorted({str(getattr(p, "model_version", None))
+                                                      for p in t.predictions or []})}
 
     def update_task(self, task_id: int, **fields: Any) -> None:
         """Change a task's fields (``overlap``, ``is_labeled``...)."""
@@ -238,10 +232,6 @@ class LSClient:
                                                 model_version=model_version,
                                                 request_options=_NO_RETRY)
         return int(made.id or 0)
-
-    def delete_prediction(self, prediction_id: int) -> None:
-        with self._calls(f"delete prediction {prediction_id}"):
-            self._sdk.predictions.delete(id=prediction_id)
 
     # -- annotations (admin side: tests, demo, repairs) ------------------------------
     def create_annotation(self, task_id: int, result: list[dict], **fields: Any) -> int:

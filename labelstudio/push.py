@@ -124,17 +124,17 @@ def _restore_predictions(store: Store, client: LSClient, project_id: int, round_
     """Give the round's tasks that lack a prediction of ``version`` the one push sends
     (score and predicted class from the selection). Returns how many it created."""
     with store.session() as s:
-        by_task = {sel.ls_task_id: sel for sel in s.scalars(select(Selection).where(
-            Selection.round_id == round_id, Selection.ls_task_id.is_not(None)))
-            if sel.ls_task_id is not None}
-        bare = [t["id"] for t in client.iter_tasks(project_id, annotations=True,
-                                                    data_equal={"round": round_id})
-                if t["id"] in by_task and version not in t["prediction_versions"]]
-        for task_id in bare:
-            sel = by_task[task_id]
-            client.create_prediction(
-                task_id, score=float(sel.score), model_version=version,
-                result=choice_result(sel.predicted) if sel.predicted else [])
+        sent = {task: (float(score), predicted) for task, score, predicted in s.execute(
+            select(Selection.ls_task_id, Selection.score, Selection.predicted).where(
+                Selection.round_id == round_id, Selection.ls_task_id.is_not(None)))
+            if task is not None}
+    bare = [t["id"] for t in client.iter_tasks(project_id, annotations=True,
+                                                data_equal={"round": round_id})
+            if t["id"] in sent and version not in t["prediction_versions"]]
+    for task_id in bare:
+        score, predicted = sent[task_id]
+        client.create_prediction(task_id, score=score, model_version=version,
+                                 result=choice_result(predicted) if predicted else [])
     if bare:
         logger.warning("push restored missing predictions round_id=%s ls_project_id=%s "
                        "model_version=%s tasks=%s", round_id, project_id, version, len(bare))

@@ -328,7 +328,7 @@ def test_a_push_puts_back_predictions_label_studio_lost(live_ls, setup) -> None:
     (version,) = {v for t in tasks for v in t["prediction_versions"]}
     for t in tasks:  # what the failed import left: every task of the round, bare
         for p in client._sdk.predictions.list(task=t["id"]):
-            client.delete_prediction(int(p.id))
+            client._sdk.predictions.delete(id=int(p.id))
     assert all(not t["prediction_versions"] for t in client.iter_tasks(pid, annotations=True))
     client.update_project(pid, model_version="")  # as before the push set this round's
     with pytest.raises(LabelStudioError, match="[Mm]odel version"):
