@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,48 @@ def test_a_worker_that_dies_loses_only_the_file_that_killed_it(
     monkeypatch.setattr(ingest_mod, "decode_image", decode_image)
     again = ingest(project, workers=0)
     assert (again.added, again.rejected, again.skipped) == (1, 0, N + 5)
+
+
+class BreaksBetweenSubmits:
+    """A real pool that lets the poison file's chunk kill its worker before it takes the
+    next chunk, so the pool is already broken when ``submit`` is called (what load on the
+    machine can do to the order of events)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool, self.poisoned, self.waited = pool, None, False
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        if self.poisoned is not None and not self.waited:
+            self.waited = True
+            futures_wait([self.poisoned])  # the worker is dead and the pool broken now
+        future = self.pool.submit(fn, *args)
+        if fn is parallel.decode_chunk and any("poison" in str(p) for p in args[1]):
+            self.poisoned = future
+        return future
+
+    def shutdown(self, **kw: Any) -> None:
+        self.pool.shutdown(**kw)
+
+
+def test_a_worker_that_dies_between_two_submits_loses_only_its_file(
+        tmp_path: Path, new_project: MakeProject, monkeypatch: pytest.MonkeyPatch,
+        processes_now: list[int]) -> None:
+    root = tree(tmp_path / "images")
+    write_image(root / "d1" / "0040-poison.png", seed=5)  # in the first chunk sent
+    project = new_project(tmp_path / "p", root)
+    monkeypatch.setattr(ingest_mod, "decode_image", dies_on_poison)
+    real_pool, pools = parallel._pool, []
+
+    def pool(workers: int) -> Any:
+        pools.append(BreaksBetweenSubmits(real_pool(workers)) if workers == 2
+                     else real_pool(workers))
+        return pools[-1]
+
+    monkeypatch.setattr(parallel, "_pool", pool)
+    first = ingest(project, workers=2, batch_size=64)
+    assert pools[0].waited  # the broken pool was handed another chunk
+    assert dict(first.rejections)["d1/0040-poison.png"] == CRASH_REASON
+    assert (first.added, first.duplicate, first.rejected) == (N, 2, 4)
 
 
 def test_worker_processes_that_cannot_start_are_one_error(

@@ -88,13 +88,14 @@ def _over_processes(pieces: list[list[Candidate]], decode: DecodeFn, workers: in
         inflight: deque[tuple[list[Candidate], Future[list[tuple[object, ...]]]]] = deque()
         try:
             while nxt < len(pieces) or inflight:
-                while nxt < len(pieces) and len(inflight) < window:
-                    paths = [c.path for c in pieces[nxt]]
-                    inflight.append((pieces[nxt], pool.submit(
-                        decode_chunk, decode, paths, max_pixels, max_bytes)))
-                    nxt += 1
-                batch, future = inflight[0]
                 try:
+                    while nxt < len(pieces) and len(inflight) < window:
+                        paths = [c.path for c in pieces[nxt]]
+                        # a worker that died since the last submit breaks the pool here
+                        inflight.append((pieces[nxt], pool.submit(
+                            decode_chunk, decode, paths, max_pixels, max_bytes)))
+                        nxt += 1
+                    batch, future = inflight[0]
                     results = _decoded(future.result())
                 except BrokenProcessPool:
                     break
