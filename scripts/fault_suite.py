@@ -17,7 +17,8 @@ something, and checks the invariants against Label Studio's own data:
 - the seconds it took to recover.
 
 Prints one JSON object: the settings, and one entry per scenario. Exit status 1 if a
-scenario failed. ``--only NAME[,NAME]`` runs some; ``--list`` names them.
+scenario failed. ``--only NAME[,NAME]`` runs some, ``--skip NAME[,NAME]`` all but
+those; ``--list`` names them.
 
     python scripts/fault_suite.py [--only kill_push,flush_collecting] [--tick 10]
 """
@@ -855,6 +856,7 @@ def _tail(logs: Path, n: int = 25) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="Comma-separated scenario names.")
+    ap.add_argument("--skip", default="", help="Comma-separated scenario names to leave out.")
     ap.add_argument("--list", action="store_true", help="Name the scenarios and exit.")
     ap.add_argument("--tick", type=int, default=10,
                     help="rounds.tick_seconds for the scenarios (closes_by_itself uses 30, "
@@ -865,8 +867,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(names))
         return 0
-    chosen = [fn for fn in SCENARIOS if not args.only or fn.__name__ in args.only.split(",")]
-    unknown = set(filter(None, args.only.split(","))) - set(names)
+    only, skip = set(filter(None, args.only.split(","))), set(filter(None, args.skip.split(",")))
+    chosen = [fn for fn in SCENARIOS
+              if (not only or fn.__name__ in only) and fn.__name__ not in skip]
+    unknown = (only | skip) - set(names)
     if unknown:
         print(f"unknown scenario(s) {sorted(unknown)}; --list names them", file=sys.stderr)
         return 2

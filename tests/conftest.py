@@ -54,6 +54,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if item.get_closest_marker("integration") is not None:
             for spec in INTEGRATION_LEAKS:
                 item.add_marker(pytest.mark.filterwarnings(spec))
+    # ``run_last`` (the fault suite, which scripts/test starts beside the other tests) goes
+    # last, so the others run while it does; sort is stable, the rest keep their order
+    items.sort(key=lambda item: item.get_closest_marker("run_last") is not None)
 
 
 def _mark_by_fixtures(item: pytest.Item) -> None:
