@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
 from alearn.config import Settings
-from alearn.exceptions import RoundError
+from alearn.exceptions import AlearnError, RoundError
 from alearn.project import Project
 from alearn.rounds.lifecycle import PLANNED, get_round
 from alearn.store import Label, ModelRecord, Selection
@@ -76,6 +78,47 @@ def test_a_step_held_by_another_worker_is_retried_not_reported_done(
     assert isinstance(out, Retry) and out is jobs.BUSY
     out = jobs.embed_job(str(pool_project.root))
     assert out["computed"] == 24
+
+
+def _hold(conn: Redis, key: str, seconds: float) -> threading.Thread:
+    """Another worker holds ``key``'s lease for ``seconds`` (returns once it holds it)."""
+    held = threading.Event()
+
+    def worker() -> None:
+        with queues.job_lock(conn, key) as got:
+            assert got
+            held.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert held.wait(10)
+    return thread
+
+
+def test_a_pull_waits_for_the_votes_lease_instead_of_retrying_later(
+        pool_project: Project, redis_conn: Redis) -> None:
+    root = str(pool_project.root)
+    key = f"{queues.project_key(root)}:{jobs.VOTES}"
+    # another worker's pull or close holds the votes for 1 s: this pull waits and runs
+    # (here it gets as far as Label Studio, which this project has none of)
+    holder = _hold(redis_conn, key, 1.0)
+    t0 = time.monotonic()
+    with pytest.raises(AlearnError):
+        jobs.pull_job(root)
+    assert 0.5 < time.monotonic() - t0 < jobs.VOTES_WAIT_S
+    holder.join()
+    # held past the wait: retried later, as before; the waiting job counted as alive
+    holder = _hold(redis_conn, key, 1.5)
+    alive: list[bool] = []
+    watch = threading.Thread(target=lambda: (time.sleep(0.5), alive.append(
+        bool(redis_conn.exists(queues.alive_key("job-1"))))))
+    watch.start()
+    with queues.job_lock(redis_conn, key, job_id="job-1", wait_s=1.0) as got:
+        assert got is False
+    watch.join()
+    holder.join()
+    assert alive == [True] and not redis_conn.exists(queues.alive_key("job-1"))
 
 
 def test_pulls_are_debounced(pool_project: Project, redis_conn: Redis) -> None:

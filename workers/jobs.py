@@ -8,7 +8,10 @@ this module imports nothing from it.
 Jobs never receive live objects, so any worker on any host (sharing the project
 directory and the database) can run them. A job that finds its step held by another
 worker returns :data:`BUSY`, a :class:`rq.Retry`: RQ runs it again a little later, and
-it never reports a success it did not earn (its dependents wait).
+it never reports a success it did not earn (its dependents wait). A pull or a close first
+waits up to :data:`VOTES_WAIT_S` for the votes lease: pulls and closes take about a
+second and must run after the one holding it (votes may have come in since it listed
+them), so a retry 5 s later would only hold up the round.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ BUSY = Retry(max=120, interval=5)
 #: Pull and close share one lease: a close never reads votes that a pull is rewriting,
 #: and a pull never mistakes a round that closed under it for an open one.
 VOTES = "votes"
+#: How long a pull or close waits for the votes lease before it is retried later.
+VOTES_WAIT_S = 15.0
 
 
 def _open(project_dir: str) -> Project:
@@ -57,14 +62,15 @@ def _report(**meta: Any) -> None:
 
 
 @contextmanager
-def _step(project_dir: str, step: str) -> Iterator[tuple[Project, Redis] | None]:
+def _step(project_dir: str, step: str, wait_s: float = 0.0,
+          ) -> Iterator[tuple[Project, Redis] | None]:
     """Open the project and hold the step's lease; yields None when another worker
-    holds it (the caller then returns :data:`BUSY`)."""
+    holds it, still after ``wait_s`` seconds (the caller then returns :data:`BUSY`)."""
     project = _open(project_dir)
     conn = queues.connect(project.settings)
     key = f"{queues.project_key(str(project.root))}:{step}"
     job = get_current_job()
-    with queues.job_lock(conn, key, job_id=job.id if job else None) as got:
+    with queues.job_lock(conn, key, job_id=job.id if job else None, wait_s=wait_s) as got:
         if not got:
             log.info("round_event=busy step=%s reason=held-by-another-worker", key)
         yield (project, conn) if got else None
@@ -146,7 +152,8 @@ def push_job(project_dir: str, round_id: int) -> dict[str, Any] | Retry:
         if held is None:
             return BUSY
         project, _conn = held
-        with connect_label_studio(project.settings) as client:
+        # no separate check of the server: the first call (the project) says the same
+        with connect_label_studio(project.settings, check=False) as client:
             ensure_project(project.store, client, project.config, project.image_root,
                            document_root=document_root(project))
             # a bar on a worker run in a terminal; none in a log file or under a supervisor
@@ -165,12 +172,12 @@ def pull_job(project_dir: str) -> dict[str, Any] | Retry:
     from labelstudio.overlap import adapt_votes
     from labelstudio.pull import pull_annotations
 
-    with _step(project_dir, VOTES) as held:
+    with _step(project_dir, VOTES, VOTES_WAIT_S) as held:
         if held is None:
             return BUSY
         project, conn = held
         conn.delete(queues.pull_pending_key(str(project.root)))  # later events: a new pull
-        with connect_label_studio(project.settings) as client:
+        with connect_label_studio(project.settings, check=False) as client:  # as push's
             summary = pull_annotations(project.store, client, classes=project.config.classes)
             out: dict[str, Any] = summary.to_dict()
             out["adjudication"] = pull_adjudications(
@@ -194,7 +201,7 @@ def close_job(project_dir: str, round_id: int, force: bool = False) -> dict[str,
     from alearn.rounds.close import close_round
     from alearn.rounds.lifecycle import is_stale
 
-    with _step(project_dir, VOTES) as held:  # never while a pull writes votes
+    with _step(project_dir, VOTES, VOTES_WAIT_S) as held:  # never while a pull writes votes
         if held is None:
             return BUSY
         project, _conn = held

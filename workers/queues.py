@@ -115,9 +115,17 @@ class Lease:
         self._thread: threading.Thread | None = None
         self.lost = False
 
-    def acquire(self) -> bool:
-        if not self._lock.acquire(blocking=False):
-            return False
+    def acquire(self, wait_s: float = 0.0) -> bool:
+        """Take the lease; while another holder has it, try again every 0.1 s for up to
+        ``wait_s`` seconds (the waiting job counts as alive meanwhile)."""
+        deadline = time.monotonic() + wait_s
+        while not self._lock.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                if wait_s > 0 and self.job_id:
+                    self.conn.delete(alive_key(self.job_id))
+                return False
+            self._mark_alive()
+            time.sleep(0.1)
         self._mark_alive()
         self._thread = threading.Thread(target=self._renew, name=f"lease:{self.name}",
                                         daemon=True)
@@ -164,10 +172,11 @@ class Lease:
 
 @contextmanager
 def job_lock(conn: Redis, name: str, *, ttl: int = LEASE_SECONDS,
-             job_id: str | None = None) -> Iterator[bool]:
-    """Hold a step's :class:`Lease` while it runs; yields False if another worker holds it."""
+             job_id: str | None = None, wait_s: float = 0.0) -> Iterator[bool]:
+    """Hold a step's :class:`Lease` while it runs; yields False if another worker holds it
+    (still, after waiting up to ``wait_s`` seconds for it)."""
     lease = Lease(conn, name, ttl=ttl, job_id=job_id)
-    acquired = lease.acquire()
+    acquired = lease.acquire(wait_s)
     try:
         yield acquired
     finally:
