@@ -28,6 +28,10 @@ from alearn.exceptions import ConfigError, LabelStudioError
 #: POSTs that create things are not retried by the SDK: a retried import could duplicate
 #: tasks. Callers reconcile instead (push lists existing tasks before creating).
 _NO_RETRY: RequestOptions = {"max_retries": 0}
+#: What :meth:`LSClient.get_project` reads of a project.
+_PROJECT_FIELDS = ("id", "title", "label_config", "maximum_annotations",
+                   "show_collab_predictions", "sampling", "model_version",
+                   "expert_instruction", "show_instruction")
 
 
 def _iso(when: Any) -> str | None:
@@ -140,17 +144,7 @@ class LSClient:
                 if exc.status_code == 404:
                     return None
                 raise
-        return {
-            "id": p.id,
-            "title": p.title,
-            "label_config": p.label_config,
-            "maximum_annotations": p.maximum_annotations,
-            "show_collab_predictions": p.show_collab_predictions,
-            "sampling": p.sampling,
-            "model_version": p.model_version,
-            "expert_instruction": p.expert_instruction,
-            "show_instruction": p.show_instruction,
-        }
+        return {field: getattr(p, field) for field in _PROJECT_FIELDS}
 
     def create_project(self, **fields: Any) -> int:
         with self._calls("create project"):
@@ -199,14 +193,19 @@ class LSClient:
         query = (json.dumps({"filters": {"conjunction": "and", "items": filters}})
                  if filters else None)
         with self._calls(f"list tasks of project {project_id}"):
-            pager: Any = self._sdk.tasks.list(
+            first: Any = self._sdk.tasks.list(
                 project=project_id, fields=fields, page_size=page_size, query=query
             )
-            for t in pager:
-                yield {"id": t.id, "data": dict(t.data or {}), "annotations": t.annotations or [],
-                       "updated_at": _iso(t.updated_at),
-                       "prediction_versions": sorted({str(getattr(p, "model_version", None))
-                                                      for p in t.predictions or []})}
+            listed, total = 0, getattr(first.response, "total", None)  # all pages' tasks
+            for page in first.iter_pages():  # the next page is asked for on resuming
+                for t in page.items or []:
+                    yield {"id": t.id, "data": dict(t.data or {}),
+                           "annotations": t.annotations or [], "updated_at": _iso(t.updated_at),
+                           "prediction_versions": sorted({str(getattr(p, "model_version", None))
+                                                          for p in t.predictions or []})}
+                listed += len(page.items or [])
+                if isinstance(total, int) and listed >= total:
+                    return  # all listed: no request for a page past the end
 
     def update_task(self, task_id: int, **fields: Any) -> None:
         """Change a task's fields (``overlap``, ``is_labeled``...)."""
@@ -236,9 +235,8 @@ class LSClient:
     # -- annotations (admin side: tests, demo, repairs) ------------------------------
     def create_annotation(self, task_id: int, result: list[dict], **fields: Any) -> int:
         with self._calls(f"create an annotation on task {task_id}"):
-            a = self._sdk.annotations.create(
-                id=task_id, result=result, **fields, request_options=_NO_RETRY
-            )
+            a = self._sdk.annotations.create(id=task_id, result=result, **fields,
+                                             request_options=_NO_RETRY)
         return int(a.id)
 
     def update_annotation(self, annotation_id: int, **fields: Any) -> None:
@@ -258,10 +256,9 @@ class LSClient:
     def create_local_storage(self, project_id: int, path: str, *, title: str) -> int:
         """Register a folder (no sync: alearn creates its own tasks)."""
         with self._calls(f"register local storage {path} for project {project_id}"):
-            s = self._sdk.import_storage.local.create(
-                project=project_id, path=path, title=title, use_blob_urls=False,
-                request_options=_NO_RETRY,
-            )
+            s = self._sdk.import_storage.local.create(project=project_id, path=path,
+                                                      title=title, use_blob_urls=False,
+                                                      request_options=_NO_RETRY)
         return int(s.id)
 
     def webhooks(self, project_id: int) -> list[dict[str, Any]]:
@@ -275,9 +272,8 @@ class LSClient:
 
     def create_webhook(self, project_id: int, url: str, **fields: Any) -> int:
         with self._calls(f"create a webhook for project {project_id}"):
-            w = self._sdk.webhooks.create(
-                url=url, project=project_id, **fields, request_options=_NO_RETRY
-            )
+            w = self._sdk.webhooks.create(url=url, project=project_id, **fields,
+                                          request_options=_NO_RETRY)
         return int(w.id)
 
     def update_webhook(self, webhook_id: int, **fields: Any) -> None:

@@ -183,6 +183,18 @@ def test_push_creates_tasks_with_predictions(live_ls, setup) -> None:
     assert push_round(store, client, 1).to_dict() == {"created": 0, "already_present": 6}
 
 
+def test_tasks_are_listed_page_by_page_without_asking_past_the_end(live_ls, setup) -> None:
+    store, client, _cfg, pid = setup
+    push_round(store, client, 1)
+    asked: list[str] = []
+    client._http.event_hooks["request"].append(lambda request: asked.append(str(request.url)))
+    for page_size, pages in ((2, 3), (4, 2), (6, 1), (7, 1)):
+        asked.clear()
+        ids = [t["id"] for t in client.iter_tasks(pid, page_size=page_size)]
+        assert sorted(ids) == sorted(s.ls_task_id for s in selections(store))
+        assert len(asked) == pages, asked  # the 6 tasks' pages, and no empty one after them
+
+
 class CrashingClient(LSClient):
     """A real client whose second import dies, as if the worker were killed."""
 
