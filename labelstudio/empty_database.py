@@ -26,10 +26,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+# both import only the standard library: setup runs this with Label Studio's python
+from alearn.atomic import write_with
+from labelstudio.server_security import PASS_ENV
+
 #: Label Studio's database file in its data directory
 DATABASE_FILE = "label_studio.sqlite3"
-#: the environment of the migrating run (no account is given, so none is made)
-_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
 def template_path(ls_bin: Path) -> Path:
@@ -52,7 +54,8 @@ def make_template(ls_bin: Path, timeout: float = 900.0) -> Path:
     """Apply Label Studio's migrations to a new database and keep it as the template."""
     target = template_path(ls_bin)
     with tempfile.TemporaryDirectory(prefix="alearn-ls-migrate-") as tmp:
-        env = {k: os.environ[k] for k in _ENV_NAMES if k in os.environ}
+        # a server's environment, no more (no account is given, so none is made)
+        env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         env.update(LABEL_STUDIO_LATEST_VERSION_CHECK="false",
                    LABEL_STUDIO_COLLECT_ANALYTICS="false")
         cmd = [str(Path(ls_bin).absolute()), "version", "--data-dir", tmp]
@@ -69,9 +72,8 @@ def make_template(ls_bin: Path, timeout: float = 900.0) -> Path:
 
 
 def _copy_atomically(src: Path, dst: Path) -> None:
-    part = dst.with_name(dst.name + ".part")
-    shutil.copyfile(src, part)
-    os.replace(part, dst)
+    with src.open("rb") as source:
+        write_with(dst, lambda out: shutil.copyfileobj(source, out))
 
 
 def main(argv: list[str]) -> int:
