@@ -306,8 +306,13 @@ class Bench:
         t0_wall, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
         self._post(httpx)  # the last annotation's webhook: the clock starts
         target = tasks_before + self.args.batch_size
-        _wait(lambda: _task_count(client, pid) >= target, 600,
+        _wait(lambda: _task_count(client, pid) >= target or self._converged(rid), 600,
               "the next batch in Label Studio")
+        if self._converged(rid):
+            raise RuntimeError(
+                f"the project converged when round {get_round(self.project.store, rid).number}"
+                " closed, so no next batch followed to time: ask for fewer --rounds, or "
+                "use a larger pool")
         wall = time.perf_counter() - t0
         nxt = get_round(self.project.store)  # the active round: the next one
         self._wait_pushed(nxt.id, 60)
@@ -323,6 +328,14 @@ class Bench:
                  "horses_cpu_s": round(sum(v.get("cpu_s", 0.0) for v in phases.values()), 3),
                  "load_average_1min": round(os.getloadavg()[0], 1),
                  "next_round": nxt.number}, nxt.id)
+
+    def _converged(self, round_id: int) -> bool:
+        """The round closed and its convergence check stopped the rounds (no next one)."""
+        from alearn.rounds import metrics as round_metrics
+        from alearn.rounds.lifecycle import get_round
+
+        rnd = get_round(self.project.store, round_id)
+        return rnd.status == "closed" and bool(round_metrics.of(rnd).converged)
 
     def _post(self, httpx: Any) -> None:
         r = httpx.post(self.hook, json={"action": "ANNOTATION_CREATED"},
