@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 from alearn.exceptions import LabelStudioError, RoundError
 from alearn.progress import progress as progress_bar
 from alearn.rounds import metrics as round_metrics
-from alearn.store import Item, Round, Selection, Store
+from alearn.rounds.plan_record import unpushed_key
+from alearn.store import Item, Meta, Round, Selection, Store
 from labelstudio.client import LSClient
 from labelstudio.label_config import choice_result
 from labelstudio.overlap import push_overlaps
@@ -85,6 +86,18 @@ def _set_task(session: Session, selection_id: int, task_id: int) -> None:
     session.execute(
         update(Selection).where(Selection.id == selection_id).values(ls_task_id=task_id)
     )
+
+
+def _first_push(store: Store, round_id: int) -> bool:
+    """True if no push of the round has begun: its selections were recorded with the
+    unpushed mark, which this takes away (committed before any import), so no task of
+    the round can be in Label Studio yet. Once per round; a retried push looks."""
+    with store.session() as s:
+        mark = s.get(Meta, unpushed_key(round_id))
+        if mark is None:
+            return False
+        s.delete(mark)
+        return bool(mark.value)
 
 
 def _adopt_existing(
@@ -171,7 +184,8 @@ def push_round(
     version = model_version_of(rnd)
     # before the import, so that new tasks are created with the round's overlap
     client.update_project(project_id, maximum_annotations=rnd.overlap)
-    _adopt_existing(store, client, project_id, round_id)
+    if not _first_push(store, round_id):  # an earlier push may have left tasks behind
+        _adopt_existing(store, client, project_id, round_id)
     with store.session() as s:
         todo = s.execute(
             select(Selection, Item)

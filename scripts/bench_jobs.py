@@ -133,7 +133,8 @@ def setup(n: int, work: Path, args: argparse.Namespace) -> tuple[Path, dict[str,
 
     from alearn.model.training import train_head
     from alearn.query.selection import plan_batch
-    from alearn.rounds.lifecycle import PUSHED, create_round, record_plan, transition
+    from alearn.rounds.lifecycle import PUSHED, create_round, transition
+    from alearn.rounds.plan_record import record_plan
     from alearn.team import add_member
 
     project = make_project(work, n, args.labels, args.batch_size, args.seed)

@@ -61,9 +61,9 @@ from alearn.rounds.lifecycle import (  # noqa: E402
     CLOSED,
     PUSHED,
     create_round,
-    record_plan,
     transition,
 )
+from alearn.rounds.plan_record import record_plan  # noqa: E402
 from alearn.store import Item, Label  # noqa: E402
 from labelstudio.client import LSClient  # noqa: E402
 from labelstudio.label_config import choice_result  # noqa: E402

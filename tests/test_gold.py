@@ -14,7 +14,8 @@ from alearn.features.backbone import cache_key_for
 from alearn.features.cache import FeatureCache
 from alearn.query.selection import gold_count, plan_batch
 from alearn.rounds.close import annotator_report, close_round, wilson_upper
-from alearn.rounds.lifecycle import create_round, record_plan
+from alearn.rounds.lifecycle import create_round
+from alearn.rounds.plan_record import record_plan
 from alearn.stats.ratings import ratings_matrix
 from alearn.store import Item, Label, Round, Selection
 from labelstudio.push import task_payload

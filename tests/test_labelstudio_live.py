@@ -19,6 +19,8 @@ from werkzeug.serving import make_server
 
 from alearn.config import ProjectConfig
 from alearn.exceptions import ConfigError, LabelStudioError
+from alearn.query.selection import Plan, PlannedItem
+from alearn.rounds.plan_record import record_plan
 from alearn.store import Annotation, Item, Round, Selection, Store
 from alearn.team import add_member
 from labelstudio.annotators import invite_annotator, label_stream, signup_annotator
@@ -205,6 +207,41 @@ class CrashingClient(LSClient):
         if type(self).calls == 2:
             raise LabelStudioError("simulated crash")
         return super().import_tasks(project_id, tasks)
+
+
+class DiesAfterImport(LSClient):
+    """A real client whose import reaches Label Studio, then the worker dies before the
+    store records the new tasks."""
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        super().import_tasks(project_id, tasks)
+        raise LabelStudioError("killed after the import")
+
+
+def test_a_first_push_lists_no_tasks_and_a_retried_one_adopts_them(live_ls, tmp_path) -> None:
+    store, images = make_store(tmp_path, n=4)
+    with store.session() as s:  # the select step records the selections, with its mark
+        for sel in s.scalars(select(Selection)):
+            s.delete(sel)
+    plan = Plan("margin", "head-v1", [PlannedItem(i, f"pool/img {i - 1}.png", 0.5, None, i)
+                                      for i in range(1, 5)])
+    assert record_plan(store, 1, plan) == 4
+    pid = ensure_project(store, live_ls.client(), config(), images,
+                         document_root=live_ls.document_root)
+    dying = DiesAfterImport(live_ls.url, live_ls.token)
+    asked: list[str] = []
+    dying._http.event_hooks["request"].append(lambda r: asked.append(f"{r.method} {r.url.path}"))
+    with pytest.raises(LabelStudioError, match="killed after the import"):
+        push_round(store, dying, 1)
+    assert "GET /api/tasks/" not in asked  # nothing of the round could be there yet
+    assert all(sel.ls_task_id is None for sel in selections(store))  # 4 tasks unrecorded
+    summary = push_round(store, live_ls.client(), 1)  # the mark is gone: it looks first
+    assert (summary.created, summary.already_present) == (0, 4)
+    tasks = list(live_ls.client().iter_tasks(pid))
+    assert len(tasks) == 4
+    assert {s.item_id: s.ls_task_id for s in selections(store)} == {
+        t["data"]["item_id"]: t["id"] for t in tasks}
+    store.dispose()
 
 
 def test_push_retried_after_interruption_creates_no_duplicates(live_ls, setup) -> None:

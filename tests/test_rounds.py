@@ -14,10 +14,10 @@ from alearn.rounds.lifecycle import (
     active_round,
     create_round,
     get_round,
-    record_plan,
     round_progress,
     transition,
 )
+from alearn.rounds.plan_record import record_plan, unpushed_key
 from alearn.store import Annotation, Item, Selection, Store
 
 
@@ -79,7 +79,10 @@ def test_record_plan_is_idempotent(store: Store) -> None:
     r = create_round(store, strategy="auto", batch_size=3, overlap=2)
     plan = _Plan([_Planned(i, k, 0.1 * k, "cat") for k, i in enumerate(ids)])
     assert record_plan(store, r.id, plan) == 3
+    assert store.get_meta(unpushed_key(r.id)) is True  # with the selections, none pushed
+    store.set_meta(unpushed_key(r.id), None)  # as a push's first step takes it
     assert record_plan(store, r.id, _Plan([_Planned(ids[0], 0, 0.0)])) == 3
+    assert store.get_meta(unpushed_key(r.id)) is None  # a retried select never sets it again
     with store.session() as s:
         assert s.query(Selection).filter_by(round_id=r.id).count() == 3
     got = get_round(store, r.id)

@@ -186,7 +186,8 @@ def test_votes_from_off_the_roster_do_not_count_and_nothing_leaks(served: Served
     outsider, _ = _annotator(served, "outsider")
     remove_member(project.store, outsider["email"])  # had an account; is not on the team
     from alearn.query.selection import Plan, PlannedItem
-    from alearn.rounds.lifecycle import create_round, record_plan
+    from alearn.rounds.lifecycle import create_round
+    from alearn.rounds.plan_record import record_plan
     from labelstudio.client import LSClient
     from labelstudio.projects import ensure_project
     from labelstudio.pull import pull_annotations

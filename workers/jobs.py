@@ -113,7 +113,8 @@ def select_job(project_dir: str, round_id: int,
     without one (a retry that resumes at select), the current head does.
     """
     from alearn.query.selection import plan_batch
-    from alearn.rounds.lifecycle import get_round, record_plan
+    from alearn.rounds.lifecycle import get_round
+    from alearn.rounds.plan_record import record_plan
 
     with _step(project_dir, f"select:{round_id}") as held:
         if held is None:

@@ -269,31 +269,3 @@ def round_progress(store: Store, round_id: int) -> RoundProgress:
         round_id=rnd.id, number=rnd.number, status=rnd.status, tasks=tasks, tasks_done=done,
         annotations=sum(per_item.values()), set_aside=set_aside, by_annotator=by_annotator,
     )
-
-
-def record_plan(store: Store, round_id: int, plan: Any) -> int:
-    """Store a plan's items as the round's selections. Idempotent: a retried select
-    step finds the selections already there and changes nothing.
-
-    ``plan`` is an :class:`alearn.query.selection.Plan`.
-    """
-    with store.session() as s:
-        existing = s.scalar(select(func.count()).where(Selection.round_id == round_id)) or 0
-        if existing:
-            return existing
-        rnd = s.get(Round, round_id)
-        if rnd is None:
-            raise RoundError(f"no round {round_id}")
-        for item in plan.items:
-            s.add(Selection(round_id=round_id, item_id=item.item_id, rank=item.rank,
-                            score=float(item.score), predicted=item.predicted,
-                            is_gold=bool(getattr(item, "is_gold", False))))
-        rnd.strategy = plan.strategy
-        rnd.model_version = plan.model_version or f"cold-start-r{rnd.number}"
-        metrics = round_metrics.of(rnd)
-        metrics.pool_size, metrics.n_train = plan.n_pool, plan.n_train
-        metrics.gold_items = sum(bool(getattr(i, "is_gold", False)) for i in plan.items)
-        round_metrics.put(rnd, metrics)
-    log.info("round_event=selected round=%s items=%s strategy=%s model_version=%s",
-             round_id, len(plan.items), plan.strategy, plan.model_version)
-    return len(plan.items)

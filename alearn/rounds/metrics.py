@@ -8,7 +8,7 @@ field's default. Keys this record does not know are kept as they are.
 Fields are written in groups, and :meth:`RoundMetrics.to_json` writes a group only once
 it was computed, so an open round's JSON holds no close figures:
 
-* selection (``alearn.rounds.lifecycle.record_plan``): ``pool_size``, ``n_train``,
+* selection (``alearn.rounds.plan_record.record_plan``): ``pool_size``, ``n_train``,
   ``gold_items``;
 * more votes asked for ('more_votes' adjudication): ``more_votes``;
 * adaptive votes (:mod:`alearn.rounds.adaptive_round`): ``adaptive_votes``, written at
