@@ -26,7 +26,8 @@ from alearn.config import Settings
 from alearn.exceptions import ConfigError, LabelStudioError
 
 #: POSTs that create things are not retried by the SDK: a retried import could duplicate
-#: tasks. Callers reconcile instead (push lists existing tasks before creating).
+#: tasks. Callers reconcile instead (a push that may follow an interrupted one lists the
+#: round's tasks before creating).
 _NO_RETRY: RequestOptions = {"max_retries": 0}
 #: What :meth:`LSClient.get_project` reads of a project.
 _PROJECT_FIELDS = ("id", "title", "label_config", "maximum_annotations",

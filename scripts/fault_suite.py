@@ -891,19 +891,25 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(saved_env)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    summary = summarize(results, tick_seconds=args.tick, lease_seconds=_lease(),
+                        webhooks="none registered", seconds=round(time.monotonic() - t0, 1))
+    print(json.dumps({"summary": summary, "scenarios": results}, indent=2, default=str))
+    return 0 if summary["scenarios_passed"] == summary["scenarios_run"] else 1
+
+
+def summarize(results: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:
+    """The run's totals over its scenarios' results, with the run's ``settings``
+    (tests/test_fault_suite.py also sums a run in two parts with it)."""
     recov = [r["recovery_s"] for r in results if isinstance(r.get("recovery_s"), float | int)]
-    summary = {
+    return {
         "scenarios_run": len(results),
-        "scenarios_passed": sum(r["passed"] for r in results),
+        "scenarios_passed": sum(bool(r["passed"]) for r in results),
         "annotations_lost": sum(r.get("annotations_lost", 0) for r in results),
         "duplicate_tasks": sum(r.get("duplicate_tasks", 0) for r in results),
         "trusted_labels_wrong": sum(r.get("trusted_labels_wrong", 0) for r in results),
         "max_recovery_s": max(recov) if recov else None,
-        "tick_seconds": args.tick, "lease_seconds": _lease(), "webhooks": "none registered",
-        "seconds": round(time.monotonic() - t0, 1),
+        **settings,
     }
-    print(json.dumps({"summary": summary, "scenarios": results}, indent=2, default=str))
-    return 0 if summary["scenarios_passed"] == summary["scenarios_run"] else 1
 
 
 def _stop_stray_workers() -> list[int]:

@@ -9,6 +9,7 @@ Run on its own, it runs the whole fault suite."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -58,19 +59,13 @@ def _background_report(folder: Path, pid: int) -> dict[str, Any]:
     return json.loads(out)
 
 
-def _summary(scenarios: list[dict[str, Any]], seconds: float, settings: dict[str, Any],
-             ) -> dict[str, Any]:
-    recov = [s["recovery_s"] for s in scenarios if isinstance(s.get("recovery_s"), float | int)]
-    return {
-        **settings,
-        "scenarios_run": len(scenarios),
-        "scenarios_passed": sum(bool(s["passed"]) for s in scenarios),
-        "annotations_lost": sum(s.get("annotations_lost", 0) for s in scenarios),
-        "duplicate_tasks": sum(s.get("duplicate_tasks", 0) for s in scenarios),
-        "trusted_labels_wrong": sum(s.get("trusted_labels_wrong", 0) for s in scenarios),
-        "max_recovery_s": max(recov) if recov else None,
-        "seconds": round(seconds, 1),
-    }
+def _suite_module() -> Any:
+    """scripts/fault_suite.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("fault_suite", SUITE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_every_fault_scenario_ends_with_nothing_lost() -> None:
@@ -84,11 +79,12 @@ def test_every_fault_scenario_ends_with_nothing_lost() -> None:
         alone = _run_suite("--only", ALONE)
         scenarios = beside["scenarios"] + alone["scenarios"]
         settings = {k: beside["summary"][k] for k in ("tick_seconds", "lease_seconds", "webhooks")}
-        report = {"summary": {**_summary(scenarios, beside["summary"]["seconds"]
-                                         + alone["summary"]["seconds"], settings),
-                              "beside_other_tests": [s["scenario"] for s in beside["scenarios"]],
-                              "waited_for_them_s": round(time.monotonic() - t0, 1)},
-                  "scenarios": scenarios}
+        summary = _suite_module().summarize(
+            scenarios, **settings,
+            seconds=round(beside["summary"]["seconds"] + alone["summary"]["seconds"], 1),
+            beside_other_tests=[s["scenario"] for s in beside["scenarios"]],
+            waited_for_them_s=round(time.monotonic() - t0, 1))
+        report = {"summary": summary, "scenarios": scenarios}
     else:
         report = _run_suite()
     keep = os.environ.get("ALEARN_TEST_FAULT_REPORT")  # where to keep the JSON, if asked
