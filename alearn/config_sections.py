@@ -168,8 +168,10 @@ class AgreementConfig(Section):
     audit_min_items: int = Field(
         8, ge=0,
         description=(
-            "Adaptive votes: the audit slice has at least this many items (while "
-            "audit_rate > 0), so that a small batch's kappa does not rest on 2-4 items."
+            "Adaptive votes: a round's kappa, alpha and AC1 rest on at least this many "
+            "gold and audit items: its own, and those of the closed rounds just before it "
+            "while its own are fewer (at most 10 rounds back), so that a small audit "
+            "slice costs no extra votes and a kappa does not rest on 2-4 items."
         ),
     )
     kappa_threshold: float = Field(

@@ -17,7 +17,7 @@ from factories import ANNOTATORS, FIRST_TASK_ID, add_items, ingested_project
 from ls_server import work
 from redis import Redis
 from sklearn.metrics import cohen_kappa_score
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from alearn.config import ProjectConfig
 from alearn.exceptions import ConfigError
@@ -94,30 +94,31 @@ def test_audit_slice_is_seeded_random_and_never_gold() -> None:
     assert audit_slice([1, 2], [1, 2], 0.5, seed=0) == []
 
 
-def test_audit_slice_has_a_floor_so_a_small_batch_still_measures_agreement() -> None:
-    # 10% of 40 is 4 items, too few for a kappa that means anything: the floor wins
+def test_audit_slice_is_the_rate_of_the_batch_with_no_floor() -> None:
+    # the floor (agreement.audit_min_items) is met by earlier rounds' items, not votes
     batch, gold = list(range(40)), [0, 1]
-    assert len(audit_slice(batch, gold, 0.1, seed=1, min_items=8)) == 8
-    assert len(audit_slice(range(200), [], 0.1, seed=1, min_items=8)) == 20  # rate wins
-    assert len(audit_slice(range(5), [], 0.1, seed=1, min_items=8)) == 5  # all there is
-    assert audit_slice(batch, gold, 0.0, seed=1, min_items=8) == []  # rate 0: no audit
+    assert len(audit_slice(batch, gold, 0.1, seed=1)) == 4
+    assert len(audit_slice(range(20), [], 0.1, seed=1)) == 2
+    assert len(audit_slice(range(3), [], 0.5, seed=1)) == 2  # ceil(1.5)
 
 
 # -- push: min_votes for every task, max_votes for gold and audit ----------------------
 def adaptive_round(project: Project, votes: dict[int, list[str]], *, gold: dict[int, str]
                    | None = None, max_votes: int = 3, audit_rate: float = 0.0,
-                   target: float = 0.95) -> tuple[int, dict[int, int]]:
+                   target: float = 0.95, audit_min_items: int = 0
+                   ) -> tuple[int, dict[int, int]]:
     """A pushed adaptive round over new items (one per key of ``votes``), each voted on by
-    the first ``len(labels)`` of ANNOTATORS; item ``k`` is task ``FIRST_TASK_ID + k``."""
+    the first ``len(labels)`` of ANNOTATORS; item ``k`` is task ``FIRST_TASK_ID + k``
+    (annotation ids go on from those already stored, so keys may span several rounds)."""
     gold = gold or {}
     store = project.store
     ids = add_items(store, list(votes))
     plan = round_metrics.AdaptiveVotes(min_votes=1, max_votes=max_votes, target=target,
-                                       audit_rate=audit_rate)
+                                       audit_rate=audit_rate, audit_min_items=audit_min_items)
     rnd = create_round(store, strategy="random", batch_size=len(votes), overlap=1,
                        adaptive=plan)
     with store.session() as s:
-        n = 0
+        n = int(s.scalar(select(func.count()).select_from(Annotation)) or 0)
         for rank, (k, labels) in enumerate(votes.items()):
             s.add(Selection(round_id=rnd.id, item_id=ids[k], rank=rank, score=0.0,
                             ls_task_id=FIRST_TASK_ID + k, is_gold=k in gold))
@@ -341,6 +342,41 @@ def test_agreement_rests_on_the_gold_and_audit_items_with_max_votes(proj: Projec
         assert view["agreement_items"] == on and view["report"]["n_items"] == 7
 
 
+def test_a_round_with_few_audit_items_reaches_back_to_the_rounds_before(proj: Project) -> None:
+    rng = np.random.default_rng(5)
+    votes: dict[int, list[str]] = {}
+    seen = []  # per round: (its number, the agreement items, the rounds they come from)
+    for r in range(3):  # each round: 3 audit items with 3 votes, 7 items with 1
+        mine = {k: [CLASSES3[int(rng.integers(0, 3))] for _ in range(3 if k % 10 < 3 else 1)]
+                for k in range(10 * r, 10 * r + 10)}
+        votes.update(mine)
+        rid, ids = adaptive_round(proj, mine, audit_min_items=7)
+        audit = [ids[k] for k in list(mine)[:3]]
+        with round_metrics.editing(proj.store, rid) as m:
+            assert m.adaptive_votes is not None
+            m.adaptive_votes.audit_items, m.adaptive_votes.targets = audit, dict.fromkeys(audit, 3)
+        metrics = close_round(proj, rid)
+        plan = metrics.adaptive_votes
+        assert plan is not None and plan.agreement_items is not None
+        seen.append((get_round(proj.store, rid).number, len(plan.agreement_items),
+                     plan.agreement_rounds))
+        if r == 2:
+            last, last_plan = metrics, plan
+    first = seen[0][0]
+    # 3 items alone; 3 + 3 is still under 7, so the third round reaches back two rounds
+    assert seen == [(first, 3, [first]), (first + 1, 6, [first, first + 1]),
+                    (first + 2, 9, [first, first + 1, first + 2])]
+    on = [k for k in votes if k % 10 < 3]
+    kappas = [cohen_kappa_score([votes[k][a] for k in on], [votes[k][b] for k in on],
+                                labels=CLASSES3) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert last.kappa == pytest.approx(float(np.mean(kappas)))
+    assert last.agreement is not None and last.agreement["n_items"] == 9
+    # what status shows of the last round
+    shown = project_status(proj)["votes"]["adaptive_rounds"][-1]
+    assert shown["agreement_rounds"] == [first, first + 1, first + 2]
+    assert sorted(shown["agreement_items"]) == sorted(last_plan.agreement_items)
+
+
 def test_clicks_per_trusted_label_counts_every_vote_and_human_labels(proj: Project) -> None:
     rid, ids = adaptive_round(proj, {0: ["cat"], 1: ["dog", "dog"], 2: ["cat", "bird", "cat"]},
                               gold={2: "cat"})
@@ -451,8 +487,8 @@ def test_a_min_votes_round_closes_by_itself_after_the_clicks_the_rule_wants(
     rnd = start_round(project, env)
     work(env)
     plan = round_metrics.of(get_round(project.store, rnd.id)).adaptive_votes
-    # a quarter of 16 is 4, under agreement.audit_min_items (8): the floor wins
-    assert plan is not None and len(plan.audit_items) == 8
+    # a quarter of 16 is 4: the slice asks no more votes to meet audit_min_items (8)
+    assert plan is not None and len(plan.audit_items) == 4
     pid = int(project.store.get_meta("ls_project_id"))
     paths = paths_of(project)
     with project.store.session() as s:
@@ -474,5 +510,6 @@ def test_a_min_votes_round_closes_by_itself_after_the_clicks_the_rule_wants(
     assert metrics.labels_spent == clicks
     assert metrics.adaptive_votes is not None
     assert metrics.adaptive_votes.agreement_items == sorted(plan.audit_items)
-    assert metrics.agreement is not None and metrics.agreement["n_items"] == 8
+    assert metrics.adaptive_votes.agreement_rounds == [done.number]  # no round before it
+    assert metrics.agreement is not None and metrics.agreement["n_items"] == 4
     assert project_status(project)["votes"]["clicks"] == clicks

@@ -115,7 +115,8 @@ def status(ctx: Context, as_json: bool) -> None:
         console.print(f"Round {r['number']}: adaptive votes {r['min_votes']}-{r['max_votes']}, "
                       f"{r['asked_more']} items asked for more; kappa "
                       f"{fmt(r['kappa']) if r['kappa'] is not None else '-'} on "
-                      f"{'-' if on is None else len(on)} gold and audit items")
+                      f"{'-' if on is None else len(on)} gold and audit items"
+                      + _from_rounds(r.get("agreement_rounds")))
     if info["rounds"]:
         rounds = [{k: fmt(v) if isinstance(v, float) else v for k, v in r.items()}
                   for r in info["rounds"]]
@@ -170,3 +171,10 @@ def _print_queues(q: dict) -> None:
                   + (f" (dead, not yet expired: {', '.join(dead)})" if dead else ""))
     if not live:
         console.print("[yellow]No live worker:[/] start one with 'alearn worker &'.")
+
+
+def _from_rounds(numbers: list[int] | None) -> str:
+    """' (rounds 3-5)' when a round's agreement figures reach back to earlier rounds."""
+    if not numbers or len(numbers) < 2:
+        return ""
+    return f" (rounds {min(numbers)}-{max(numbers)})"

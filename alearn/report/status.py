@@ -143,7 +143,8 @@ def _votes(project: Project, clicks: dict[str, Any]) -> dict[str, Any]:
             rounds.append({"number": rnd.number, "min_votes": plan.min_votes,
                            "max_votes": plan.max_votes, "asked_more": len(plan.targets),
                            "audit_items": plan.audit_items, "kappa": m.kappa,
-                           "agreement_items": plan.agreement_items})
+                           "agreement_items": plan.agreement_items,
+                           "agreement_rounds": plan.agreement_rounds})
     return {**clicks, "adaptive_rounds": rounds}
 
 

@@ -67,14 +67,15 @@ def round_votes_plan(cfg: ProjectConfig, overlap: int | None = None
         audit_rate=cfg.agreement.audit_rate, audit_min_items=cfg.agreement.audit_min_items)
 
 
-def audit_slice(items: Iterable[int], gold: Iterable[int], rate: float, seed: int,
-                min_items: int = 0) -> list[int]:
+def audit_slice(items: Iterable[int], gold: Iterable[int], rate: float, seed: int
+                ) -> list[int]:
     """The seeded random audit slice: ``ceil(rate * batch)`` of the batch's non-gold
-    items, at least ``min_items`` (all of them at most; none when ``rate`` is 0), the
-    same for the same arguments."""
+    items (all of them at most; none when ``rate`` is 0), the same for the same
+    arguments. A small slice costs no steadiness: the agreement figures reach back to
+    earlier rounds' slices (:mod:`alearn.rounds.agreement_window`)."""
     batch = sorted(set(items))
     candidates = sorted(set(batch) - set(gold))
-    want = max(math.ceil(rate * len(batch) - 1e-9), min_items)
+    want = math.ceil(rate * len(batch) - 1e-9)
     n = min(len(candidates), want) if rate > 0 else 0
     if n <= 0:
         return []
@@ -97,7 +98,7 @@ def push_targets(store: Store, round_id: int) -> tuple[list[int], dict[int, int]
     without adaptive votes. Records nothing: :func:`record_push_targets` does, once Label
     Studio has been asked, so a push that fails in between leaves no target that Label
     Studio never heard of (a round waiting for it would never fill). Idempotent: the slice
-    is seeded by the round number."""
+    is seeded by the round number, and one already recorded is kept."""
     with store.session() as s:
         rnd = s.get(Round, round_id)
         plan = round_metrics.of(rnd).adaptive_votes if rnd is not None else None
@@ -107,8 +108,9 @@ def push_targets(store: Store, round_id: int) -> tuple[list[int], dict[int, int]
                          .where(Selection.round_id == round_id)).all()
         number = rnd.number
     gold = [int(i) for i, g in rows if g]
-    audit = audit_slice((int(i) for i, _g in rows), gold, plan.audit_rate, number,
-                        plan.audit_min_items)
+    # a slice recorded by an earlier push is kept (the same, unless the rule changed)
+    audit = list(plan.audit_items) or audit_slice((int(i) for i, _g in rows), gold,
+                                                  plan.audit_rate, number)
     high = most_votes(store, plan)
     targets = {item: max(high, plan.targets.get(item, 0)) for item in (*gold, *audit)}
     log.info("round_event=audit_slice round=%s gold=%s audit=%s max_votes=%s", round_id,

@@ -30,7 +30,7 @@ from alearn.exceptions import AlearnError, RoundError
 from alearn.model.current import TrainedHead, current_head
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
-from alearn.rounds.adaptive_round import agreement_sample
+from alearn.rounds.agreement_window import round_agreement_sample
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
 from alearn.rounds.votes import consensus, tally
 from alearn.stats.agreement import agreement_report as _agreement_report
@@ -83,12 +83,14 @@ def close_round(project: Project, round_id: int, *,
     adjudication: list[int] = []
     is_gold = votes.gold >= 0
     if votes.items:
-        # with adaptive votes, agreement rests on the gold and audit items only
-        sample, sample_items = agreement_sample(project, [round_id], votes)
+        # with adaptive votes, agreement rests on gold and audit items only: this
+        # round's, and earlier rounds' while they are fewer than audit_min_items
+        sample, sample_items, window = round_agreement_sample(project, round_id, votes)
         report = (_agreement_report(sample, n_boot=N_BOOT, seed=rnd.number)
                   if sample is not None else None)
         if metrics.adaptive_votes is not None:
             metrics.adaptive_votes.agreement_items = sample_items
+            metrics.adaptive_votes.agreement_rounds = window
         cons = consensus(project, votes.ratings)
         names, counts = np.unique(cons.status[~is_gold], return_counts=True)
         consensus_counts = {str(k): int(c) for k, c in zip(names, counts, strict=True)}

@@ -86,7 +86,9 @@ class AdaptiveVotes:
     """A round's adaptive votes: every item starts with ``min_votes``; ``targets`` maps
     the items asked for more (gold and ``audit_items`` at push, unsettled items after a
     pull) to the votes asked of Label Studio. ``agreement_items``: the gold and audit
-    items with ``max_votes`` votes that kappa, alpha and AC1 rest on (set at close)."""
+    items with ``max_votes`` votes that kappa, alpha and AC1 rest on, and
+    ``agreement_rounds`` the numbers of the rounds they come from (this round's, and
+    earlier ones' while this round's are fewer than ``audit_min_items``; set at close)."""
 
     min_votes: int
     max_votes: int
@@ -96,18 +98,20 @@ class AdaptiveVotes:
     audit_min_items: int = 0
     targets: dict[int, int] = field(default_factory=dict)
     agreement_items: list[int] | None = None
+    agreement_rounds: list[int] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> AdaptiveVotes | None:
         if not data:
             return None
-        agreed = data.get("agreement_items")
+        agreed, window = data.get("agreement_items"), data.get("agreement_rounds")
         return cls(min_votes=int(data["min_votes"]), max_votes=int(data["max_votes"]),
                    target=float(data["target"]), audit_rate=float(data.get("audit_rate") or 0),
                    audit_min_items=int(data.get("audit_min_items") or 0),
                    audit_items=[int(i) for i in data.get("audit_items") or []],
                    targets={int(i): int(n) for i, n in (data.get("targets") or {}).items()},
-                   agreement_items=None if agreed is None else [int(i) for i in agreed])
+                   agreement_items=None if agreed is None else [int(i) for i in agreed],
+                   agreement_rounds=None if window is None else [int(n) for n in window])
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "targets": {str(i): int(n) for i, n in self.targets.items()}}
