@@ -65,11 +65,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_label_efficiency import _compact_json, embed_split  # noqa: E402
 
-from alearn.config_sections import AgreementConfig, HeadConfig, RoundsConfig  # noqa: E402
+from alearn.config_sections import (  # noqa: E402
+    AgreementConfig,
+    HeadConfig,
+    ReviewConfig,
+    RoundsConfig,
+)
 from alearn.model.out_of_sample import aligned_proba, out_of_sample_proba  # noqa: E402
 from alearn.model.training import head_from_settings  # noqa: E402
 from alearn.query.selection import resolve_strategy, select_from_pool  # noqa: E402
 from alearn.query.strategies import choose_strategy  # noqa: E402
+from alearn.rounds.adaptive_round import audit_slice  # noqa: E402
 from alearn.rounds.label_errors import rank_label_errors  # noqa: E402
 from alearn.stats.adaptive import votes_wanted  # noqa: E402
 from alearn.stats.consensus import get_consensus  # noqa: E402
@@ -141,7 +147,7 @@ class Run:
         self.k = len(d["classes"])
         self.stats = (self.X.mean(0, dtype=np.float64), self.X.std(0, dtype=np.float64))
         self.rng = np.random.default_rng(seed)  # selection: the same stream in every config
-        self.audit_rng = np.random.default_rng(seed + 7919)
+        self.seed, self.round = seed, 0
         n = len(self.X)
         self.votes = np.zeros(n, dtype=int)  # votes per item
         self.trusted = np.full(n, -1)  # trusted label per item
@@ -199,8 +205,7 @@ class Run:
             return out
         ranking = rank_label_errors(y, P[ok], consensus_posteriors=post)
         out["ranking_auroc"] = auroc(wrong, ranking.score)
-        doubtful = ranking.flagged | (ranking.suggested != y) | (post.argmax(1) != y)
-        out["order"] = [int(sel[r]) for r in ranking.order.tolist() if doubtful[r]]
+        out["order"] = [int(sel[r]) for r in ranking.order.tolist() if ranking.doubtful[r]]
         return out
 
     def run(self, target: float, btarget: float) -> dict:
@@ -233,7 +238,7 @@ class Run:
             if all(reach.values()) or self.clicks >= a.budget:
                 break
             if self.review and info is not None and info["order"]:
-                fix = np.asarray(info["order"][: a.review])
+                fix = np.asarray(info["order"][: a.review], dtype=int)
                 self.reviewed[fix] = True
                 self.trusted[fix] = self.truth[fix]
                 self.clicks += len(fix)
@@ -262,8 +267,10 @@ class Run:
             self.votes[batch] = self.fixed
             self.clicks += self.fixed * len(batch)
             return
-        audit = np.zeros(len(batch), dtype=bool)
-        audit[self.audit_rng.permutation(len(batch))[: round(a.audit_rate * len(batch))]] = True
+        # the product's audit slice (seeded by the round, as a round's number seeds it)
+        self.round += 1
+        audit = np.isin(batch, audit_slice(batch.tolist(), [], a.audit_rate,
+                                           seed=self.round + 1000 * self.seed))
         self.votes[batch] = a.min_votes
         self.clicks += a.min_votes * len(batch)
         while True:
@@ -382,12 +389,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--budget", type=int, default=4000, help="Most annotations per run.")
     p.add_argument("--target", type=float, default=0.95, help="Fraction of full accuracy.")
-    p.add_argument("--min-votes", type=int, default=1, help="rounds.min_votes (new).")
-    p.add_argument("--max-votes", type=int, default=3, help="rounds.max_votes (new).")
-    p.add_argument("--confidence-target", type=float, default=0.95,
+    p.add_argument("--min-votes", type=int, default=RoundsConfig().min_votes,
+                   help="rounds.min_votes (new).")
+    p.add_argument("--max-votes", type=int, default=RoundsConfig().max_votes,
+                   help="rounds.max_votes (new).")
+    p.add_argument("--confidence-target", type=float,
+                   default=AgreementConfig().confidence_target,
                    help="agreement.confidence_target (new).")
-    p.add_argument("--audit-rate", type=float, default=0.1, help="agreement.audit_rate (new).")
-    p.add_argument("--review", type=int, default=2, help="Labels reviewed per round (new).")
+    p.add_argument("--audit-rate", type=float, default=AgreementConfig().audit_rate,
+                   help="agreement.audit_rate (new).")
+    p.add_argument("--review", type=int, default=ReviewConfig().max_per_round,
+                   help="review.max_per_round: doubtful labels reviewed per round (new).")
     p.add_argument("--consensus-items", type=int, default=1000,
                    help="Items of the 1-3 votes consensus experiment (0: skip it).")
     p.add_argument("--image-size", type=int, default=96)

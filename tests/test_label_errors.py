@@ -65,6 +65,11 @@ def test_consensus_posterior_adds_what_the_votes_say() -> None:
     both = rank_label_errors(y, P, consensus_posteriors=C)
     assert roc_auc_score(y != truth, both.score) >= alone
     assert both.consensus_quality is not None and both.consensus_quality.shape == y.shape
+    # doubtful: flagged, or the model's or the consensus's most probable class is another
+    expected = both.flagged | (P.argmax(1) != y) | (C.argmax(1) != y)
+    assert (both.doubtful == expected).all() and both.doubtful[wrong].mean() > 0.8
+    assert not both.doubtful.all()
+    assert (rank_label_errors(y, P).doubtful == (both.flagged | (P.argmax(1) != y))).all()
 
 
 def test_edge_cases() -> None:

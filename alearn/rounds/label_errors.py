@@ -45,6 +45,9 @@ class LabelErrorRanking:
     model_quality: np.ndarray
     consensus_quality: np.ndarray | None
     suggested: np.ndarray  # the model's most probable class (its view, for a reviewer)
+    #: a label someone has a reason to doubt: confident learning flags it, or the model's
+    #: most probable class or (given) the consensus posterior's is another class
+    doubtful: np.ndarray
 
 
 def rank_label_errors(labels: Any, pred_probs: Any, *,
@@ -73,15 +76,19 @@ def rank_label_errors(labels: Any, pred_probs: Any, *,
     model_q = P[rows, y] if len(y) else np.zeros(0)
     cons_q, suggested = None, P.argmax(1) if len(y) else np.zeros(0, dtype=int)
     score = flagged + (1.0 - model_q)
+    doubtful = flagged | (suggested != y)
     if consensus_posteriors is not None:
         C = np.asarray(consensus_posteriors, dtype=float)
         if C.shape != P.shape:
             raise ConfigError(f"consensus_posteriors has shape {C.shape}; need {P.shape}.")
         cons_q = C[rows, y]
         score = flagged + (2.0 - model_q - cons_q) / 2.0
+        if len(y):
+            doubtful = doubtful | (C.argmax(1) != y)
     order = np.lexsort((rows, -score))
     return LabelErrorRanking(order=order, score=score, flagged=flagged, model_quality=model_q,
-                             consensus_quality=cons_q, suggested=suggested)
+                             consensus_quality=cons_q, suggested=suggested,
+                             doubtful=np.asarray(doubtful, dtype=bool))
 
 
 def _confident_learning(y: np.ndarray, P: np.ndarray) -> np.ndarray:
@@ -112,6 +119,7 @@ class SuspectLabel:
     flagged: bool
     votes: dict[str, str]
     suggested_proba: float = float("nan")  # the model's probability of ``suggested``
+    doubtful: bool = True  # see LabelErrorRanking.doubtful; only these go to review
 
 
 def project_label_errors(project: Project, *, limit: int | None = None) -> list[SuspectLabel]:
@@ -152,7 +160,8 @@ def project_label_errors(project: Project, *, limit: int | None = None) -> list[
                         suggested=classes[int(ranking.suggested[r])],
                         score=float(ranking.score[r]), flagged=bool(ranking.flagged[r]),
                         votes=by_item.get(kept[r], {}),
-                        suggested_proba=float(Pk[r, int(ranking.suggested[r])]))
+                        suggested_proba=float(Pk[r, int(ranking.suggested[r])]),
+                        doubtful=bool(ranking.doubtful[r]))
            for r in ranking.order.tolist()]
     return out if limit is None else out[:limit]
 

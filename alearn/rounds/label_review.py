@@ -1,8 +1,9 @@
 """Label review: after each close, the trusted labels most likely wrong go to a reviewer.
 
 :func:`alearn.rounds.label_errors.project_label_errors` ranks every consensus label by
-how likely it is wrong. After a round closes, the top ``review.max_per_round`` of them
-that were never sent for review before (:func:`select_for_review`) join the round's
+how likely it is wrong. After a round closes, the top ``review.max_per_round`` of the
+doubtful ones (flagged by confident learning, or another class preferred by the model or
+the consensus) that were never sent for review before (:func:`select_for_review`) join the round's
 adjudication push (:func:`review_queue`, pushed by
 :func:`labelstudio.adjudication.push_adjudication`): each task shows the image, the
 votes, the trusted label and the model's view (its most probable class and that
@@ -35,13 +36,15 @@ log = logging.getLogger(__name__)
 
 def select_for_review(suspects: Iterable[SuspectLabel], reviewed: set[int],
                       max_per_round: int) -> list[SuspectLabel]:
-    """The first ``max_per_round`` suspects (most likely wrong first) not in ``reviewed``;
-    none when ``max_per_round`` is 0."""
+    """The first ``max_per_round`` doubtful suspects (most likely wrong first) not in
+    ``reviewed``; none when ``max_per_round`` is 0. A label nothing speaks against (the
+    model and the consensus agree with it, confident learning does not flag it) is not
+    worth a reviewer's click, however high it ranks."""
     if max_per_round <= 0:
         return []
     out: list[SuspectLabel] = []
     for s in suspects:
-        if s.item_id in reviewed:
+        if s.item_id in reviewed or not s.doubtful:
             continue
         out.append(s)
         if len(out) >= max_per_round:
