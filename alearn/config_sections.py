@@ -212,9 +212,10 @@ class ReviewConfig(Section):
         5, ge=0,
         description=(
             "Label review (with agreement.adjudication = 'review'): after each close, this "
-            "many trusted labels most likely wrong (never reviewed before) go to the "
-            "adjudication project with their votes and the model's view; a reviewer's "
-            "decision replaces the label. 0 turns it off."
+            "many trusted labels most likely wrong (never reviewed before, and with a "
+            "consensus posterior below agreement.confidence_target) go to the adjudication "
+            "project with their votes and the model's view; a reviewer's decision "
+            "replaces the label. 0 turns it off."
         ),
     )
 

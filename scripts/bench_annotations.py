@@ -24,9 +24,9 @@ Configurations:
 - ``today``: 'auto' selection, 3 votes, Dawid-Skene;
 - ``new``: 'auto', adaptive votes (``votes_wanted``: min 1, max 3, target 0.95 on the
   consensus posterior; a random ``--audit-rate`` slice of each batch gets 3), model-aware
-  consensus, and error review: before each round the top ``--review`` ranked labels that
-  confident learning flags or whose consensus posterior prefers another class go to a
-  reviewer, who gives the true label (one click each).
+  consensus, and error review: before each round the top ``--review`` ranked labels whose
+  consensus posterior is below the confidence target go to a reviewer, who gives the
+  true label (one click each).
 Consensus is recomputed over all votes so far at each close (agreement defaults:
 tie_policy 'adjudicate', min_confidence 0.6); items whose consensus is not 'agreed' get
 no trusted label (the adjudication they would get costs nothing here).
@@ -159,10 +159,12 @@ class Run:
     def new_head(self):  # noqa: ANN201
         return head_from_settings(HeadConfig(), self.stats)
 
-    def consensus(self, rows: np.ndarray, P: np.ndarray | None):  # noqa: ANN201
+    def consensus(self, rows: np.ndarray, P: np.ndarray | None,  # noqa: ANN201
+                  method: str | None = None):
+        method = method or self.method
         extra = {"pred_probs": P, "gold": np.where(self.reviewed[rows], self.truth[rows], -1)} \
-            if self.method == "model_aware" else {}
-        return get_consensus(self.method)(
+            if method == "model_aware" else {}
+        return get_consensus(method)(
             self.ann.ratings(rows, self.votes[rows]), n_classes=self.k,
             tie_policy=self.agree.tie_policy, min_confidence=self.agree.min_confidence, **extra)
 
@@ -203,7 +205,11 @@ class Run:
                      "ranking_auroc": None}
         if P is None or len(np.unique(y)) < 2:
             return out
-        ranking = rank_label_errors(y, P[ok], consensus_posteriors=post)
+        # the product ranks with the model-aware posterior of every vote, whatever the
+        # consensus method (alearn.rounds.label_errors.project_label_errors)
+        ma = cons if self.method == "model_aware" else self.consensus(rows, P, "model_aware")
+        ranking = rank_label_errors(y, P[ok], consensus_posteriors=ma.posteriors[ok],
+                                    settled_at=self.args.confidence_target)
         out["ranking_auroc"] = auroc(wrong, ranking.score)
         out["order"] = [int(sel[r]) for r in ranking.order.tolist() if ranking.doubtful[r]]
         return out

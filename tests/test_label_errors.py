@@ -57,19 +57,40 @@ def test_ranking_finds_planted_errors() -> None:
 def test_consensus_posterior_adds_what_the_votes_say() -> None:
     y, truth, P, wrong = planted(seed=3)
     # a consensus that doubts the wrong labels (the votes were split on them)
-    C = np.full(P.shape, 0.02)
-    C[np.arange(len(y)), y] = 0.94
+    C = np.full(P.shape, 0.01)
+    C[np.arange(len(y)), y] = 0.97
     C[wrong] = 0.25
     C /= C.sum(1, keepdims=True)
     alone = roc_auc_score(y != truth, rank_label_errors(y, P).score)
     both = rank_label_errors(y, P, consensus_posteriors=C)
     assert roc_auc_score(y != truth, both.score) >= alone
     assert both.consensus_quality is not None and both.consensus_quality.shape == y.shape
-    # doubtful: flagged, or the model's or the consensus's most probable class is another
-    expected = both.flagged | (P.argmax(1) != y) | (C.argmax(1) != y)
-    assert (both.doubtful == expected).all() and both.doubtful[wrong].mean() > 0.8
-    assert not both.doubtful.all()
+    # with a posterior, the score is 1 - the posterior of the label (flags break ties) and
+    # a label is doubtful below the settled mark: here exactly the planted wrong ones
+    rows = np.arange(len(y))
+    assert np.allclose(both.score, 1.0 - C[rows, y])
+    assert set(np.flatnonzero(both.doubtful).tolist()) == set(wrong.tolist())
+    assert set(both.order[: len(wrong)].tolist()) == set(wrong.tolist())
+    lax = rank_label_errors(y, P, consensus_posteriors=C, settled_at=0.2)
+    assert not lax.doubtful.any()
+    # without one: flagged, or the model's most probable class is another
     assert (rank_label_errors(y, P).doubtful == (both.flagged | (P.argmax(1) != y))).all()
+
+
+def test_a_label_the_votes_and_model_settle_is_not_doubtful_though_flagged() -> None:
+    """Confident learning flags labels on the model alone; the consensus posterior holds
+    the model and the votes, and a settled posterior is not worth a reviewer's click."""
+    y, truth, P, wrong = planted(seed=5)
+    flagged = rank_label_errors(y, P).flagged
+    assert flagged.any()
+    C = np.full(P.shape, 0.001)
+    C[np.arange(len(y)), y] = 1.0  # every label settled by its votes
+    r = rank_label_errors(y, P, consensus_posteriors=C)
+    assert not r.doubtful.any()
+    # equal posteriors: the flagged labels come first
+    ranks = np.empty(len(y), dtype=int)
+    ranks[r.order] = np.arange(len(y))
+    assert ranks[r.flagged].max() < ranks[~r.flagged].min()
 
 
 def test_edge_cases() -> None:

@@ -49,7 +49,9 @@ def test_select_for_review_sends_only_labels_something_speaks_against() -> None:
 
 def _suspect_project(project: Project) -> tuple[int, dict[int, int], set[int], np.ndarray]:
     """60 items in 3 well-separated blobs; 40 earlier consensus labels without votes and a
-    round of 20 voted ones, where both annotators were wrong on keys 40, 41, 42."""
+    round of 20 voted ones: two agreeing votes each, except keys 40, 41, 42, where one
+    annotator gave a wrong label alone (the posterior, with the model against it, stays
+    below the settled mark)."""
     rng = np.random.default_rng(2)
     truth = np.arange(60) % 3
     X = rng.normal(size=(60, 10))
@@ -63,7 +65,8 @@ def _suspect_project(project: Project) -> tuple[int, dict[int, int], set[int], n
                  ).put(shas, X.astype(np.float32))
     bad = {40, 41, 42}
     said = {k: CLASSES[(truth[k] + (k in bad)) % 3] for k in range(40, 60)}
-    rnd, ids = voted_round(project, {k: [said[k], said[k]] for k in said})
+    rnd, ids = voted_round(project, {k: [said[k]] if k in bad else [said[k], said[k]]
+                                     for k in said})
     with project.store.session() as s:
         for k, label in said.items():
             s.add(Label(item_id=ids[k], label=label, origin="consensus"))
@@ -84,8 +87,8 @@ def test_review_queue_sends_the_top_suspects_once(project: Project) -> None:
     assert review_queue(project, r1) == first  # the round's push run again: same items
     r2 = r1 + 1  # later closes (the queue keys on the round id only)
     second = review_queue(project, r2)
-    # the third bad one comes next, and no more: the model and the votes agree with the
-    # other labels, so nothing speaks against them and no reviewer's click is spent
+    # the third bad one comes next, and no more: two votes and the model settle the
+    # other labels, so no reviewer's click is spent on them
     assert {q["item_id"] for q in first + second} == bad and len(second) == 1
     assert set(sent_for_review(project.store)) == bad
     assert review_queue(project, r1 + 2) == []
@@ -162,9 +165,10 @@ def test_status_report_and_export_count_corrected_labels(tmp_path: Path) -> None
 def test_a_suspect_label_reaches_label_studio_and_a_reviewer_replaces_it(
     live_ls, env, tmp_path: Path
 ) -> None:
-    """Through Label Studio: two annotators agree on every image; the close sends the
-    top 3 suspects to the adjudication project (with the label review text); the
-    reviewer changes each; the pull replaces the labels and keeps their history."""
+    """Through Label Studio: two annotators agree on every image, and the settled mark
+    (agreement.confidence_target) is 1.0, so that no posterior settles a label; the close
+    sends the top 3 suspects to the adjudication project (with the label review text);
+    the reviewer changes each; the pull replaces the labels and keeps their history."""
     from ls_server import work
 
     from alearn.rounds.lifecycle import CLOSED, get_round
@@ -178,7 +182,7 @@ def test_a_suspect_label_reaches_label_studio_and_a_reviewer_replaces_it(
     cfg = project.config
     cfg.rounds.batch_size, cfg.rounds.overlap = 24, 2
     cfg.agreement.adjudication, cfg.agreement.reviewers = "review", [reviewer.email]
-    cfg.review.max_per_round = 3
+    cfg.review.max_per_round, cfg.agreement.confidence_target = 3, 1.0
     project.save_config()
     with project.store.session() as s:
         paths = dict(s.execute(select(Item.id, Item.path)).all())

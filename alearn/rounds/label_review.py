@@ -2,12 +2,12 @@
 
 :func:`alearn.rounds.label_errors.project_label_errors` ranks every consensus label by
 how likely it is wrong. After a round closes, the top ``review.max_per_round`` of the
-doubtful ones (flagged by confident learning, or another class preferred by the model or
-the consensus) that were never sent for review before (:func:`select_for_review`) join the round's
-adjudication push (:func:`review_queue`, pushed by
-:func:`labelstudio.adjudication.push_adjudication`): each task shows the image, the
-votes, the trusted label and the model's view (its most probable class and that
-probability). Only the adjudication project shows this; annotators never see it.
+doubtful ones (consensus posterior below ``agreement.confidence_target``) that were never
+sent for review before (:func:`select_for_review`) join the round's adjudication push
+(:func:`review_queue`, pushed by :func:`labelstudio.adjudication.push_adjudication`):
+each task shows the image, the votes, the trusted label and the model's view (its most
+probable class and that probability). Only the adjudication project shows this;
+annotators never see it.
 
 The reviewer's decision is applied like any adjudication decision (only configured
 reviewers count); it replaces the label and its history is kept
@@ -37,9 +37,8 @@ log = logging.getLogger(__name__)
 def select_for_review(suspects: Iterable[SuspectLabel], reviewed: set[int],
                       max_per_round: int) -> list[SuspectLabel]:
     """The first ``max_per_round`` doubtful suspects (most likely wrong first) not in
-    ``reviewed``; none when ``max_per_round`` is 0. A label nothing speaks against (the
-    model and the consensus agree with it, confident learning does not flag it) is not
-    worth a reviewer's click, however high it ranks."""
+    ``reviewed``; none when ``max_per_round`` is 0. A label its votes and the model
+    settle (not ``doubtful``) is not worth a reviewer's click, however high it ranks."""
     if max_per_round <= 0:
         return []
     out: list[SuspectLabel] = []
