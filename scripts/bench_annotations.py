@@ -27,9 +27,12 @@ Configurations:
   consensus, and error review: before each round the top ``--review`` ranked labels whose
   consensus posterior is below the confidence target go to a reviewer, who gives the
   true label (one click each).
-Consensus is recomputed over all votes so far at each close (agreement defaults:
-tie_policy 'adjudicate', min_confidence 0.6); items whose consensus is not 'agreed' get
-no trusted label (the adjudication they would get costs nothing here).
+Each close computes the round's consensus over the round's votes, starting from each
+annotator's track record of the rounds closed before (``alearn.rounds.annotator_record``),
+as a live close does, and so does the adaptive-votes posterior while the round runs
+(agreement defaults: tie_policy 'adjudicate', min_confidence 0.6); items whose consensus
+is not 'agreed' get no trusted label (the adjudication they would get costs nothing
+here). The error ranking pools every vote, as the product's does.
 
 Per configuration and seed: human annotations (votes + reviews) until the head reaches
 ``--target`` x the full-pool accuracy (head on every pool item's true label), and the same
@@ -76,6 +79,7 @@ from alearn.model.training import head_from_settings  # noqa: E402
 from alearn.query.selection import resolve_strategy, select_from_pool  # noqa: E402
 from alearn.query.strategies import choose_strategy  # noqa: E402
 from alearn.rounds.adaptive_round import audit_slice  # noqa: E402
+from alearn.rounds.annotator_record import round_counts  # noqa: E402
 from alearn.rounds.label_errors import rank_label_errors  # noqa: E402
 from alearn.stats.adaptive import votes_wanted  # noqa: E402
 from alearn.stats.consensus import get_consensus  # noqa: E402
@@ -153,6 +157,7 @@ class Run:
         self.trusted = np.full(n, -1)  # trusted label per item
         self.reviewed = np.zeros(n, dtype=bool)
         self.clicks = 0
+        self.record = np.zeros((ann.answers.shape[1], self.k, self.k))  # track record
         self.agree = AgreementConfig()
         self.rounds = RoundsConfig(strategy=self.strategy)
 
@@ -160,10 +165,15 @@ class Run:
         return head_from_settings(HeadConfig(), self.stats)
 
     def consensus(self, rows: np.ndarray, P: np.ndarray | None,  # noqa: ANN201
-                  method: str | None = None):
+                  method: str | None = None, *, carried: bool = False):
+        """The consensus of ``rows``' votes; ``carried``: start from the annotators' track
+        record of the rounds closed so far, as a live round's consensus does."""
         method = method or self.method
-        extra = {"pred_probs": P, "gold": np.where(self.reviewed[rows], self.truth[rows], -1)} \
+        extra: dict = {"pred_probs": P,
+                       "gold": np.where(self.reviewed[rows], self.truth[rows], -1)} \
             if method == "model_aware" else {}
+        if carried and method != "majority" and not self.args.no_track_record:
+            extra["prior_counts"] = self.record
         return get_consensus(method)(
             self.ann.ratings(rows, self.votes[rows]), n_classes=self.k,
             tie_policy=self.agree.tie_policy, min_confidence=self.agree.min_confidence, **extra)
@@ -183,13 +193,22 @@ class Run:
                     P[r] = got[0][pos[item]]
         return P
 
-    def close(self, P_of: dict[int, np.ndarray] | None) -> None:
-        """Consensus over all votes so far; 'agreed' items get a trusted label."""
-        rows = np.flatnonzero(self.votes > 0)
+    def close(self, batch: np.ndarray, P_of: dict[int, np.ndarray] | None) -> None:
+        """The round's consensus, as a live close computes it: over the batch's votes,
+        from the track record of the rounds before; 'agreed' items get a trusted label,
+        and the round's soft counts join the record."""
+        rows = np.sort(batch)
         P = None if P_of is None else np.array([P_of[int(i)] for i in rows])
-        cons = self.consensus(rows, P)
+        cons = self.consensus(rows, P, carried=True)
         self.trusted[rows] = np.where(cons.status == "agreed", cons.labels, -1)
         self.trusted[self.reviewed] = self.truth[self.reviewed]
+        if self.method == "majority":
+            return
+        a = self.record.shape[0]
+        counts = round_counts(range(a), self.ann.ratings(rows, self.votes[rows]),
+                              cons.posteriors, np.full(len(rows), -1))
+        for j, c in counts.items():
+            self.record[int(j)] += np.asarray(c)
 
     def error_ranking(self, rows: np.ndarray, P: np.ndarray | None) -> dict:
         """AUROCs with which the ranking and the consensus posterior of the label alone
@@ -262,7 +281,7 @@ class Run:
                 P_of.update(zip(batch.tolist(), aligned_proba(head, self.X[batch], self.k),
                                 strict=True))
             self.collect(batch, P_of)
-            self.close(P_of)
+            self.close(batch, P_of)
         return {"reach": reach, "rounds": len(curve) - 1, "annotations": self.clicks,
                 "reviews": int(self.reviewed.sum()), "curve": curve}
 
@@ -279,11 +298,11 @@ class Run:
                                            seed=self.round + 1000 * self.seed))
         self.votes[batch] = a.min_votes
         self.clicks += a.min_votes * len(batch)
+        rows = np.sort(batch)  # the round's votes, as a live round's posterior reads them
+        pos = np.searchsorted(rows, batch)
         while True:
-            rows = np.flatnonzero(self.votes > 0)
             P = None if P_of is None else np.array([P_of[int(i)] for i in rows])
-            cons = self.consensus(rows, P)
-            pos = np.searchsorted(rows, batch)
+            cons = self.consensus(rows, P, carried=True)
             conf = np.where(cons.labels[pos] >= 0, cons.confidence[pos], 0.0)
             want = votes_wanted(conf, self.votes[batch], min_votes=a.min_votes,
                                 max_votes=a.max_votes, target=a.confidence_target,
@@ -406,6 +425,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="agreement.audit_rate (new).")
     p.add_argument("--review", type=int, default=ReviewConfig().max_per_round,
                    help="review.max_per_round: doubtful labels reviewed per round (new).")
+    p.add_argument("--no-track-record", action="store_true",
+                   help="Each round's consensus without the annotators' track record of "
+                        "the rounds before (as alearn did before it kept one).")
     p.add_argument("--consensus-items", type=int, default=1000,
                    help="Items of the 1-3 votes consensus experiment (0: skip it).")
     p.add_argument("--image-size", type=int, default=96)

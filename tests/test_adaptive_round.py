@@ -103,13 +103,14 @@ def test_audit_slice_is_the_rate_of_the_batch_with_no_floor() -> None:
 
 
 # -- push: min_votes for every task, max_votes for gold and audit ----------------------
-def adaptive_round(project: Project, votes: dict[int, list[str]], *, gold: dict[int, str]
-                   | None = None, max_votes: int = 3, audit_rate: float = 0.0,
+def adaptive_round(project: Project, votes: dict[int, list[str | None]], *,
+                   gold: dict[int, str] | None = None, max_votes: int = 3, audit_rate: float = 0.0,
                    target: float = 0.95, audit_min_items: int = 0
                    ) -> tuple[int, dict[int, int]]:
     """A pushed adaptive round over new items (one per key of ``votes``), each voted on by
-    the first ``len(labels)`` of ANNOTATORS; item ``k`` is task ``FIRST_TASK_ID + k``
-    (annotation ids go on from those already stored, so keys may span several rounds)."""
+    the first ``len(labels)`` of ANNOTATORS (one whose label is None does not vote); item
+    ``k`` is task ``FIRST_TASK_ID + k`` (annotation ids go on from those already stored,
+    so keys may span several rounds)."""
     gold = gold or {}
     store = project.store
     ids = add_items(store, list(votes))
@@ -123,6 +124,8 @@ def adaptive_round(project: Project, votes: dict[int, list[str]], *, gold: dict[
             s.add(Selection(round_id=rnd.id, item_id=ids[k], rank=rank, score=0.0,
                             ls_task_id=FIRST_TASK_ID + k, is_gold=k in gold))
             for who, label in zip(ANNOTATORS, labels, strict=False):
+                if label is None:
+                    continue
                 n += 1
                 s.add(Annotation(ls_annotation_id=n, ls_task_id=FIRST_TASK_ID + k,
                                  item_id=ids[k], round_id=rnd.id, annotator=who, label=label))

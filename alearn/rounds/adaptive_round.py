@@ -142,20 +142,21 @@ class VoteDecision:
     waiting: int
 
 
-def posterior(project: Project, ratings: Ratings) -> np.ndarray:
+def posterior(project: Project, ratings: Ratings, round_id: int | None = None
+              ) -> np.ndarray:
     """Each rated item's label posterior, 0 where the close's consensus would give it no
     label (a tie, low confidence): an item is settled only if both agree. With
     ``majority``, whose vote share is no posterior (one vote is always 100%), the
-    posterior is Dawid-Skene's."""
-    from alearn.stats.consensus import get_consensus  # scipy: on use, not by 'alearn status'
-
+    posterior is Dawid-Skene's. With ``round_id``, both start from the annotators'
+    track record in the rounds before it, as the close's consensus does."""
     cfg = project.config
-    cons = consensus(project, ratings, tie_policy="adjudicate")  # what the close will do
+    # what the close will do
+    cons = consensus(project, ratings, tie_policy="adjudicate", round_id=round_id)
     conf = np.asarray(cons.confidence, dtype=float)
     if cfg.agreement.consensus == "majority":
-        conf = np.asarray(get_consensus("dawid_skene")(
-            ratings.matrix, n_classes=len(cfg.classes), tie_policy="adjudicate",
-            min_confidence=cfg.agreement.min_confidence).confidence, dtype=float)
+        conf = np.asarray(consensus(project, ratings, tie_policy="adjudicate",
+                                    round_id=round_id, method="dawid_skene").confidence,
+                          dtype=float)
     return np.where(np.asarray(cons.status).astype(str) == "agreed", conf, 0.0)
 
 
@@ -178,7 +179,7 @@ def decide(project: Project, round_id: int) -> VoteDecision | None:
     items = sorted(int(i) for i in selected)
     if not items:
         return None
-    conf = _confidence(project, tally(project, [round_id]), items)
+    conf = _confidence(project, tally(project, [round_id]), items, round_id)
     n = np.array([int(given.get(i, 0)) for i in items])
     forced = {int(i) for i, g in selected.items() if g} | set(plan.audit_items)
     wanted = votes_wanted(conf, n, min_votes=plan.min_votes, max_votes=most_votes(store, plan),
@@ -193,12 +194,13 @@ def decide(project: Project, round_id: int) -> VoteDecision | None:
                         targets=targets, raised=raised, waiting=int(np.sum(wanted > n)))
 
 
-def _confidence(project: Project, votes: Tally, items: list[int]) -> np.ndarray:
+def _confidence(project: Project, votes: Tally, items: list[int], round_id: int
+                ) -> np.ndarray:
     """The posterior of each item's consensus label (0: no votes, a tie, not agreed)."""
     out = np.zeros(len(items))
     if not votes.items:
         return out
-    conf = posterior(project, votes.ratings)
+    conf = posterior(project, votes.ratings, round_id)
     row = {item: r for r, item in enumerate(votes.items)}
     for k, item in enumerate(items):
         r = row.get(item)

@@ -285,7 +285,7 @@ def more_votes_targets(project: Project, round_id: int) -> dict[int, int]:
     votes = tally(project, [round_id])
     if not votes.votes:
         return {}
-    cons = consensus(project, votes.ratings, tie_policy="adjudicate")
+    cons = consensus(project, votes.ratings, tie_policy="adjudicate", round_id=round_id)
     labeled = set(store.trusted_labels()) | votes.gold_items
     asked = metrics.votes_asked  # adaptive votes: an item's own target is its base
     return {item: asked.get(item, overlap) + EXTRA_VOTES for row, item in enumerate(votes.items)

@@ -31,6 +31,7 @@ from alearn.model.current import TrainedHead, current_head
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.agreement_window import round_agreement_sample
+from alearn.rounds.annotator_record import round_counts
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
 from alearn.rounds.votes import consensus, tally
 from alearn.stats.agreement import agreement_report as _agreement_report
@@ -91,7 +92,8 @@ def close_round(project: Project, round_id: int, *,
         if metrics.adaptive_votes is not None:
             metrics.adaptive_votes.agreement_items = sample_items
             metrics.adaptive_votes.agreement_rounds = window
-        cons = consensus(project, votes.ratings)
+        cons = consensus(project, votes.ratings, round_id=round_id)
+        metrics.annotator_counts = _annotator_counts(project, votes, cons, round_id)
         names, counts = np.unique(cons.status[~is_gold], return_counts=True)
         consensus_counts = {str(k): int(c) for k, c in zip(names, counts, strict=True)}
         annotators = annotator_report(
@@ -134,6 +136,16 @@ def close_round(project: Project, round_id: int, *,
     log.info("round_event=closed round=%s labels_spent=%s kappa=%s cv_accuracy=%s",
              round_id, metrics.labels_spent, metrics.kappa, metrics.cv_accuracy)
     return metrics
+
+
+def _annotator_counts(project: Project, votes: Any, cons: Any, round_id: int
+                      ) -> dict[str, list[list[float]]]:
+    """The round's soft confusion counts per annotator, from its consensus posteriors
+    (with 'majority', whose vote shares say nothing of the annotators, Dawid-Skene's)."""
+    if cons.method == "majority":
+        cons = consensus(project, votes.ratings, round_id=round_id, method="dawid_skene")
+    return round_counts(votes.ratings.annotators, votes.ratings.matrix, cons.posteriors,
+                        votes.gold)
 
 
 def _head(project: Project) -> TrainedHead | None:

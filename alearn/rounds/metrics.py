@@ -16,7 +16,7 @@ it was computed, so an open round's JSON holds no close figures:
   close adds the items the agreement figures rest on;
 * close: ``labels_spent``, ``labels_spent_total``, ``tasks``, ``consensus``,
   ``consensus_items``, ``adjudication_items``, ``adjudication``, ``cv_accuracy``,
-  ``convergence``, ``converged``;
+  ``convergence``, ``converged``, ``annotator_counts``;
 * agreement, at a close with votes: ``agreement``, ``kappa``, ``alpha``,
   ``consensus_method``, ``annotators``, ``flagged``.
 """
@@ -37,7 +37,7 @@ _SELECTION = ("pool_size", "n_train", "gold_items")
 _CLOSE = ("labels_spent", "labels_spent_total", "tasks")
 _AGREEMENT = ("agreement", "kappa", "alpha", "consensus_method", "annotators", "flagged")
 _CLOSE_END = ("consensus", "consensus_items", "adjudication_items", "adjudication",
-              "cv_accuracy", "convergence", "converged")
+              "cv_accuracy", "convergence", "converged", "annotator_counts")
 
 
 @dataclass
@@ -147,6 +147,9 @@ class RoundMetrics:
     cv_accuracy: float | None = None
     convergence: dict[str, Any] | None = None
     converged: bool | None = None
+    #: annotator -> k x k soft confusion counts of this round's consensus (row: true
+    #: class), the track record later rounds carry (alearn.rounds.annotator_record)
+    annotator_counts: dict[str, list[list[float]]] = field(default_factory=dict)
     #: keys this record does not know, kept as they were
     other: dict[str, Any] = field(default_factory=dict)
 
@@ -196,6 +199,7 @@ class RoundMetrics:
         out.annotators = list(d.get("annotators") or [])
         out.consensus = dict(d.get("consensus") or {})
         out.adjudication_items = [int(i) for i in d.get("adjudication_items") or []]
+        out.annotator_counts = dict(d.get("annotator_counts") or {})
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import select
 
 from alearn.project import Project
+from alearn.rounds.annotator_record import carried_counts
 from alearn.stats.ratings import Ratings, ratings_matrix
 from alearn.store import Annotation, Label
 
@@ -80,24 +81,31 @@ def tally(project: Project, round_ids: list[int] | None) -> Tally:
                  lead_times=lead_time_matrix(ratings, votes))
 
 
-def consensus(project: Project, ratings: Ratings, *, tie_policy: str | None = None) -> Any:
-    """The ``agreement.consensus`` method's result over ``ratings``. ``tie_policy``:
-    'first' or 'adjudicate'; by default from ``agreement.tie_policy``."""
+def consensus(project: Project, ratings: Ratings, *, tie_policy: str | None = None,
+              round_id: int | None = None, method: str | None = None) -> Any:
+    """The ``agreement.consensus`` method's (or ``method``'s) result over ``ratings``.
+    ``tie_policy``: 'first' or 'adjudicate'; by default from ``agreement.tie_policy``.
+    With ``round_id`` (ratings of that round), Dawid-Skene and the model-aware consensus
+    start from each annotator's track record in the closed rounds before it
+    (:mod:`alearn.rounds.annotator_record`)."""
     from alearn.stats.consensus import get_consensus  # scipy: on use, not by 'alearn status'
 
     cfg = project.config
+    method = method or cfg.agreement.consensus
     if tie_policy is None:
         tie_policy = "first" if cfg.agreement.tie_policy == "first" else "adjudicate"
-    return get_consensus(cfg.agreement.consensus)(
+    extra = model_inputs(project, ratings) if method == "model_aware" else {}
+    if round_id is not None and method != "majority":
+        extra["prior_counts"] = carried_counts(project.store, round_id, ratings.annotators,
+                                               len(cfg.classes))
+    return get_consensus(method)(
         ratings.matrix, n_classes=len(cfg.classes), tie_policy=tie_policy,
-        min_confidence=cfg.agreement.min_confidence, **model_inputs(project, ratings))
+        min_confidence=cfg.agreement.min_confidence, **extra)
 
 
 def model_inputs(project: Project, ratings: Ratings) -> dict[str, Any]:
     """What 'model_aware' consensus needs besides the votes: the head's out-of-sample
     probabilities of the rated items (None without a head) and their gold classes."""
-    if project.config.agreement.consensus != "model_aware":
-        return {}
     from alearn.model.out_of_sample import project_proba
 
     items = [int(str(i)) for i in ratings.items]

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import sparse
 
 from alearn.exceptions import ConfigError, UnknownNameError
-from alearn.stats.model_consensus import fit_model_aware
+from alearn.stats.model_consensus import check_prior_counts, fit_model_aware
 from alearn.stats.ratings import check_ratings, vote_counts
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def majority_vote(
 def dawid_skene(
     R: Any, *, n_classes: int | None = None, tie_policy: str = "adjudicate",
     min_confidence: float = 0.0, max_iter: int = 100, tol: float = 1e-7,
-    smoothing: float = 0.01,
+    smoothing: float = 0.01, prior_counts: Any = None,
 ) -> Consensus:
     """Dawid-Skene (1979) consensus by EM: a full confusion matrix per annotator and class
     priors, initialised from the (soft) majority vote.
@@ -185,6 +185,9 @@ def dawid_skene(
         Class indices, -1 where not rated.
     smoothing : float
         Pseudo-count added to every confusion-matrix cell and every class prior.
+    prior_counts : array-like of shape (n_annotators, k, k), optional
+        Each annotator's track record from earlier work ([j, c, l]: soft counts of saying
+        l on true class c), added to the confusion counts of every M-step.
     """
     _check_options(tie_policy, min_confidence)
     if max_iter < 1 or tol < 0 or smoothing <= 0:
@@ -195,6 +198,7 @@ def dawid_skene(
     R, k = check_ratings(R, n_classes)
     votes = vote_counts(R, k)
     n, a = R.shape
+    carried = check_prior_counts(prior_counts, a, k)
     items, annot = np.nonzero(R >= 0)  # row-major, so sorted by item
     if k == 0 or items.size == 0:
         return _finish("dawid_skene", votes, np.zeros((n, k)), tie_policy=tie_policy,
@@ -213,7 +217,7 @@ def dawid_skene(
     for n_iter in range(1, max_iter + 1):  # noqa: B007 (n_iter is reported)
         # M-step: counts[j * k + l, c] = sum of P(true = c) over items where j said l.
         counts = incidence_t @ post
-        conf = counts.reshape(a, k, k).transpose(0, 2, 1) + smoothing  # [j, c, l]
+        conf = counts.reshape(a, k, k).transpose(0, 2, 1) + smoothing + carried  # [j, c, l]
         conf /= conf.sum(2, keepdims=True)
         priors = (post.sum(0) + smoothing) / (len(rated) + k * smoothing)
         # E-step: log P(true = c | votes) up to a constant, per rated item.
@@ -248,7 +252,8 @@ def model_aware(
     _check_options(tie_policy, min_confidence)
     R, k = check_ratings(R, n_classes)
     if pred_probs is None:
-        ds = dawid_skene(R, n_classes=k, tie_policy=tie_policy, min_confidence=min_confidence)
+        ds = dawid_skene(R, n_classes=k, tie_policy=tie_policy, min_confidence=min_confidence,
+                         prior_counts=fit.get("prior_counts"))
         reason = "no model probabilities yet (fewer than two classes labeled): Dawid-Skene"
         log.info("model_aware consensus falls back: %s", reason)
         return replace(ds, note=reason)

@@ -83,6 +83,17 @@ def check_probabilities(pred_probs: Any, n_items: int, k: int) -> np.ndarray:
     return np.log(np.maximum(P, 1e-12))
 
 
+def check_prior_counts(prior_counts: Any, n_annotators: int, k: int) -> np.ndarray:
+    """``prior_counts`` as a float array (n_annotators, k, k); zeros when None."""
+    if prior_counts is None:
+        return np.zeros((n_annotators, k, k))
+    C = np.asarray(prior_counts, dtype=float)
+    if C.shape != (n_annotators, k, k) or not np.isfinite(C).all() or (C < 0).any():
+        raise ConfigError(f"prior_counts must be finite counts >= 0 of shape "
+                          f"({n_annotators}, {k}, {k}); got {C.shape}.")
+    return C
+
+
 def log_prior(logP: np.ndarray, weight: float, floor: float) -> np.ndarray:
     """log((1 - floor) * softmax(weight * logP) + floor / k), row by row."""
     z = weight * logP
@@ -125,7 +136,7 @@ def _fit_weight(post: np.ndarray, logP: np.ndarray, start: float) -> float:
 def fit_model_aware(
     R: np.ndarray, k: int, pred_probs: Any, *, gold: Any = None, max_iter: int = 100,
     tol: float = 1e-7, prior_strength: float = 2.0, prior_accuracy: float = 0.7,
-    floor: float = 1e-3,
+    floor: float = 1e-3, prior_counts: Any = None,
 ) -> ModelAwareFit:
     """Fit the model-aware Dawid-Skene by EM (see the module docstring).
 
@@ -146,6 +157,10 @@ def fit_model_aware(
     floor : float
         Share of the uniform mixed into the prior after the weight is applied (a class
         the model calls impossible can still win on the votes).
+    prior_counts : array-like of shape (n_annotators, k, k), optional
+        Each annotator's track record: (soft) counts of saying ``l`` on true class ``c``
+        at ``[j, c, l]`` from earlier work, added to the pseudo-votes, so that a round's
+        few votes are read with what earlier rounds learnt of each annotator.
     """
     if max_iter < 1 or tol < 0 or prior_strength < 0 or not 0 < prior_accuracy < 1:
         raise ConfigError(
@@ -166,8 +181,9 @@ def fit_model_aware(
     incidence = sparse.csr_matrix(
         (np.ones(items.size), (items, annot * k + R[items, annot])), shape=(n, a * k))
     incidence_t = incidence.T.tocsr()
-    pseudo = prior_strength * _one_coin(k, prior_accuracy) + 1e-6  # [c, l]
-    conf = np.tile(_one_coin(k, prior_accuracy), (a, 1, 1))
+    pseudo = check_prior_counts(prior_counts, a, k) + (
+        prior_strength * _one_coin(k, prior_accuracy) + 1e-6)  # [j, c, l]
+    conf = pseudo / pseudo.sum(2, keepdims=True)
     weight, ll_prev, converged, n_iter = 1.0, -np.inf, False, 0
     post = np.zeros((n, k))
     for n_iter in range(1, max_iter + 1):  # noqa: B007 (n_iter is reported)
@@ -196,5 +212,5 @@ def fit_model_aware(
                          n_iter=n_iter, converged=converged)
 
 
-__all__ = ["MAX_MODEL_WEIGHT", "ModelAwareFit", "check_probabilities", "fit_model_aware",
-           "log_prior"]
+__all__ = ["MAX_MODEL_WEIGHT", "ModelAwareFit", "check_prior_counts", "check_probabilities",
+           "fit_model_aware", "log_prior"]

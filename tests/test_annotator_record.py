@@ -1,0 +1,98 @@
+"""Annotators' track records carried between rounds: each close records its soft
+confusion counts; a later round's Dawid-Skene and model-aware consensus start from them,
+so a reliable annotator's single vote settles where one round alone cannot tell."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from factories import ANNOTATORS
+from test_adaptive_round import CLASSES3, adaptive_round
+
+from alearn.exceptions import ConfigError
+from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
+from alearn.rounds.adaptive_round import decide, posterior
+from alearn.rounds.annotator_record import carried_counts, round_counts
+from alearn.rounds.close import close_round
+from alearn.rounds.votes import tally
+from alearn.stats.consensus import dawid_skene, model_aware
+
+
+def test_round_counts_sum_the_posteriors_by_the_label_given() -> None:
+    matrix = np.array([[0, 1], [1, -1], [0, 0]])
+    post = np.array([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]])
+    gold = np.array([-1, -1, 1])  # item 2 is gold: it counts at its true class
+    got = round_counts(["a", "b"], matrix, post, gold)
+    # a said 0 on items 0 and 2, 1 on item 1; rows: true class, columns: the label given
+    assert got["a"] == [[0.8, 0.3], [0.2 + 1.0, 0.7]]
+    assert got["b"] == [[0.0, 0.8], [1.0, 0.2]]
+    assert round_counts(["a"], np.array([[-1]]), np.array([[0.5, 0.5]]), np.array([-1])) == {}
+
+
+def test_a_track_record_is_read_as_the_annotators_confusion() -> None:
+    k = 3
+    conf = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])  # [c, l]
+    R = np.array([[0], [1], [2], [0], [1], [0]])  # one annotator, one vote each
+    # a record this large fixes the confusion: the posterior is Bayes' rule with the
+    # fitted class priors (checked by hand here, not by the EM)
+    ds = dawid_skene(R, n_classes=k, prior_counts=1e7 * conf[None])
+    expected = ds.priors[None, :] * conf[:, R[:, 0]].T
+    expected /= expected.sum(1, keepdims=True)
+    assert np.allclose(ds.posteriors, expected, atol=1e-4)
+    # a reliable record settles single votes; a random one leaves them unsettled
+    sure = dawid_skene(R, n_classes=k, prior_counts=np.full((1, k, k), 0.1)
+                       + 200 * np.eye(k)[None])
+    unsure = dawid_skene(R, n_classes=k, prior_counts=np.full((1, k, k), 50.0))
+    alone = dawid_skene(R, n_classes=k)
+    assert sure.confidence.min() > 0.99 and unsure.confidence.max() < 0.6
+    P = np.full((6, k), 1.0 / k)
+    aware = model_aware(R, n_classes=k, pred_probs=P,
+                        prior_counts=np.full((1, k, k), 0.1) + 200 * np.eye(k)[None])
+    assert aware.confidence.min() > 0.99
+    assert np.allclose(dawid_skene(R, n_classes=k, prior_counts=np.zeros((1, k, k))).posteriors,
+                       alone.posteriors)
+    with pytest.raises(ConfigError, match="prior_counts"):
+        dawid_skene(R, n_classes=k, prior_counts=np.ones((2, k, k)))
+    with pytest.raises(ConfigError, match="prior_counts"):
+        model_aware(R, n_classes=k, pred_probs=P, prior_counts=-np.ones((1, k, k)))
+
+
+def test_a_later_round_reads_the_record_of_the_closed_rounds_before_it(proj: Project) -> None:
+    proj.config.agreement.consensus = "dawid_skene"
+    rng = np.random.default_rng(3)
+    truth = {k: CLASSES3[int(rng.integers(0, 3))] for k in range(60)}
+    # round 1: 30 items, three votes each; ann-a and ann-b always right, ann-c on a third
+    first = {k: [truth[k], truth[k],
+                 truth[k] if k % 3 else CLASSES3[(CLASSES3.index(truth[k]) + 1) % 3]]
+             for k in range(30)}
+    r1, _ = adaptive_round(proj, first)
+    m1 = close_round(proj, r1)
+    who = [f"{a}" for a in ANNOTATORS]
+    assert set(m1.annotator_counts) == set(who)
+    a = np.array(m1.annotator_counts["ann-a"])
+    assert a.sum() == pytest.approx(30) and np.trace(a) > 29
+    # round 2: one vote each, from ann-a or ann-b
+    second: dict[int, list[str | None]] = {
+        k: [truth[k]] if k % 2 else [None, truth[k]] for k in range(30, 60)}
+    r2, ids = adaptive_round(proj, second)
+    votes = tally(proj, [r2])
+    carried = carried_counts(proj.store, r2, votes.ratings.annotators, 3)
+    assert sorted(votes.ratings.annotators) == ["ann-a", "ann-b"]
+    col = list(votes.ratings.annotators).index("ann-a")
+    assert carried is not None and np.allclose(carried[col], a)
+    assert carried_counts(proj.store, r1, votes.ratings.annotators, 3) is None
+    # one round alone cannot tell how good ann-a is; its record settles the votes
+    assert posterior(proj, votes.ratings).max() < 0.95
+    assert posterior(proj, votes.ratings, r2).min() >= 0.95
+    decision = decide(proj, r2)
+    assert decision is not None and set(decision.wanted.values()) == {1}
+    m2 = close_round(proj, r2)
+    assert m2.consensus == {"agreed": 30}
+    # round 1 recomputed after round 2 closed: it does not read later rounds
+    again = close_round(proj, r1, recompute=True)
+    assert again.annotator_counts == m1.annotator_counts
+    # a record of another shape (the classes changed since) is left out
+    with round_metrics.editing(proj.store, r1) as m:
+        m.annotator_counts = {"ann-a": [[1.0, 0.0], [0.0, 1.0]]}
+    assert carried_counts(proj.store, r2, votes.ratings.annotators, 3) is None
