@@ -135,11 +135,12 @@ class RoundsConfig(Section):
 
 class AgreementConfig(Section):
     consensus: str = Field(
-        "majority",
+        "model_aware",
         description=(
-            "Consensus method: 'majority', 'dawid_skene', or 'model_aware' (Dawid-Skene "
-            "with the head's out-of-sample probabilities as each item's prior; Dawid-Skene "
-            "until a head exists)."
+            "Consensus method: 'model_aware' (Dawid-Skene with the head's out-of-sample "
+            "probabilities as each item's prior; Dawid-Skene until a head exists), "
+            "'dawid_skene' or 'majority'. All but 'majority' read a round's votes with "
+            "each annotator's track record from the rounds before."
         ),
     )
     tie_policy: Literal["adjudicate", "more_votes", "first"] = Field(

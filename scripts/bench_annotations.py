@@ -22,6 +22,9 @@ Configurations:
 - ``random_1``: random selection, 1 vote, majority;
 - ``random_3_majority``: random, 3 votes, majority (a plain Label Studio with overlap 3);
 - ``today``: 'auto' selection, 3 votes, Dawid-Skene;
+- ``new_majority`` and ``new_dawid_skene``: ``new`` with majority vote (adaptive votes
+  then read Dawid-Skene's posterior, as a live round does) or Dawid-Skene in place of the
+  model-aware consensus;
 - ``new``: 'auto', adaptive votes (``votes_wanted``: min 1, max 3, target 0.95 on the
   consensus posterior; a random ``--audit-rate`` slice of each batch gets 3), model-aware
   consensus, and error review: before each round the top ``--review`` ranked labels whose
@@ -93,6 +96,8 @@ CONFIGS = {  # strategy, votes (None: adaptive), consensus, error review
     "random_3_majority": ("random", 3, "majority", False),
     "today": ("auto", 3, "dawid_skene", False),
     "new": ("auto", None, "model_aware", True),
+    "new_dawid_skene": ("auto", None, "dawid_skene", True),
+    "new_majority": ("auto", None, "majority", True),
 }
 
 
@@ -202,8 +207,10 @@ class Run:
         cons = self.consensus(rows, P, carried=True)
         self.trusted[rows] = np.where(cons.status == "agreed", cons.labels, -1)
         self.trusted[self.reviewed] = self.truth[self.reviewed]
-        if self.method == "majority":
-            return
+        if self.method == "majority":  # as the product records it: Dawid-Skene's
+            if self.fixed is not None:
+                return  # no posterior ever reads the record
+            cons = self.consensus(rows, P, "dawid_skene", carried=True)
         a = self.record.shape[0]
         counts = round_counts(range(a), self.ann.ratings(rows, self.votes[rows]),
                               cons.posteriors, np.full(len(rows), -1))
@@ -285,6 +292,16 @@ class Run:
         return {"reach": reach, "rounds": len(curve) - 1, "annotations": self.clicks,
                 "reviews": int(self.reviewed.sum()), "curve": curve}
 
+    def settled_posterior(self, rows: np.ndarray, P: np.ndarray | None) -> np.ndarray:
+        """Each row's label posterior as a live round's adaptive votes read it
+        (``alearn.rounds.adaptive_round.posterior``): 0 unless the consensus agrees on a
+        label; with majority, whose vote share is no posterior, Dawid-Skene's."""
+        cons = self.consensus(rows, P, carried=True)
+        conf = cons.confidence
+        if self.method == "majority":
+            conf = self.consensus(rows, P, "dawid_skene", carried=True).confidence
+        return np.where(np.asarray(cons.status).astype(str) == "agreed", conf, 0.0)
+
     def collect(self, batch: np.ndarray, P_of: dict | None) -> None:
         """Votes for a new batch: fixed, or adaptive by votes_wanted on the posterior."""
         a = self.args
@@ -302,8 +319,7 @@ class Run:
         pos = np.searchsorted(rows, batch)
         while True:
             P = None if P_of is None else np.array([P_of[int(i)] for i in rows])
-            cons = self.consensus(rows, P, carried=True)
-            conf = np.where(cons.labels[pos] >= 0, cons.confidence[pos], 0.0)
+            conf = self.settled_posterior(rows, P)[pos]
             want = votes_wanted(conf, self.votes[batch], min_votes=a.min_votes,
                                 max_votes=a.max_votes, target=a.confidence_target,
                                 always_max=audit)
@@ -472,7 +488,8 @@ def main(argv: list[str] | None = None) -> dict:
                   biased_pair=[str(d["classes"][c]) for c in swap])
     log.info("full-pool accuracy %.4f (balanced %.4f); biased pair %s", acc, bacc, swap)
     # the longest runs first, so that the worker processes finish together
-    order = ["new", "today", "consensus", "random_3_majority", "random_1"]
+    order = ["new", "new_dawid_skene", "new_majority", "today", "consensus",
+             "random_3_majority", "random_1"]
     names = [*configs, "consensus"] if args.consensus_items else configs
     tasks = [(panel, c, seed) for c in sorted(names, key=order.index)
              for panel in panels for seed in range(args.seeds)]

@@ -71,6 +71,7 @@ def test_judge_decision_reviewer_filter_and_labels() -> None:
 
 
 def test_queue_lists_unsettled_items_with_their_votes(proj: Project) -> None:
+    proj.config.agreement.consensus = "majority"  # these ties are majority vote's
     rid, ids = voted_round(proj, VOTES)
     m = close_round(proj, rid)
     assert m.adjudication_items == [ids[1], ids[2], ids[3]]
@@ -83,6 +84,7 @@ def test_queue_lists_unsettled_items_with_their_votes(proj: Project) -> None:
 
 
 def test_decisions_become_adjudicated_labels_others_set_aside(proj: Project) -> None:
+    proj.config.agreement.consensus = "majority"  # these ties are majority vote's
     proj.config.agreement.reviewers = ["rev@team.org"]
     rid, ids = voted_round(proj, VOTES)
     close_round(proj, rid)
@@ -160,6 +162,7 @@ def test_adjudication_label_config_shows_image_votes_and_choices() -> None:
 
 
 def test_more_votes_targets_progress_and_close(proj: Project) -> None:
+    proj.config.agreement.consensus = "majority"  # these ties are majority vote's
     proj.config.agreement.adjudication = "more_votes"
     rid, ids = voted_round(proj, VOTES, gold={2: "dog"})
     assert round_progress(proj.store, rid).complete
@@ -193,6 +196,7 @@ def test_settings_fields() -> None:
 
 def test_round_metrics_are_reassigned_not_mutated(proj: Project) -> None:
     """JSON columns only save a new value: check that the stored metrics changed."""
+    proj.config.agreement.consensus = "majority"  # these ties are majority vote's
     rid, ids = voted_round(proj, VOTES)
     close_round(proj, rid)
     apply_decisions(proj.store, [_decision(1, ids[2], rid, "r", "cat")],
@@ -207,6 +211,7 @@ def test_reconcile_enqueues_a_missing_adjudication_push_and_status_shows_it(
 ) -> None:
     """Real Redis: a closed round whose unsettled items never reached Label Studio gets
     its push enqueued (once a minute at most); ``alearn status`` prints the counts."""
+    proj.config.agreement.consensus = "majority"  # these ties are majority vote's
     from click.testing import CliRunner
 
     from alearn.cli import cli

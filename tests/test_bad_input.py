@@ -186,7 +186,7 @@ CLI_CASES: list[tuple[str, list[str], dict[str, str], Setup, str]] = [
     ("config-no-classes", ["status"], {}, _config(CLASSES_TOML, "classes = []"), "classes"),
     ("config-dup-classes", ["status"], {}, _config(CLASSES_TOML, 'classes = ["cat", "cat"]'),
      "classes"),
-    ("config-consensus", ["status"], {}, _config('consensus = "majority"', 'consensus = "x"'),
+    ("config-consensus", ["status"], {}, _config('consensus = "model_aware"', 'consensus = "x"'),
      "consensus"),
     ("config-strategy", ["round", "plan"], {}, _config('strategy = "auto"', 'strategy = "x"'),
      "strategy"),

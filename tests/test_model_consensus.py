@@ -204,6 +204,17 @@ def test_project_round_with_model_aware_consensus(project, blobs) -> None:
     assert P is not None and P.shape == (18, 3)
     assert np.isnan(P[-1]).all() and not np.isnan(P[:-1]).any()  # 99999: no features
     assert P[0].argmax() == blobs[0] and P[2].argmax() == blobs[45]
+    # none of them labeled (a round being voted on): the saved current head's own view
+    from alearn.model.current import current_head
+    from alearn.model.training import features_for
+
+    head = current_head(project)
+    assert head is not None
+    got_ids, X_new = features_for(project, set(new))
+    ref = np.zeros((len(X_new), 3))  # columns in the project's class order
+    ref[:, [CLASSES.index(str(c)) for c in head.head.classes_]] = head.head.predict_proba(X_new)
+    alone = project_proba(project, got_ids.tolist())
+    assert alone is not None and np.allclose(alone, ref)
     project.config.agreement.consensus = "model_aware"
     t = tally(project, [rnd])
     cons = consensus(project, t.ratings, tie_policy="first")

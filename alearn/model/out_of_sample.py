@@ -6,7 +6,9 @@ item, and that opinion must not have seen the item's own label:
 - an item with a trusted label gets the probabilities of a head fitted on the other
   folds (k-fold cross-validation over the trusted labels, stratified when every class
   has two labels, k = min(5, labels of the smallest class), at least 2);
-- any other item (one being voted on now) gets those of the head fitted on all of them.
+- any other item (one being voted on now) gets those of the head fitted on all of them
+  (the project's current head, saved once per training set, when no item asked about
+  has a trusted label).
 
 Columns follow the project's class order: a class the head never saw gets probability 0
 there (the consensus mixes a little of the uniform in).
@@ -95,6 +97,11 @@ def project_proba(project: Project, item_ids: Iterable[int]) -> np.ndarray | Non
     classes = project.config.classes
     index = {c: i for i, c in enumerate(classes)}
     try:
+        labeled = project.store.trusted_labels()
+        if not any(i in labeled for i in wanted):
+            # none of them is labeled (a round being voted on): the current head's view,
+            # fitted once per training set and saved, instead of k folds and a fit per call
+            return _current_head_proba(project, wanted)
         ids, X = training.labeled_features(project)
         ids, X, y_names = training.training_set(project, ids, X)
         other_ids, X_other = training.features_for(project, set(wanted) - set(ids.tolist()))
@@ -108,7 +115,30 @@ def project_proba(project: Project, item_ids: Iterable[int]) -> np.ndarray | Non
         return None
     rows = {int(i): r for i, r in zip(ids.tolist(), got[0], strict=True)}
     rows.update({int(i): r for i, r in zip(other_ids.tolist(), got[1], strict=True)})
-    out = np.full((len(wanted), len(classes)), np.nan)
+    return _in_order(rows, wanted, len(classes))
+
+
+def _current_head_proba(project: Project, wanted: list[int]) -> np.ndarray | None:
+    """The current head's probabilities of ``wanted`` (items it was not fitted on), in the
+    project's class order; None while there is no head."""
+    from alearn.model.current import current_head
+
+    head = current_head(project)
+    if head is None:
+        return None
+    index = {c: i for i, c in enumerate(project.config.classes)}
+    ids, X = training.features_for(project, set(wanted))
+    P = np.zeros((len(X), len(index)))
+    if len(X):  # the saved head's classes_ are class names
+        known = [(c, index[str(name)]) for c, name in enumerate(head.head.classes_)
+                 if str(name) in index]
+        P[:, [i for _, i in known]] = head.head.predict_proba(X)[:, [c for c, _ in known]]
+    return _in_order(dict(zip(ids.tolist(), P, strict=True)), wanted, len(index))
+
+
+def _in_order(rows: dict[int, np.ndarray], wanted: list[int], k: int) -> np.ndarray:
+    """(len(wanted), k): each wanted item's row, NaN for one without."""
+    out = np.full((len(wanted), k), np.nan)
     for r, item in enumerate(wanted):
         if item in rows:
             out[r] = rows[item]

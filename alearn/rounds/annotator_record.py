@@ -57,12 +57,10 @@ def carried_counts(store: Store, round_id: int, annotators: Sequence[Any], k: in
     round ``round_id``; None when none of them recorded any for these annotators. A
     record of another shape (the class list changed since) is left out."""
     with store.session() as s:
-        rnd = s.get(Round, round_id)
-        if rnd is None:
-            return None
-        rows = s.scalars(select(Round).where(Round.status == CLOSED,
-                                             Round.number < rnd.number)).all()
-        records = [round_metrics.of(r).annotator_counts for r in rows]
+        number = s.scalar(select(Round.number).where(Round.id == round_id))
+    if number is None:
+        return None
+    records = round_metrics.annotator_counts_of(store, status=CLOSED, below_number=number)
     index = {str(who): j for j, who in enumerate(annotators)}
     total = np.zeros((len(index), k, k))
     found = False

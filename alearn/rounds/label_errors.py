@@ -15,9 +15,9 @@ its posterior is below ``settled_at`` (``agreement.confidence_target``, the mark
 adaptive votes stop asking). The posterior already holds the model (its out-of-sample
 probabilities are the consensus's prior) and the votes; adding the model's view or
 cleanlab's flag to it again counts the model twice. In the annotation benchmark the
-combined score ranked the wrong labels worse than the posterior alone (AUROC 0.64-0.79
-against 0.84-0.89), and a review gate on "flagged, or the model prefers another class"
-sent about five labels a round while the head was weak, most of them right. Without a
+combined score ranked the wrong labels worse than the posterior alone, and a review gate
+on "flagged, or the model prefers another class" sent about five labels a round while
+the head was weak, most of them right. Without a
 consensus posterior the score is ``flagged + (1 - model quality)``: flagged labels first,
 each group ordered by the model's quality, and a label is doubtful when confident
 learning flags it or the model prefers another class. Gold, manifest and adjudicated

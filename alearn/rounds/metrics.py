@@ -251,6 +251,16 @@ def by_round(store: Store, *, status: str | None = None) -> list[tuple[Round, Ro
         return [(r, of(r)) for r in s.scalars(query)]
 
 
+def annotator_counts_of(store: Store, *, status: str, below_number: int
+                        ) -> list[dict[str, Any]]:
+    """The ``annotator_counts`` of every round of ``status`` numbered below
+    ``below_number``, read as that one key, not as each round's whole metrics."""
+    query = select(Round.metrics["annotator_counts"]).where(
+        Round.status == status, Round.number < below_number)
+    with store.session() as s:
+        return [dict(v) for v in s.scalars(query).all() if isinstance(v, dict) and v]
+
+
 def refresh_all(store: Store, change: Callable[[Round, RoundMetrics], bool],
                 *, status: str | None = None) -> None:
     """Apply ``change`` to every round's metrics in one transaction; a round is written
