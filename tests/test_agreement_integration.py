@@ -193,7 +193,8 @@ def test_more_votes_keeps_the_round_open_until_the_extra_votes_arrive(
     project = make_project(tmp_path, 16, gold=8)
     cfg = project.config
     cfg.rounds.batch_size, cfg.rounds.overlap = 6, 3
-    cfg.agreement.adjudication = "more_votes"
+    # a three-way split is majority vote's tie (the model-aware consensus may settle it)
+    cfg.agreement.consensus, cfg.agreement.adjudication = "majority", "more_votes"
     project.save_config()
     rnd = start_round(project, env)
     work(env)

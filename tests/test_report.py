@@ -92,6 +92,7 @@ def many_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     project, ids, truth = make_project(tmp_path, n=120, stop_set_size=20)
     project.settings = Settings()
     project.config.agreement.annotator_min_accuracy = 0.65
+    project.config.agreement.consensus = "majority"  # three-way ties are majority vote's
     store, n = project.store, 0
     for number in range(5):
         rnd = create_round(store, strategy="random", batch_size=15, overlap=3)

@@ -8,8 +8,10 @@ measure the annotators (``gold_accuracy``) and count in the agreement figures, b
 are neither consensus items nor adjudication items.
 
 Annotator flags rest on the figures that one bad peer cannot drag down: accuracy on
-gold items, and the accuracy Dawid-Skene estimates for each annotator from all the
-round's votes (``model_accuracy``). An annotator is flagged when either is confidently
+gold items, and each annotator's accuracy on the round's items as the consensus
+estimates it (``model_accuracy``: the mean posterior of the labels it gave, under
+Dawid-Skene or the model-aware consensus, whose posteriors also rest on the annotators'
+track record). An annotator is flagged when either is confidently
 below ``agreement.annotator_min_accuracy``: the one-sided 90% Wilson upper bound is
 below it, on at least :data:`MIN_ITEMS` items. The leave-one-out accuracy and peer
 kappa stay in the metrics, and what they would flag is kept as ``peer_notes``: with
@@ -193,13 +195,21 @@ def wilson_upper(p: float, n: int, *, z: float = Z_90) -> float:
 
 
 def model_accuracy(consensus: Any, R: np.ndarray, n_classes: int) -> np.ndarray:
-    """Each annotator's accuracy as Dawid-Skene estimates it: ``sum_c prior_c * P(says c |
-    true c)``; shape (n_annotators,). Reuses ``consensus`` when it is a Dawid-Skene fit."""
+    """Each annotator's accuracy on this round's items as the consensus estimates it: the
+    mean, over its votes, of the posterior of the label it gave; shape (n_annotators,),
+    NaN for one without votes. Reuses ``consensus`` when it is a Dawid-Skene or
+    model-aware fit (whose posteriors also rest on the annotators' track record); with
+    majority vote, whose shares are no posterior, Dawid-Skene's. Only this round's votes
+    are averaged, so a drop in one round shows in its figure."""
     if consensus is None or consensus.confusion is None:
         consensus = dawid_skene(R, n_classes=n_classes)
-    if consensus.confusion is None:
-        return np.full(R.shape[1], np.nan)
-    return np.einsum("c,jcc->j", consensus.priors, consensus.confusion)
+    post = np.asarray(consensus.posteriors, dtype=float)
+    out = np.full(R.shape[1], np.nan)
+    for j in range(R.shape[1]):
+        rated = np.flatnonzero(R[:, j] >= 0)
+        if rated.size and post.ndim == 2 and post.shape[1]:
+            out[j] = float(post[rated, R[rated, j]].mean())
+    return out
 
 
 def annotator_report(
