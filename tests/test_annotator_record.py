@@ -15,8 +15,10 @@ from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adaptive_round import decide, posterior
 from alearn.rounds.annotator_record import carried_counts, round_counts
 from alearn.rounds.close import close_round
+from alearn.rounds.lifecycle import get_round
 from alearn.rounds.votes import tally
 from alearn.stats.consensus import dawid_skene, model_aware
+from alearn.store import Round
 
 
 def test_round_counts_sum_the_posteriors_by_the_label_given() -> None:
@@ -92,7 +94,21 @@ def test_a_later_round_reads_the_record_of_the_closed_rounds_before_it(proj: Pro
     # round 1 recomputed after round 2 closed: it does not read later rounds
     again = close_round(proj, r1, recompute=True)
     assert again.annotator_counts == m1.annotator_counts
-    # a record of another shape (the classes changed since) is left out
-    with round_metrics.editing(proj.store, r1) as m:
-        m.annotator_counts = {"ann-a": [[1.0, 0.0], [0.0, 1.0]]}
+    # a record that is not a 3 x 3 table of counts is left out, and the rest still read:
+    # another shape (the classes changed since), text, a ragged list, huge or negative
+    for bad in ([[1.0, 0.0], [0.0, 1.0]], "abc", {"x": 1}, [[1, 2], [3]],
+                [["a", "b", "c"]] * 3, [[1e308] * 3] * 3, [[-1.0] * 3] * 3):
+        with round_metrics.editing(proj.store, r1) as m:
+            m.annotator_counts = {"ann-a": bad, "ann-b": m1.annotator_counts["ann-b"]}
+        got = carried_counts(proj.store, r2, votes.ratings.annotators, 3)
+        assert got is not None and not got[col].any()
+        assert np.allclose(got[1 - col], m1.annotator_counts["ann-b"])
+        assert posterior(proj, votes.ratings, r2).shape == (30,)
+    # a whole record that is not a table of annotators reads as none
+    with proj.store.session() as s:
+        row = s.get(Round, r1)
+        assert row is not None
+        row.metrics = {**row.metrics, "annotator_counts": "not a record"}
+    assert round_metrics.of(get_round(proj.store, r1)).annotator_counts == {}
     assert carried_counts(proj.store, r2, votes.ratings.annotators, 3) is None
+    close_round(proj, r2, recompute=True)  # and a close goes on without it

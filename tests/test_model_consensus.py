@@ -193,7 +193,8 @@ def blobs(project):
     return truth
 
 
-def test_project_round_with_model_aware_consensus(project, blobs) -> None:
+def test_project_round_with_model_aware_consensus(project, blobs,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # items 45..59 are voted on now by two annotators: they agree on the first ten, and
     # on the last five the second says the next class; only the head (trained on the 45
     # trusted labels) can tell which of the two is right there
@@ -215,6 +216,14 @@ def test_project_round_with_model_aware_consensus(project, blobs) -> None:
     ref[:, [CLASSES.index(str(c)) for c in head.head.classes_]] = head.head.predict_proba(X_new)
     alone = project_proba(project, got_ids.tolist())
     assert alone is not None and np.allclose(alone, ref)
+
+    def unsaved(*_args: object) -> None:
+        raise OSError("models folder is read-only")
+
+    import alearn.model.out_of_sample as oos
+    monkeypatch.setattr(oos, "_current_head_proba", unsaved)
+    fitted = project_proba(project, got_ids.tolist())  # fitted here instead: same classes
+    assert fitted is not None and (fitted.argmax(1) == alone.argmax(1)).mean() >= 0.8
     project.config.agreement.consensus = "model_aware"
     t = tally(project, [rnd])
     cons = consensus(project, t.ratings, tie_policy="first")

@@ -101,7 +101,11 @@ def project_proba(project: Project, item_ids: Iterable[int]) -> np.ndarray | Non
         if not any(i in labeled for i in wanted):
             # none of them is labeled (a round being voted on): the current head's view,
             # fitted once per training set and saved, instead of k folds and a fit per call
-            return _current_head_proba(project, wanted)
+            try:
+                return _current_head_proba(project, wanted)
+            except OSError as exc:  # the head could not be saved: fit it here instead
+                log.warning("current head unavailable (%s); fitting one for the "
+                            "probabilities", exc)
         ids, X = training.labeled_features(project)
         ids, X, y_names = training.training_set(project, ids, X)
         other_ids, X_other = training.features_for(project, set(wanted) - set(ids.tolist()))

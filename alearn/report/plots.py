@@ -179,6 +179,6 @@ def annotator_rounds(series: Sequence[AnnotatorSeries], path: Path, *, threshold
     ax.set_xlim(r.min() - 0.6, r.max() + 0.6)
     ax.set_ylim(min(0.0, threshold - 0.1), 1.05)
     ax.set_xlabel("round")
-    ax.set_ylabel("estimated accuracy (Dawid-Skene)")
+    ax.set_ylabel("estimated accuracy (consensus)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, path)

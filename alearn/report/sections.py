@@ -52,12 +52,12 @@ def annotators(fig: Figures, closed: list[Rounds], min_accuracy: float) -> str:
                      "; ".join(a.get("reasons") or []) or ("flagged" if a.get("flagged") else ""),
                      ", ".join(str(x) for x in flagged_in[name]) or None])
         classes.append("flagged" if a.get("flagged") else "")
-    grid = table(["annotator", "latest round", "items", "estimated accuracy (Dawid-Skene)",
+    grid = table(["annotator", "latest round", "items", "estimated accuracy (consensus)",
                   "90% upper bound", "gold accuracy", "gold items", "leave-one-out accuracy",
                   "mean Cohen's kappa with peers", "median seconds", "flagged because",
                   "flagged in rounds"], rows, classes)
     rule = (f"<p>An annotator is flagged in a round when the 90% upper bound of their "
-            f"estimated accuracy (Dawid-Skene), or of their accuracy on gold items, is below "
+            f"estimated accuracy (consensus), or of their accuracy on gold items, is below "
             f"<code>{FLAG_SETTING}</code> = {min_accuracy:g}, on at least {MIN_ITEMS} items "
             "(a round's flags are set when it closes, with the setting as it was then). The "
             "table holds each annotator's latest round; flagged rows are highlighted.</p>")

@@ -11,9 +11,12 @@ the round's items the annotator labelled ``l``; a gold item counts at its true c
 ``RoundMetrics.annotator_counts``; the consensus of a later round adds the sum over the
 closed rounds before it (:func:`carried_counts`) to its own confusion counts
 (``prior_counts`` of :func:`alearn.stats.consensus.dawid_skene` and ``model_aware``).
-A round recomputed later reads the same earlier rounds, never later ones, so its labels
-do not change because later rounds were closed. Majority vote has no confusions and
-ignores the record.
+A round recomputed later reads the records of the closed rounds numbered before it, as
+they are then, never later rounds', so closing later rounds does not change its labels
+(recomputing an earlier round changes that round's record, and later rounds see it only
+when they are recomputed too). Majority vote has no confusions and ignores the record;
+its close records Dawid-Skene's counts. A stored record that is not a k x k table of
+counts is skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from sqlalchemy import select
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.lifecycle import CLOSED
 from alearn.store import Round, Store
+
+#: The most votes one round's record may hold in a cell; a larger one is not a round's.
+MAX_COUNT = 1e7
 
 
 def round_counts(annotators: Sequence[Any], matrix: np.ndarray, posteriors: Any,
@@ -66,13 +72,26 @@ def carried_counts(store: Store, round_id: int, annotators: Sequence[Any], k: in
     found = False
     for record in records:
         for who, counts in record.items():
-            j = index.get(who)
-            c = np.asarray(counts, dtype=float)
-            if j is None or c.shape != (k, k) or not np.isfinite(c).all() or (c < 0).any():
+            j = index.get(str(who))
+            c = _counts(counts, k)
+            if j is None or c is None:
                 continue
             total[j] += c
             found = True
     return total if found else None
 
 
-__all__ = ["carried_counts", "round_counts"]
+def _counts(value: Any, k: int) -> np.ndarray | None:
+    """A stored k x k record as counts, or None when it is not one: another shape (the
+    class list changed since), not numbers, negative, or beyond any real round's size
+    (a record is read, never trusted)."""
+    try:
+        c = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if c.shape != (k, k) or not np.isfinite(c).all() or (c < 0).any() or c.max() > MAX_COUNT:
+        return None
+    return c
+
+
+__all__ = ["MAX_COUNT", "carried_counts", "round_counts"]

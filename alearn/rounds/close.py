@@ -95,13 +95,19 @@ def close_round(project: Project, round_id: int, *,
             metrics.adaptive_votes.agreement_items = sample_items
             metrics.adaptive_votes.agreement_rounds = window
         cons = consensus(project, votes.ratings, round_id=round_id)
-        metrics.annotator_counts = _annotator_counts(project, votes, cons, round_id)
+        # majority's shares are no posterior: the record and the annotators' figures
+        # come from Dawid-Skene's, with the track record, then
+        fit = cons if cons.method != "majority" else consensus(
+            project, votes.ratings, round_id=round_id, method="dawid_skene")
+        metrics.annotator_counts = round_counts(votes.ratings.annotators,
+                                                votes.ratings.matrix, fit.posteriors,
+                                                votes.gold)
         names, counts = np.unique(cons.status[~is_gold], return_counts=True)
         consensus_counts = {str(k): int(c) for k, c in zip(names, counts, strict=True)}
         annotators = annotator_report(
             votes.ratings, gold=votes.gold, lead_times=votes.lead_times,
             n_classes=len(cfg.classes), min_accuracy=cfg.agreement.annotator_min_accuracy,
-            consensus=cons,
+            consensus=fit,
         )
         adjudication = _store_consensus(project, round_id, votes.items, cons)
         kappa = _mean_pairwise(report.pairwise_kappa) if report is not None else None
@@ -138,16 +144,6 @@ def close_round(project: Project, round_id: int, *,
     log.info("round_event=closed round=%s labels_spent=%s kappa=%s cv_accuracy=%s",
              round_id, metrics.labels_spent, metrics.kappa, metrics.cv_accuracy)
     return metrics
-
-
-def _annotator_counts(project: Project, votes: Any, cons: Any, round_id: int
-                      ) -> dict[str, list[list[float]]]:
-    """The round's soft confusion counts per annotator, from its consensus posteriors
-    (with 'majority', whose vote shares say nothing of the annotators, Dawid-Skene's)."""
-    if cons.method == "majority":
-        cons = consensus(project, votes.ratings, round_id=round_id, method="dawid_skene")
-    return round_counts(votes.ratings.annotators, votes.ratings.matrix, cons.posteriors,
-                        votes.gold)
 
 
 def _head(project: Project) -> TrainedHead | None:
@@ -245,7 +241,7 @@ def annotator_report(
         if known and q.n_items >= min_items:
             upper = wilson_upper(acc, q.n_items)
             if upper < min_accuracy:
-                reasons.append(f"estimated accuracy (Dawid-Skene) is {acc:.2f} on {q.n_items} "
+                reasons.append(f"estimated accuracy (consensus) is {acc:.2f} on {q.n_items} "
                                f"items (90% upper bound {upper:.2f} < {min_accuracy:.2f})")
         d.update(model_accuracy=float(acc) if known else None, flagged=bool(reasons),
                  reasons=reasons, peer_notes=[r for r in q.reasons if "gold" not in r])

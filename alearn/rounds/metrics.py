@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from alearn.exceptions import RoundError
 from alearn.store import Round, Store
@@ -199,7 +200,8 @@ class RoundMetrics:
         out.annotators = list(d.get("annotators") or [])
         out.consensus = dict(d.get("consensus") or {})
         out.adjudication_items = [int(i) for i in d.get("adjudication_items") or []]
-        out.annotator_counts = dict(d.get("annotator_counts") or {})
+        counts = d.get("annotator_counts")
+        out.annotator_counts = dict(counts) if isinstance(counts, dict) else {}
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -255,10 +257,14 @@ def annotator_counts_of(store: Store, *, status: str, below_number: int
                         ) -> list[dict[str, Any]]:
     """The ``annotator_counts`` of every round of ``status`` numbered below
     ``below_number``, read as that one key, not as each round's whole metrics."""
-    query = select(Round.metrics["annotator_counts"]).where(
-        Round.status == status, Round.number < below_number)
-    with store.session() as s:
-        return [dict(v) for v in s.scalars(query).all() if isinstance(v, dict) and v]
+    where = (Round.status == status, Round.number < below_number)
+    try:
+        with store.session() as s:
+            got = list(s.scalars(select(Round.metrics["annotator_counts"]).where(*where)))
+    except DBAPIError:  # a row the database's JSON functions cannot read: each in Python
+        with store.session() as s:
+            got = [of(r).annotator_counts for r in s.scalars(select(Round).where(*where))]
+    return [dict(v) for v in got if isinstance(v, dict) and v]
 
 
 def refresh_all(store: Store, change: Callable[[Round, RoundMetrics], bool],
