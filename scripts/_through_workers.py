@@ -219,6 +219,8 @@ class Bench:
         self.n, self.args, self.ls, self.work = n, args, ls, work
         cfg = self.project.config.rounds
         cfg.auto_next, cfg.overlap = True, 3
+        if args.consensus:
+            self.project.config.agreement.consensus = args.consensus
         self.project.save_config()
         for email in ls["emails"]:
             add_member(self.project.store, email)
@@ -272,7 +274,8 @@ class Bench:
             _stop(self.procs)
             client.close()
         return {"pool": self.n, "workers": self.args.workers, "batch_size": self.args.batch_size,
-                "overlap": 3, "setup_s": round(self.setup_s, 1), "turnarounds": turns,
+                "overlap": 3, "consensus": self.project.config.agreement.consensus,
+                "setup_s": round(self.setup_s, 1), "turnarounds": turns,
                 **cli, **watch.summary()}
 
     def _wait_pushed(self, round_id: int, timeout: float) -> int:

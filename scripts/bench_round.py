@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "(scripts/_through_workers.py)")
     p.add_argument("--workers", type=int, default=2, help="--through-workers: worker processes")
     p.add_argument("--rounds", type=int, default=2, help="--through-workers: timed turnarounds")
+    p.add_argument("--consensus", default=None,
+                   help="--through-workers: agreement.consensus (default: the config's)")
     args = p.parse_args(argv)
     if args.through_workers:
         from _through_workers import run
