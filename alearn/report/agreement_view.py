@@ -63,7 +63,7 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
     for q in quality:
         out["annotators"].append({
             "annotator": q["annotator"], "items": q["n_items"],
-            "accuracy (consensus)": _num(q["model_accuracy"]),
+            "accuracy (Dawid-Skene)": _num(q["model_accuracy"]),
             "accuracy vs others": _num(q["loo_accuracy"]), "peer kappa": _num(q["peer_kappa"]),
             "gold accuracy": _num(q["gold_accuracy"])
             + (f" ({q['n_gold']})" if q["n_gold"] else ""),

@@ -63,7 +63,7 @@ def annotators(fig: Figures, closed: list[Rounds], min_accuracy: float) -> str:
             "table holds each annotator's latest round; flagged rows are highlighted.</p>")
     if not series:
         return title + rule + nodata("no round has an estimated accuracy to plot.") + grid
-    caption = (f"Estimated accuracy (Dawid-Skene) per round; each bar reaches the 90% upper "
+    caption = (f"Estimated accuracy (consensus) per round; each bar reaches the 90% upper "
                f"bound. Dotted line: {FLAG_SETTING}. A red cross marks a flag (the bar ends "
                "below the line, or the gold-item rule; see the table's reasons).")
     return title + rule + fig.html(
