@@ -112,3 +112,26 @@ def test_a_later_round_reads_the_record_of_the_closed_rounds_before_it(proj: Pro
     assert round_metrics.of(get_round(proj.store, r1)).annotator_counts == {}
     assert carried_counts(proj.store, r2, votes.ratings.annotators, 3) is None
     close_round(proj, r2, recompute=True)  # and a close goes on without it
+
+
+def test_a_record_the_database_cannot_read_is_read_row_by_row(project: Project) -> None:
+    """SQLite's JSON functions refuse a whole query over one metrics text they cannot
+    parse (a NaN token, which Python's json reads); the rows are then read one by one
+    and the unreadable record skipped."""
+    from sqlalchemy import text
+
+    first = {k: [CLASSES3[k % 3]] * 3 for k in range(12)}
+    r1, _ = adaptive_round(project, first)
+    close_round(project, r1)
+    r2, _ = adaptive_round(project, {k: [CLASSES3[k % 3]] * 3 for k in range(12, 24)})
+    close_round(project, r2)
+    r3, _ = adaptive_round(project, {k: [CLASSES3[k % 3]] for k in range(24, 30)})
+    with project.store.session() as s:
+        s.execute(text("UPDATE rounds SET metrics = :m WHERE id = :i"),
+                  {"m": '{"annotator_counts": {"ann-a": [[NaN, 0, 0], [0, 1, 0], [0, 0, 1]]}}',
+                   "i": r1})
+    with project.store.session() as s, pytest.raises(Exception, match="malformed JSON"):
+        s.execute(text("SELECT json_extract(metrics, '$.annotator_counts') FROM rounds"))
+    got = carried_counts(project.store, r3, ["ann-a"], 3)  # round 2's record alone
+    two = round_metrics.of(get_round(project.store, r2)).annotator_counts["ann-a"]
+    assert got is not None and np.allclose(got[0], two)

@@ -39,7 +39,7 @@ from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.clicks import clicks_per_trusted_label  # noqa: F401  (its former home)
 from alearn.rounds.lifecycle import COLLECTING, PUSHED
-from alearn.rounds.votes import Tally, consensus, tally
+from alearn.rounds.votes import Tally, consensus, tally, with_posteriors
 from alearn.stats.adaptive import check_vote_limits, votes_wanted
 from alearn.stats.ratings import Ratings
 from alearn.store import Annotation, Round, Selection, Store
@@ -149,14 +149,10 @@ def posterior(project: Project, ratings: Ratings, round_id: int | None = None
     ``majority``, whose vote share is no posterior (one vote is always 100%), the
     posterior is Dawid-Skene's. With ``round_id``, both start from the annotators'
     track record in the rounds before it, as the close's consensus does."""
-    cfg = project.config
     # what the close will do
     cons = consensus(project, ratings, tie_policy="adjudicate", round_id=round_id)
-    conf = np.asarray(cons.confidence, dtype=float)
-    if cfg.agreement.consensus == "majority":
-        conf = np.asarray(consensus(project, ratings, tie_policy="adjudicate",
-                                    round_id=round_id, method="dawid_skene").confidence,
-                          dtype=float)
+    conf = np.asarray(with_posteriors(project, ratings, cons, round_id).confidence,
+                      dtype=float)
     return np.where(np.asarray(cons.status).astype(str) == "agreed", conf, 0.0)
 
 

@@ -35,7 +35,7 @@ from alearn.rounds import metrics as round_metrics
 from alearn.rounds.agreement_window import round_agreement_sample
 from alearn.rounds.annotator_record import round_counts
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
-from alearn.rounds.votes import consensus, tally
+from alearn.rounds.votes import consensus, tally, with_posteriors
 from alearn.stats.agreement import agreement_report as _agreement_report
 from alearn.stats.annotators import annotator_quality
 from alearn.stats.consensus import dawid_skene
@@ -95,10 +95,7 @@ def close_round(project: Project, round_id: int, *,
             metrics.adaptive_votes.agreement_items = sample_items
             metrics.adaptive_votes.agreement_rounds = window
         cons = consensus(project, votes.ratings, round_id=round_id)
-        # majority's shares are no posterior: the record and the annotators' figures
-        # come from Dawid-Skene's, with the track record, then
-        fit = cons if cons.method != "majority" else consensus(
-            project, votes.ratings, round_id=round_id, method="dawid_skene")
+        fit = with_posteriors(project, votes.ratings, cons, round_id)
         metrics.annotator_counts = round_counts(votes.ratings.annotators,
                                                 votes.ratings.matrix, fit.posteriors,
                                                 votes.gold)

@@ -103,6 +103,17 @@ def consensus(project: Project, ratings: Ratings, *, tie_policy: str | None = No
         min_confidence=cfg.agreement.min_confidence, **extra)
 
 
+def with_posteriors(project: Project, ratings: Ratings, cons: Any,
+                    round_id: int | None = None) -> Any:
+    """``cons`` (a consensus of ``ratings``) when its posteriors are posteriors; for
+    majority vote, whose shares are none (one vote is always 100%), Dawid-Skene's over
+    the same ratings and track record. The adaptive-votes posterior, the annotators'
+    figures and their track record all read it."""
+    if cons.method != "majority":
+        return cons
+    return consensus(project, ratings, round_id=round_id, method="dawid_skene")
+
+
 def model_inputs(project: Project, ratings: Ratings) -> dict[str, Any]:
     """What 'model_aware' consensus needs besides the votes: the head's out-of-sample
     probabilities of the rated items (None without a head) and their gold classes."""
