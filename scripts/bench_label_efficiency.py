@@ -76,21 +76,48 @@ SPREAD = "+spread"
 
 
 def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """Pool/test embeddings and labels, from the cache or computed once."""
+    """Pool/test embeddings and labels, from the cache or computed once.
+
+    A missing cache is filled by a spawned child process: the benchmarks fork their
+    workers after this, and a child forked from a process whose torch has run its
+    OpenMP threads can hang in its first parallel region.
+    """
+    import multiprocessing
+
+    path = _embeddings_path(args)
+    if not path.is_file():
+        child = multiprocessing.get_context("spawn").Process(
+            target=_embed_to, args=(args, path), name="embed")
+        child.start()
+        child.join()
+        if child.exitcode != 0 or not path.is_file():
+            raise SystemExit(f"embedding the {args.dataset} split failed (exit code "
+                             f"{child.exitcode}); see the messages above.")
+    log.info("embeddings from %s", path)
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _embeddings_path(args: argparse.Namespace) -> Path:
+    from alearn.features.backbone import cache_key_for
+
+    cfg = EmbedConfig(backbone=args.backbone, image_size=args.image_size, weights=args.weights)
+    key = hashlib.sha1(
+        f"{args.dataset}|{args.pool}|{args.test}|{args.split_seed}|{cache_key_for(cfg)}"
+        .encode()).hexdigest()[:16]
+    return Path(args.cache_dir).expanduser() / f"{key}.npz"
+
+
+def _embed_to(args: argparse.Namespace, path: Path) -> None:
+    """Embed the split and write it to ``path`` (in a child process: see embed_split)."""
     import torch
 
     from alearn.features.backbone import cache_key_for, embed_pil, load_backbone
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        stream=sys.stderr)
     cfg = EmbedConfig(backbone=args.backbone, image_size=args.image_size, weights=args.weights)
     fkey = cache_key_for(cfg)
-    key = hashlib.sha1(
-        f"{args.dataset}|{args.pool}|{args.test}|{args.split_seed}|{fkey}".encode()
-    ).hexdigest()[:16]
-    path = Path(args.cache_dir).expanduser() / f"{key}.npz"
-    if path.is_file():
-        log.info("embeddings from %s", path)
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
     split = load_split(args.dataset, n_pool=args.pool, n_test=args.test, seed=args.split_seed)
     torch.set_num_threads(args.torch_threads)
     backbone = load_backbone(cfg)
@@ -106,7 +133,6 @@ def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **data)
     tmp.replace(path)
-    return data
 
 
 def long_tail(d: dict[str, np.ndarray], ratio: float) -> dict[str, np.ndarray]:

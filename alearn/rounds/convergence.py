@@ -107,8 +107,7 @@ def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMe
         stable,
         plateau([*curve, (spent, metrics.cv_accuracy)],
                 threshold=cfg.plateau_gain, k=cfg.plateau_rounds),
-        human_ceiling(metrics.cv_accuracy,
-                      [a.get("loo_accuracy") for a in metrics.annotators]),
+        human_ceiling(metrics.cv_accuracy, ceiling_accuracies(metrics.annotators)),
         budget(int(spent), project.config.rounds.label_budget),
         pool_exhausted(out["pool_remaining"], embedded=out["n_embedded"],
                        why="; ".join(out["notes"])),
@@ -123,6 +122,22 @@ def assess_round(project: Project, round_id: int, metrics: round_metrics.RoundMe
     log.info("round_event=convergence round=%s converged=%s reasons=%s stop_kappa=%s",
              round_id, status.converged, ",".join(status.reasons) or "-", out["stop_kappa"])
     return {**status.to_dict(), **out}
+
+
+def ceiling_accuracies(annotators: Iterable[dict[str, Any]]) -> list[float | None]:
+    """Each annotator's accuracy for the human ceiling: the round's estimated accuracy
+    (consensus), else (a round closed before it was kept) the leave-one-out accuracy.
+
+    Under adaptive votes most items have one vote, so leave-one-out accuracy rests on
+    the items that needed a second: the disputed ones, where everybody errs more. It
+    read 0.66 for annotators right 0.7 to 0.9 of the time, so the head "matched the
+    people" rounds too early. The consensus estimate reads every vote of the round.
+    """
+    out: list[float | None] = []
+    for a in annotators:
+        est = a.get("model_accuracy")
+        out.append(est if est is not None else a.get("loo_accuracy"))
+    return out
 
 
 def convergence_status(project: Project) -> ConvergenceStatus:
