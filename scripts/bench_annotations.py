@@ -41,7 +41,10 @@ Per configuration and seed: human annotations (votes + reviews) until the head r
 ``--target`` x the full-pool accuracy (head on every pool item's true label), and the same
 for balanced accuracy (macro recall); at that point the trusted labels' accuracy against
 the truth, and the AUROC with which the error ranking (and, alone, the consensus
-confidence) finds the wrong trusted labels. A separate experiment gives consensus
+confidence) finds the wrong trusted labels; and, for adaptive votes, how the extra
+votes were spent (items one vote settled, and how many of those the first vote got
+wrong; items asked for more, by whether their first vote was right) and how many
+reviews corrected a label. A separate experiment gives consensus
 accuracy at exactly 1, 2 and 3 votes per item on ``--consensus-items`` random items:
 majority, Dawid-Skene, model-aware (model: cross-validated on the majority labels) and
 cleanlab's CROWDLAB (``get_label_quality_multiannotator``; it refuses one vote per item).
@@ -162,6 +165,10 @@ class Run:
         self.trusted = np.full(n, -1)  # trusted label per item
         self.reviewed = np.zeros(n, dtype=bool)
         self.clicks = 0
+        # what the adaptive votes and the reviews bought (see Run.tally)
+        self.tally = dict.fromkeys(("settled_on_one", "settled_on_one_wrong",
+                                    "asked_more_first_right", "asked_more_first_wrong",
+                                    "reviews_corrected"), 0)
         self.record = np.zeros((ann.answers.shape[1], self.k, self.k))  # track record
         self.agree = AgreementConfig()
         self.rounds = RoundsConfig(strategy=self.strategy)
@@ -234,8 +241,9 @@ class Run:
         # the product ranks with the model-aware posterior of every vote, whatever the
         # consensus method (alearn.rounds.label_errors.project_label_errors)
         ma = cons if self.method == "model_aware" else self.consensus(rows, P, "model_aware")
+        gate = self.args.review_below or self.args.confidence_target
         ranking = rank_label_errors(y, P[ok], consensus_posteriors=ma.posteriors[ok],
-                                    settled_at=self.args.confidence_target)
+                                    settled_at=gate)
         out["ranking_auroc"] = auroc(wrong, ranking.score)
         out["order"] = [int(sel[r]) for r in ranking.order.tolist() if ranking.doubtful[r]]
         return out
@@ -264,13 +272,15 @@ class Run:
                     "annotations": self.clicks, "trusted": int(len(T)),
                     "trusted_accuracy": round(float(np.mean(self.trusted[T] == self.truth[T])),
                                               4),
-                    "reviews": int(self.reviewed.sum()),
+                    "reviews": int(self.reviewed.sum()), **self.tally,
                     **{x: (info or {}).get(x) for x in ("ranking_auroc", "confidence_auroc",
                                                         "n", "wrong")}}
             if all(reach.values()) or self.clicks >= a.budget:
                 break
             if self.review and info is not None and info["order"]:
                 fix = np.asarray(info["order"][: a.review], dtype=int)
+                self.tally["reviews_corrected"] += int(
+                    (self.trusted[fix] != self.truth[fix]).sum())
                 self.reviewed[fix] = True
                 self.trusted[fix] = self.truth[fix]
                 self.clicks += len(fix)
@@ -325,9 +335,23 @@ class Run:
                                 always_max=audit)
             extra = want - self.votes[batch]
             if not extra.any():
+                self.count_asked(batch[~audit])
                 return
             self.votes[batch] = want
             self.clicks += int(extra.sum())
+
+    def count_asked(self, items: np.ndarray) -> None:
+        """Tally, over a batch's items outside the audit slice, those one vote settled
+        (and how many of them the first vote got wrong) and those asked for more (by
+        whether the first vote was right): how well the posterior spends extra votes."""
+        first = self.ann.answers[items, self.ann.order[items, 0]]
+        right = first == self.truth[items]
+        one = self.votes[items] == 1
+        t = self.tally
+        t["settled_on_one"] += int(one.sum())
+        t["settled_on_one_wrong"] += int((one & ~right).sum())
+        t["asked_more_first_right"] += int((~one & right).sum())
+        t["asked_more_first_wrong"] += int((~one & ~right).sum())
 
 
 def consensus_accuracy(d: dict, ann: Annotators, n_items: int, seed: int) -> dict:
@@ -441,6 +465,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="agreement.audit_rate (new).")
     p.add_argument("--review", type=int, default=ReviewConfig().max_per_round,
                    help="review.max_per_round: doubtful labels reviewed per round (new).")
+    p.add_argument("--review-below", type=float, default=None,
+                   help="Review only labels whose posterior is below this (default: the "
+                        "confidence target, as the product does).")
     p.add_argument("--no-track-record", action="store_true",
                    help="Each round's consensus without the annotators' track record of "
                         "the rounds before (as alearn did before it kept one).")
