@@ -165,7 +165,7 @@ class Run:
         self.trusted = np.full(n, -1)  # trusted label per item
         self.reviewed = np.zeros(n, dtype=bool)
         self.clicks = 0
-        # what the adaptive votes and the reviews bought (see Run.tally)
+        # what the adaptive votes and the reviews bought (see count_asked)
         self.tally = dict.fromkeys(("settled_on_one", "settled_on_one_wrong",
                                     "asked_more_first_right", "asked_more_first_wrong",
                                     "reviews_corrected"), 0)
@@ -241,7 +241,8 @@ class Run:
         # the product ranks with the model-aware posterior of every vote, whatever the
         # consensus method (alearn.rounds.label_errors.project_label_errors)
         ma = cons if self.method == "model_aware" else self.consensus(rows, P, "model_aware")
-        gate = self.args.review_below or self.args.confidence_target
+        gate = self.args.confidence_target if self.args.review_below is None \
+            else self.args.review_below
         ranking = rank_label_errors(y, P[ok], consensus_posteriors=ma.posteriors[ok],
                                     settled_at=gate)
         out["ranking_auroc"] = auroc(wrong, ranking.score)
