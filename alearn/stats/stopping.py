@@ -11,8 +11,7 @@ Signals (each a :class:`Signal`, thresholds in ``[convergence]`` of alearn.toml)
     closed rounds, stays below ``plateau_gain`` for ``plateau_rounds`` rounds.
 ``human_ceiling``
     The head's cross-validated accuracy against consensus reaches the annotators' mean
-    accuracy as the round's consensus estimates it (the mean posterior of the labels
-    each gave: :func:`alearn.rounds.convergence.ceiling_accuracies`).
+    accuracy as the consensus estimates it (``rounds.convergence.ceiling_accuracies``).
 ``budget``
     Labels spent reach ``rounds.label_budget`` (when it is > 0).
 ``pool_exhausted``
