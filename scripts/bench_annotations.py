@@ -42,8 +42,8 @@ Per configuration and seed: human annotations (votes + reviews) until the head r
 for balanced accuracy (macro recall); at that point the trusted labels' accuracy against
 the truth, and the AUROC with which the error ranking (and, alone, the consensus
 confidence) finds the wrong trusted labels; and, for adaptive votes, how the extra
-votes were spent (items one vote settled, and how many of those the first vote got
-wrong; items asked for more, by whether their first vote was right) and how many
+votes were spent (items ``--min-votes`` settled, and how many of those the first vote
+got wrong; items asked for more, by whether their first vote was right) and how many
 reviews corrected a label. A separate experiment gives consensus
 accuracy at exactly 1, 2 and 3 votes per item on ``--consensus-items`` random items:
 majority, Dawid-Skene, model-aware (model: cross-validated on the majority labels) and
@@ -166,7 +166,7 @@ class Run:
         self.reviewed = np.zeros(n, dtype=bool)
         self.clicks = 0
         # what the adaptive votes and the reviews bought (see count_asked)
-        self.tally = dict.fromkeys(("settled_on_one", "settled_on_one_wrong",
+        self.tally = dict.fromkeys(("settled_at_min_votes", "settled_at_min_votes_wrong",
                                     "asked_more_first_right", "asked_more_first_wrong",
                                     "reviews_corrected"), 0)
         self.record = np.zeros((ann.answers.shape[1], self.k, self.k))  # track record
@@ -301,7 +301,7 @@ class Run:
             self.collect(batch, P_of)
             self.close(batch, P_of)
         return {"reach": reach, "rounds": len(curve) - 1, "annotations": self.clicks,
-                "reviews": int(self.reviewed.sum()), "curve": curve}
+                "reviews": int(self.reviewed.sum()), "tally": self.tally, "curve": curve}
 
     def settled_posterior(self, rows: np.ndarray, P: np.ndarray | None) -> np.ndarray:
         """Each row's label posterior as a live round's adaptive votes read it
@@ -342,15 +342,15 @@ class Run:
             self.clicks += int(extra.sum())
 
     def count_asked(self, items: np.ndarray) -> None:
-        """Tally, over a batch's items outside the audit slice, those one vote settled
-        (and how many of them the first vote got wrong) and those asked for more (by
-        whether the first vote was right): how well the posterior spends extra votes."""
+        """Tally, over a batch's items outside the audit slice, those ``--min-votes``
+        settled (and how many of them the first vote got wrong) and those asked for more
+        (by whether the first vote was right): how well the posterior spends extra votes."""
         first = self.ann.answers[items, self.ann.order[items, 0]]
         right = first == self.truth[items]
-        one = self.votes[items] == 1
+        one = self.votes[items] == self.args.min_votes
         t = self.tally
-        t["settled_on_one"] += int(one.sum())
-        t["settled_on_one_wrong"] += int((one & ~right).sum())
+        t["settled_at_min_votes"] += int(one.sum())
+        t["settled_at_min_votes_wrong"] += int((one & ~right).sum())
         t["asked_more_first_right"] += int((~one & right).sum())
         t["asked_more_first_wrong"] += int((~one & ~right).sum())
 
@@ -467,8 +467,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--review", type=int, default=ReviewConfig().max_per_round,
                    help="review.max_per_round: doubtful labels reviewed per round (new).")
     p.add_argument("--review-below", type=float, default=None,
-                   help="Review only labels whose posterior is below this (default: the "
-                        "confidence target, as the product does).")
+                   help="Review only labels whose posterior is below this, in [0, 1] (0: "
+                        "no review; default: the confidence target, as the product does).")
     p.add_argument("--no-track-record", action="store_true",
                    help="Each round's consensus without the annotators' track record of "
                         "the rounds before (as alearn did before it kept one).")
@@ -486,6 +486,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="Also write the JSON here.")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.review_below is not None and not 0.0 <= args.review_below <= 1.0:
+        p.error(f"--review-below {args.review_below}: give a posterior in [0, 1]")
     configs = [c for c in args.configs.split(",") if c]
     panels = [x for x in args.panels.split(",") if x]
     bad = [c for c in configs if c not in CONFIGS] + [x for x in panels if x not in PANELS]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
+from sqlalchemy import select
 
 from alearn.config import ConvergenceConfig, EmbedConfig, ProjectConfig, Settings
 from alearn.exceptions import ConfigError
@@ -18,7 +20,12 @@ from alearn.model import training
 from alearn.project import Project
 from alearn.report.status import project_status
 from alearn.rounds.close import close_round
-from alearn.rounds.convergence import STOP_SET_KEY, ceiling_accuracies, convergence_status
+from alearn.rounds.convergence import (
+    STOP_SET_KEY,
+    assess_round,
+    ceiling_accuracies,
+    convergence_status,
+)
 from alearn.rounds.lifecycle import PUSHED, create_round, transition
 from alearn.rounds.metrics import RoundMetrics
 from alearn.stats.stopping import (
@@ -38,7 +45,7 @@ from alearn.stats.stopping import (
     stop_kappa,
     targets_reached,
 )
-from alearn.store import Annotation, Item, Selection
+from alearn.store import Annotation, Item, Round, Selection
 
 CLASSES = ["cat", "dog", "bird"]
 TINY = EmbedConfig(backbone="test_efficientnet", weights="none", image_size=32)
@@ -116,8 +123,9 @@ def test_ceiling_accuracies_prefer_the_consensus_estimate() -> None:
     annotators = [{"model_accuracy": 0.9, "loo_accuracy": 0.6},
                   {"model_accuracy": 0.92, "loo_accuracy": None},
                   {"model_accuracy": None, "loo_accuracy": 0.7},
-                  {"model_accuracy": None, "loo_accuracy": None}, {}]
-    assert ceiling_accuracies(annotators) == [0.9, 0.92, 0.7, None, None]
+                  {"model_accuracy": None, "loo_accuracy": None}, {},
+                  {"model_accuracy": float("nan"), "loo_accuracy": "x"}]
+    assert ceiling_accuracies(annotators) == [0.9, 0.92, 0.7, None, None, None]
     assert not human_ceiling(0.8, ceiling_accuracies(annotators)).met  # mean 0.84
     assert human_ceiling(0.8, [a.get("loo_accuracy") for a in annotators]).met  # 0.65
 
@@ -266,10 +274,20 @@ def test_close_records_signals_and_converges_on_budget(tmp_path: Path) -> None:
     assert not sig["stabilizing"]["met"]
     # human ceiling: the head's cv accuracy against the annotators' mean accuracy as the
     # round's consensus estimates it
-    mean_est = np.mean([a["model_accuracy"] for a in m1.annotators])
     assert all(a["model_accuracy"] is not None for a in m1.annotators)
+    mean_est = np.mean([a["model_accuracy"] for a in m1.annotators])
     assert sig["human_ceiling"]["met"] is bool(m1.cv_accuracy >= mean_est)
     assert f"annotators' mean {mean_est:.3f}" in sig["human_ceiling"]["detail"]
+    # every item here has 3 votes, so the two figures agree; where they do not (adaptive
+    # votes), the close's check reads the consensus estimate, not leave-one-out
+    with project.store.session() as s:
+        rid = s.scalar(select(Round.id).where(Round.number == 1))
+    apart = replace(m1, cv_accuracy=0.8, annotators=[
+        {"model_accuracy": 0.95, "loo_accuracy": 0.6},
+        {"model_accuracy": 0.9, "loo_accuracy": 0.65}])
+    ceiling = {s["name"]: s for s in assess_round(project, rid, apart, None)["signals"]}
+    assert not ceiling["human_ceiling"]["met"]
+    assert "annotators' mean 0.925" in ceiling["human_ceiling"]["detail"]
 
     m2 = run_round(project, ids[12:24], truth, annotation_base=1000)
     c2 = m2.convergence
