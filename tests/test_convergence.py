@@ -127,7 +127,7 @@ def test_ceiling_accuracies_prefer_the_consensus_estimate() -> None:
                   {"model_accuracy": float("nan"), "loo_accuracy": "x"}]
     assert ceiling_accuracies(annotators) == [0.9, 0.92, 0.7, None, None, None]
     assert not human_ceiling(0.8, ceiling_accuracies(annotators)).met  # mean 0.84
-    assert human_ceiling(0.8, [a.get("loo_accuracy") for a in annotators]).met  # 0.65
+    assert human_ceiling(0.8, [a.get("loo_accuracy") for a in annotators[:5]]).met  # 0.65
 
 
 def test_human_ceiling() -> None:
