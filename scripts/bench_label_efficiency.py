@@ -98,12 +98,17 @@ def embed_split(args: argparse.Namespace) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _embeddings_path(args: argparse.Namespace) -> Path:
+def _embed_config(args: argparse.Namespace) -> tuple[EmbedConfig, str]:
+    """The backbone settings of ``args`` and their feature-cache key."""
     from alearn.features.backbone import cache_key_for
 
     cfg = EmbedConfig(backbone=args.backbone, image_size=args.image_size, weights=args.weights)
+    return cfg, cache_key_for(cfg)
+
+
+def _embeddings_path(args: argparse.Namespace) -> Path:
     key = hashlib.sha1(
-        f"{args.dataset}|{args.pool}|{args.test}|{args.split_seed}|{cache_key_for(cfg)}"
+        f"{args.dataset}|{args.pool}|{args.test}|{args.split_seed}|{_embed_config(args)[1]}"
         .encode()).hexdigest()[:16]
     return Path(args.cache_dir).expanduser() / f"{key}.npz"
 
@@ -112,12 +117,11 @@ def _embed_to(args: argparse.Namespace, path: Path) -> None:
     """Embed the split and write it to ``path`` (in a child process: see embed_split)."""
     import torch
 
-    from alearn.features.backbone import cache_key_for, embed_pil, load_backbone
+    from alearn.features.backbone import embed_pil, load_backbone
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         stream=sys.stderr)
-    cfg = EmbedConfig(backbone=args.backbone, image_size=args.image_size, weights=args.weights)
-    fkey = cache_key_for(cfg)
+    cfg, fkey = _embed_config(args)
     split = load_split(args.dataset, n_pool=args.pool, n_test=args.test, seed=args.split_seed)
     torch.set_num_threads(args.torch_threads)
     backbone = load_backbone(cfg)
