@@ -345,6 +345,43 @@ def test_agreement_rests_on_the_gold_and_audit_items_with_max_votes(proj: Projec
         assert view["agreement_items"] == on and view["report"]["n_items"] == 7
 
 
+def test_the_agreement_view_shows_the_annotators_accuracy_the_close_estimates(
+        proj: Project) -> None:
+    # annotator 2 answers at random; the second round's close starts from the track
+    # record of the first, so plain Dawid-Skene over its votes alone reads differently
+    rng = np.random.default_rng(6)
+
+    def one_round(first: int) -> int:
+        votes: dict[int, list[str | None]] = {}
+        for k in range(first, first + 24):
+            truth = CLASSES3[k % 3]
+            votes[k] = [truth, truth if rng.random() < 0.8 else CLASSES3[(k + 1) % 3],
+                        CLASSES3[int(rng.integers(0, 3))]]
+        rid, ids = adaptive_round(proj, votes)
+        with round_metrics.editing(proj.store, rid) as m:
+            assert m.adaptive_votes is not None
+            m.adaptive_votes.audit_items = list(ids.values())
+            m.adaptive_votes.targets = dict.fromkeys(ids.values(), 3)
+        return rid
+
+    close_round(proj, one_round(0))
+    rid = one_round(24)
+    number = get_round(proj.store, rid).number
+    running = agreement_summary(proj, round_number=number)  # before the close
+    metrics = close_round(proj, rid)
+    closed = agreement_summary(proj, round_number=number)
+    stored = {a["annotator"]: a["model_accuracy"] for a in metrics.annotators}
+    assert len(stored) == 3 and all(v is not None for v in stored.values())
+    # a closed round shows what its close stored, the figure the report and the
+    # convergence check read; a running one what the close computes from the same votes
+    for view in (running, closed):
+        shown = {a["annotator"]: a["model_accuracy"] for a in view["quality"]}
+        assert shown == pytest.approx(stored)
+        rows = {a["annotator"]: a["accuracy (consensus)"] for a in view["annotators"]}
+        assert rows == {who: f"{acc:.3f}" for who, acc in stored.items()}
+    assert stored[ANNOTATORS[0]] > stored[ANNOTATORS[1]] > stored[ANNOTATORS[2]]
+
+
 def test_a_round_with_few_audit_items_reaches_back_to_the_rounds_before(proj: Project) -> None:
     rng = np.random.default_rng(5)
     votes: dict[int, list[str]] = {}

@@ -74,7 +74,7 @@ def agreement_cmd(ctx: Context, number: int | None, as_json: bool) -> None:
                     ["a", "b", "value", "95% CI", "items", "note"])
     if summary["annotators"]:
         print_table("Annotators", summary["annotators"],
-                    ["annotator", "items", "accuracy (Dawid-Skene)", "accuracy vs others",
+                    ["annotator", "items", "accuracy (consensus)", "accuracy vs others",
                      "peer kappa", "gold accuracy", "median s", "flag"],
                     headers={"peer kappa": "mean Cohen's kappa with peers",
                              "median s": "median seconds"})

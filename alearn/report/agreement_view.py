@@ -8,9 +8,11 @@ from sqlalchemy import select
 
 from alearn.exceptions import RoundError
 from alearn.project import Project
+from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adaptive_round import agreement_sample
 from alearn.rounds.close import N_BOOT, annotator_report
-from alearn.rounds.votes import tally
+from alearn.rounds.lifecycle import CLOSED
+from alearn.rounds.votes import Tally, consensus, tally, with_posteriors
 from alearn.stats.agreement import agreement_report
 from alearn.stats.bootstrap import Estimate
 from alearn.store import Round
@@ -25,7 +27,6 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
         if rid is None:
             raise RoundError(f"there is no round {round_number}; see 'alearn status'.")
         round_ids = [rid]
-    cfg = project.config
     votes = tally(project, round_ids)
     ratings = votes.ratings
     out: dict[str, Any] = {"round": round_number, "n_items": len(ratings.items),
@@ -55,23 +56,49 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
         out["figures"].append(_row(f"Krippendorff's alpha, {cls} vs rest", est))
     for pair in report.pairwise_kappa.to_dict()["pairs"]:
         out["pairwise"].append({"a": pair["a"], "b": pair["b"], **_cells(pair)})
-    # the same figures and flag rule as round close
-    quality = annotator_report(
-        ratings, gold=votes.gold, lead_times=votes.lead_times, n_classes=len(cfg.classes),
-        min_accuracy=cfg.agreement.annotator_min_accuracy,
-    )
+    quality = _annotator_figures(project, votes, round_ids)
     for q in quality:
         out["annotators"].append({
-            "annotator": q["annotator"], "items": q["n_items"],
-            "accuracy (Dawid-Skene)": _num(q["model_accuracy"]),
-            "accuracy vs others": _num(q["loo_accuracy"]), "peer kappa": _num(q["peer_kappa"]),
-            "gold accuracy": _num(q["gold_accuracy"])
-            + (f" ({q['n_gold']})" if q["n_gold"] else ""),
-            "median s": _num(q["median_seconds"], 1),
-            "flag": "; ".join(q["reasons"]) if q["flagged"] else "",
+            "annotator": q["annotator"], "items": q.get("n_items"),
+            "accuracy (consensus)": _num(q.get("model_accuracy")),
+            "accuracy vs others": _num(q.get("loo_accuracy")),
+            "peer kappa": _num(q.get("peer_kappa")),
+            "gold accuracy": _num(q.get("gold_accuracy"))
+            + (f" ({q['n_gold']})" if q.get("n_gold") else ""),
+            "median s": _num(q.get("median_seconds"), 1),
+            "flag": "; ".join(q.get("reasons") or []) if q.get("flagged") else "",
         })
     out["quality"] = quality
     return out
+
+
+def _annotator_figures(project: Project, votes: Tally,
+                       round_ids: list[int] | None) -> list[dict[str, Any]]:
+    """Each annotator's figures, with the same consensus and flag rule as round close.
+
+    A closed round shows what its close stored: the accuracy the consensus estimated
+    then is the one the report and the convergence check read (the head has learned the
+    round's labels since, so a fresh fit would differ). A running round, or all rounds,
+    gets the consensus the close would compute now: the configured method over these
+    votes (with a round, from the annotators' track record of the rounds before it);
+    with majority vote, Dawid-Skene's posteriors.
+    """
+    round_id = round_ids[0] if round_ids else None
+    if round_id is not None:
+        with project.store.session() as s:
+            rnd = s.get(Round, round_id)
+            if rnd is not None and rnd.status == CLOSED:
+                stored = round_metrics.of(rnd).annotators
+                if stored:
+                    return [dict(a) for a in stored if isinstance(a, dict) and "annotator" in a]
+    cfg = project.config
+    fit = with_posteriors(project, votes.ratings,
+                          consensus(project, votes.ratings, round_id=round_id), round_id)
+    return annotator_report(
+        votes.ratings, gold=votes.gold, lead_times=votes.lead_times,
+        n_classes=len(cfg.classes), min_accuracy=cfg.agreement.annotator_min_accuracy,
+        consensus=fit,
+    )
 
 
 def _num(value: float | None, digits: int = 3) -> str:

@@ -144,7 +144,7 @@ def _round_html(rnd: dict[str, Any], running: bool) -> str:
     if votes:
         out += "<h3>Votes per annotator</h3>" + table(["annotator", "votes"], votes)
     if rnd["annotators"]:
-        cols = ["annotator", "items", "accuracy (Dawid-Skene)", "accuracy vs others",
+        cols = ["annotator", "items", "accuracy (consensus)", "accuracy vs others",
                 "peer kappa", "gold accuracy", "median s", "flag"]
         names = {"peer kappa": "mean Cohen's kappa with peers", "median s": "median seconds",
                  "flag": "flagged because"}
