@@ -41,7 +41,11 @@ Per configuration and seed: human annotations (votes + reviews) until the head r
 ``--target`` x the full-pool accuracy (head on every pool item's true label), and the same
 for balanced accuracy (macro recall); at that point the trusted labels' accuracy against
 the truth, and the AUROC with which the error ranking (and, alone, the consensus
-confidence) finds the wrong trusted labels; and, for adaptive votes, how the extra
+confidence) finds the wrong trusted labels that the reviews left; the ranking's AUROC
+over the consensus labels as the consensus gave them, before any review corrected one
+(``ranking_auroc_as_given``: reviewed labels put back, the head cross-validated on
+those labels; for configurations without review the two are the same); and, for
+adaptive votes, how the extra
 votes were spent (items ``--min-votes`` settled, and how many of those the first vote
 got wrong; items asked for more, by whether their first vote was right) and how many
 reviews corrected a label. A separate experiment gives consensus
@@ -163,6 +167,7 @@ class Run:
         n = len(self.X)
         self.votes = np.zeros(n, dtype=int)  # votes per item
         self.trusted = np.full(n, -1)  # trusted label per item
+        self.given = np.full(n, -1)  # the label the consensus gave, before any review
         self.reviewed = np.zeros(n, dtype=bool)
         self.clicks = 0
         # what the adaptive votes and the reviews bought (see count_asked)
@@ -212,7 +217,8 @@ class Run:
         rows = np.sort(batch)
         P = None if P_of is None else np.array([P_of[int(i)] for i in rows])
         cons = self.consensus(rows, P, carried=True)
-        self.trusted[rows] = np.where(cons.status == "agreed", cons.labels, -1)
+        self.trusted[rows] = self.given[rows] = np.where(cons.status == "agreed",
+                                                         cons.labels, -1)
         self.trusted[self.reviewed] = self.truth[self.reviewed]
         if self.method == "majority":  # as the product records it: Dawid-Skene's
             if self.fixed is not None:
@@ -249,6 +255,25 @@ class Run:
         out["order"] = [int(sel[r]) for r in ranking.order.tolist() if ranking.doubtful[r]]
         return out
 
+    def ranking_as_given(self, rows: np.ndarray) -> dict:
+        """The ranking's AUROC over the consensus labels as the consensus gave them: the
+        reviewed ones back at their consensus label and no longer known, the head
+        cross-validated on those labels. This is how well the ranking finds wrong
+        consensus labels (as CROWDLAB's AUROC is measured), before the reviews have
+        corrected the ones it found; ``error_ranking`` measures what they left."""
+        trusted, reviewed = self.trusted, self.reviewed
+        self.trusted, self.reviewed = self.given.copy(), np.zeros_like(reviewed)
+        try:
+            T = np.flatnonzero(self.trusted >= 0)
+            if len(np.unique(self.trusted[T])) < 2:
+                return {}
+            head = self.new_head().fit(self.X[T], self.trusted[T])
+            info = self.error_ranking(rows, self.probs(head, rows))
+        finally:
+            self.trusted, self.reviewed = trusted, reviewed
+        return {"ranking_auroc_as_given": info["ranking_auroc"], "n_as_given": info["n"],
+                "wrong_as_given": info["wrong"]}
+
     def run(self, target: float, btarget: float) -> dict:
         a, Xt, yt = self.args, self.d["Xt"], self.d["yt"]
         classes = [str(c) for c in range(self.k)]
@@ -268,6 +293,7 @@ class Run:
             uses_model = self.method == "model_aware" or self.review
             P = self.probs(head, voted) if (hit or uses_model) and head is not None else None
             info = self.error_ranking(voted, P) if (hit or self.review) and len(voted) else None
+            as_given = self.ranking_as_given(voted) if hit and len(voted) else {}
             for m in hit:
                 reach[m] = {
                     "annotations": self.clicks, "trusted": int(len(T)),
@@ -275,7 +301,7 @@ class Run:
                                               4),
                     "reviews": int(self.reviewed.sum()), **self.tally,
                     **{x: (info or {}).get(x) for x in ("ranking_auroc", "confidence_auroc",
-                                                        "n", "wrong")}}
+                                                        "n", "wrong")}, **as_given}
             if all(reach.values()) or self.clicks >= a.budget:
                 break
             if self.review and info is not None and info["order"]:
@@ -411,8 +437,9 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
                 [x and x["annotations"] for x in reach])
         acc = [r["reach"]["accuracy"] for r in per_seed]
         for key in ("trusted", "trusted_accuracy", "ranking_auroc", "confidence_auroc",
-                    "reviews"):
-            row[f"median_{key}"] = _median([x[key] for x in acc if x and x[key] is not None])
+                    "ranking_auroc_as_given", "reviews"):
+            row[f"median_{key}"] = _median([x.get(key) for x in acc
+                                            if x and x.get(key) is not None])
         out[name] = row
     for m in ("accuracy", "balanced_accuracy"):
         key = f"median_annotations_to_{m}_target"
