@@ -45,11 +45,11 @@ confidence) finds the wrong trusted labels that the reviews left; the ranking's 
 over the consensus labels as the consensus gave them, before any review corrected one
 (``ranking_auroc_as_given``: reviewed labels put back, the head cross-validated on
 those labels; for configurations without review the two are the same); and, for
-adaptive votes, how the extra
-votes were spent (items ``--min-votes`` settled, and how many of those the first vote
-got wrong; items asked for more, by whether their first vote was right) and how many
-reviews corrected a label. A separate experiment gives consensus
-accuracy at exactly 1, 2 and 3 votes per item on ``--consensus-items`` random items:
+adaptive votes, how the extra votes were spent (items ``--min-votes`` settled, and how
+many of those the first vote got wrong; items asked for more, by whether their first
+vote was right) and how many reviews corrected a label. A separate experiment gives
+consensus accuracy at exactly 1, 2 and 3 votes per item on ``--consensus-items`` random
+items:
 majority, Dawid-Skene, model-aware (model: cross-validated on the majority labels) and
 cleanlab's CROWDLAB (``get_label_quality_multiannotator``; it refuses one vote per item).
 
