@@ -88,7 +88,8 @@ def test_good_images_in_nested_folders_on_both_databases(
     assert len(count_decodes) == 6
     second = ingest(project)
     assert second.to_dict() == {"added": 0, "duplicate": 0, "rejected": 0, "skipped": 6,
-                                "updated": 0, "rejections": [], "warnings": [], "changed": []}
+                                "updated": 0, "rejections": [], "warnings": [], "changed": [],
+                                "earlier_rejections": []}
     assert len(count_decodes) == 6
     assert len(items(project)) == 6
     project.store.dispose()
@@ -171,6 +172,9 @@ def test_symlinks_that_leave_the_image_root_are_refused(project: Project,
     assert files(project)["inside.png"].status == "duplicate"
     again = ingest(project)
     assert (again.added, again.rejected, again.skipped) == (0, 0, 9)
+    # what an earlier run rejected is said again, with its reason, while it is unchanged
+    assert dict(again.earlier_rejections) == {k: v for k, v in why.items()
+                                              if k in ("link.png", "linkdir")}
 
 
 def test_images_folder_outside_the_root_is_an_error(project: Project, tmp_path: Path) -> None:
@@ -236,6 +240,7 @@ def test_reingest_adds_only_new_files_and_retries_changed_rejects(
     n = len(count_decodes)
     second = ingest(project)
     assert (second.added, second.rejected, second.skipped) == (0, 0, 6)
+    assert second.earlier_rejections == first.rejections  # the empty file, still empty
     assert [p for p, _ in second.changed] == ["a/img0.png"]
     assert "bytes changed since it was ingested" in second.changed[0][1]
     assert items(project)["a/img0.png"].sha256 == old_sha  # the item keeps its bytes' hash
@@ -245,6 +250,7 @@ def test_reingest_adds_only_new_files_and_retries_changed_rejects(
     write_image(root / "late.png", seed=78)
     third = ingest(project)
     assert (third.added, third.rejected, third.skipped, len(third.changed)) == (2, 0, 5, 1)
+    assert third.earlier_rejections == []
     assert sorted(count_decodes[n:]) == sorted([root / "b" / "new.jpg", root / "late.png"])
     assert files(project)["late.png"].status == "item"
     assert files(project)["late.png"].reason is None
@@ -386,8 +392,17 @@ def test_bad_manifest_rows_are_recorded_and_the_rest_ingested(project: Project,
     assert recs["a/img0.png"].reason == why["a/img0.png"]
     assert recs["../x.png"].status == "rejected"
     assert "" not in recs
-    # the same manifest again changes nothing; a fixed row is then ingested
-    assert ingest(project, manifest=manifest).rejected == 2  # the two unstored row errors
+    # the same manifest again changes nothing, and says which rows are still rejected;
+    # a fixed row is then ingested
+    again = ingest(project, manifest=manifest)
+    assert again.rejected == 2  # the two unstored row errors
+    assert sorted(again.earlier_rejections) == sorted(
+        (path, reason) for path, reason in s.rejections if path and "given on row" not in reason)
+    out = CliRunner().invoke(cli, ["--project", str(project.root), "ingest", "--manifest",
+                                   str(manifest)])
+    assert out.exit_code == 0, out.output
+    assert "6 of them rejected by an earlier ingest and unchanged since" in out.output
+    assert "Still rejected" in out.output and "lat 95.0 is out of range" in out.output
     fixed = tmp_path / "fixed.csv"
     fixed.write_text("path,label,captured_at\na/img0.png,cat,2024-12-25\n")
     s2 = ingest(project, manifest=fixed)

@@ -74,11 +74,15 @@ def ingest_cmd(ctx: Context, images: Path | None, manifest: Path | None, workers
     if as_json:
         print_json(summary.to_dict())
         return
+    earlier = summary.earlier_rejections
     console.print(f"added {summary.added}, duplicate {summary.duplicate}, rejected "
-                  f"{summary.rejected}, skipped {summary.skipped} (seen before), updated "
-                  f"{summary.updated}")
+                  f"{summary.rejected}, skipped {summary.skipped} (seen before"
+                  + (f"; {len(earlier)} of them rejected by an earlier ingest and unchanged "
+                     "since" if earlier else "") + f"), updated {summary.updated}")
     for title, entries in (("Rejected", summary.rejections), ("Warnings", summary.warnings),
-                           ("Changed files, refused", summary.changed)):
+                           ("Changed files, refused", summary.changed),
+                           ("Still rejected (by an earlier ingest; fix the file or its "
+                            "manifest row and ingest again)", earlier)):
         if entries:
             print_table(title, [{"path": escape(p), "reason": escape(r)} for p, r in entries[:100]],
                         ["path", "reason"])

@@ -198,6 +198,8 @@ def _sort_out(candidates: list[Candidate], known: dict[str, Known], summary: Ing
                 touched.append((c.rel, mtime))
             if c.row is not None:
                 updates.append((rec.item_id, c))
+        elif rec.status == "rejected":
+            summary.earlier_rejections.append((c.rel, rec.reason or ""))
         summary.skipped += 1
     return todo, touched, updates
 

@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class IngestSummary:
-    """What one ingest run did. ``rejections`` holds (path, reason) for this run."""
+    """What one ingest run did. ``rejections`` holds (path, reason) for this run;
+    ``earlier_rejections`` those of files rejected by an earlier run and skipped now,
+    unchanged since (they count in ``skipped``), so that every run shows them."""
 
     added: int = 0
     duplicate: int = 0
@@ -36,6 +38,7 @@ class IngestSummary:
     updated: int = 0
     warnings: list[tuple[str, str]] = field(default_factory=list)
     changed: list[tuple[str, str]] = field(default_factory=list)
+    earlier_rejections: list[tuple[str, str]] = field(default_factory=list)
 
     def reject(self, path: str, reason: str) -> None:
         self.rejected += 1
@@ -49,6 +52,8 @@ class IngestSummary:
             "rejections": [{"path": p, "reason": r} for p, r in self.rejections],
             "warnings": [{"path": p, "message": m} for p, m in self.warnings],
             "changed": [{"path": p, "reason": r} for p, r in self.changed],
+            "earlier_rejections": [{"path": p, "reason": r}
+                                   for p, r in self.earlier_rejections],
         }
 
 

@@ -212,6 +212,7 @@ def record_refusal(s: Session, ref: Refusal, known: dict[str, Known],
     rec = known.get(ref.key) if ref.store else None
     if rec is not None and rec.status == "rejected" and rec.reason == ref.reason:
         summary.skipped += 1
+        summary.earlier_rejections.append((ref.key, ref.reason))
         return
     summary.reject(ref.key, ref.reason)
     if ref.store and (rec is None or rec.status == "rejected"):
