@@ -83,15 +83,11 @@ def carried_counts(store: Store, round_id: int, annotators: Sequence[Any], k: in
 
 
 def record_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether two rounds' records (annotator -> k x k counts) differ beyond rounding;
-    an old record that does not read as counts has changed."""
+    """Whether two rounds' records (annotator -> k x k counts) differ beyond rounding."""
     if set(old) != set(new):
         return True
     for who, counts in new.items():
-        try:
-            a, b = np.asarray(old[who], dtype=float), np.asarray(counts, dtype=float)
-        except (TypeError, ValueError):
-            return True
+        a, b = np.asarray(old[who], dtype=float), np.asarray(counts, dtype=float)
         if a.shape != b.shape or not np.allclose(a, b, rtol=0.0, atol=1e-3):
             return True
     return False
