@@ -7,20 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from factories import ANNOTATORS
-from sqlalchemy import select
 from test_adaptive_round import CLASSES3, adaptive_round
 
 from alearn.exceptions import ConfigError
 from alearn.project import Project
-from alearn.report.status import project_status
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adaptive_round import decide, posterior
 from alearn.rounds.annotator_record import carried_counts, round_counts
 from alearn.rounds.close import close_round
-from alearn.rounds.lifecycle import get_round, is_stale, record_event
+from alearn.rounds.lifecycle import get_round
 from alearn.rounds.votes import tally
 from alearn.stats.consensus import dawid_skene, model_aware
-from alearn.store import Annotation, Round
+from alearn.store import Round
 
 
 def test_round_counts_sum_the_posteriors_by_the_label_given() -> None:
@@ -137,38 +135,3 @@ def test_a_record_the_database_cannot_read_is_read_row_by_row(project: Project) 
     got = carried_counts(project.store, r3, ["ann-a"], 3)  # round 2's record alone
     two = round_metrics.of(get_round(project.store, r2)).annotator_counts["ann-a"]
     assert got is not None and np.allclose(got[0], two)
-
-
-def test_a_recompute_that_changes_a_record_marks_the_later_rounds_stale(proj: Project) -> None:
-    proj.config.agreement.consensus = "dawid_skene"
-    rng = np.random.default_rng(8)
-    truth = {k: CLASSES3[int(rng.integers(0, 3))] for k in range(40)}
-    rounds = []
-    for first in (0, 20):
-        votes: dict[int, list[str | None]] = {
-            k: [truth[k], truth[k], CLASSES3[int(rng.integers(0, 3))]]
-            for k in range(first, first + 20)}
-        rid, _ = adaptive_round(proj, votes)
-        close_round(proj, rid)
-        rounds.append(rid)
-    r1, r2 = rounds
-    n1, n2 = (get_round(proj.store, r).number for r in rounds)
-    # a recompute from the same votes leaves the record, and round 2, as they were
-    close_round(proj, r1, recompute=True)
-    assert is_stale(proj.store, r2) == []
-    # ann-a's votes in round 1 change in Label Studio after the close (as a pull
-    # records it): the recompute changes round 1's record, which round 2 started from
-    with proj.store.session() as s:
-        for ann in s.scalars(select(Annotation).where(Annotation.round_id == r1,
-                                                      Annotation.annotator == "ann-a")):
-            ann.label = CLASSES3[(CLASSES3.index(ann.label) + 1) % 3]
-    record_event(proj.store, r1, "stale", round=n1, changes=[{"change": "edited"}] * 20)
-    close_round(proj, r1, recompute=True)
-    assert is_stale(proj.store, r1) == []
-    (event,) = is_stale(proj.store, r2)
-    assert event["record_of_round"] == n1
-    (line,) = [a for a in project_status(proj)["attention"] if a.startswith(f"round {n2} ")]
-    assert f"track record it starts from changed when round(s) {n1} were recomputed" in line
-    assert f"'alearn round close --round {n2}'" in line
-    close_round(proj, r2, recompute=True)
-    assert is_stale(proj.store, r2) == []

@@ -109,9 +109,10 @@ def _attention(project: Project, rows: list[Round], rounds: list[dict[str, Any]]
         elif row.status == CLOSED:
             entry["stale"] = row.id in stale
             if row.id in stale:
-                out.append(f"round {number} is stale: {_why_stale(stale[row.id])}. Run "
-                           f"'alearn round close --round {number}' to recompute it (earlier "
-                           "rounds first).")
+                n = sum(len(c.get("changes") or []) for c in stale[row.id])
+                out.append(f"round {number} is stale: {n} vote(s) changed in Label Studio "
+                           f"after it closed. Run 'alearn round close --round {number}' to "
+                           "recompute it.")
         elif row.status in ACTIVE and row.error:
             out.append(f"round {number}: {row.error}")
     if not roster(project.store):
@@ -154,19 +155,3 @@ def _convergence(project: Project) -> dict[str, Any]:
 
     status = convergence_status(project).to_dict()
     return {k: status[k] for k in ("converged", "summary", "reasons", "signals")}
-
-
-def _why_stale(events: list[dict[str, Any]]) -> str:
-    """What made a closed round stale: votes changed in Label Studio after it closed,
-    or the track record of an earlier round it started from changed on a recompute."""
-    why = []
-    n = sum(len(e.get("changes") or []) for e in events)
-    if n:
-        why.append(f"{n} vote(s) changed in Label Studio after it closed")
-    earlier = sorted({int(e["record_of_round"]) for e in events
-                      if isinstance(e.get("record_of_round"), int)})
-    if earlier:
-        which = ", ".join(str(r) for r in earlier)
-        why.append(f"the annotators' track record it starts from changed when round(s) "
-                   f"{which} were recomputed")
-    return "; ".join(why) or "it changed after it closed"

@@ -14,10 +14,9 @@ closed rounds before it (:func:`carried_counts`) to its own confusion counts
 A round recomputed later reads the records of the closed rounds numbered before it, as
 they are then, never later rounds', so closing later rounds does not change its labels
 (recomputing an earlier round changes that round's record, and later rounds see it only
-when they are recomputed too: :func:`mark_later_rounds` marks the closed rounds after it
-stale when its record changed, so that ``alearn status`` names them). Majority vote has
-no confusions and ignores the record; its close records Dawid-Skene's counts. A stored
-record that is not a k x k table of counts is skipped.
+when they are recomputed too). Majority vote has no confusions and ignores the record;
+its close records Dawid-Skene's counts. A stored record that is not a k x k table of
+counts is skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import numpy as np
 from sqlalchemy import select
 
 from alearn.rounds import metrics as round_metrics
-from alearn.rounds.lifecycle import CLOSED, record_event
+from alearn.rounds.lifecycle import CLOSED
 from alearn.store import Round, Store
 
 #: The most votes one round's record may hold in a cell; a larger one is not a round's.
@@ -82,28 +81,6 @@ def carried_counts(store: Store, round_id: int, annotators: Sequence[Any], k: in
     return total if found else None
 
 
-def record_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether two rounds' records (annotator -> k x k counts) differ beyond rounding."""
-    if set(old) != set(new):
-        return True
-    for who, counts in new.items():
-        a, b = np.asarray(old[who], dtype=float), np.asarray(counts, dtype=float)
-        if a.shape != b.shape or not np.allclose(a, b, rtol=0.0, atol=1e-3):
-            return True
-    return False
-
-
-def mark_later_rounds(store: Store, number: int) -> list[int]:
-    """Mark stale every closed round numbered after round ``number``, whose record just
-    changed: their consensus started from it. Returns their numbers."""
-    with store.session() as s:
-        later = s.execute(select(Round.id, Round.number).where(
-            Round.number > number, Round.status == CLOSED).order_by(Round.number)).all()
-    for rid, later_number in later:
-        record_event(store, rid, "stale", round=later_number, record_of_round=number)
-    return [int(n) for _rid, n in later]
-
-
 def _counts(value: Any, k: int) -> np.ndarray | None:
     """A stored k x k record as counts, or None when it is not one: another shape (the
     class list changed since), not numbers, negative, or beyond any real round's size
@@ -117,4 +94,4 @@ def _counts(value: Any, k: int) -> np.ndarray | None:
     return c
 
 
-__all__ = ["MAX_COUNT", "carried_counts", "mark_later_rounds", "record_changed", "round_counts"]
+__all__ = ["MAX_COUNT", "carried_counts", "round_counts"]

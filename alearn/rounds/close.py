@@ -33,7 +33,7 @@ from alearn.model.current import TrainedHead, current_head
 from alearn.project import Project
 from alearn.rounds import metrics as round_metrics
 from alearn.rounds.agreement_window import round_agreement_sample
-from alearn.rounds.annotator_record import mark_later_rounds, record_changed, round_counts
+from alearn.rounds.annotator_record import round_counts
 from alearn.rounds.lifecycle import CLOSED, COLLECTING, PUSHED, get_round, record_event, transition
 from alearn.rounds.votes import consensus, tally, with_posteriors
 from alearn.stats.agreement import agreement_report as _agreement_report
@@ -74,7 +74,6 @@ def close_round(project: Project, round_id: int, *,
         )
     votes = tally(project, [round_id])
     metrics = round_metrics.of(rnd)
-    old_counts = dict(metrics.annotator_counts)
     metrics.labels_spent = len(votes.votes)
     with store.session() as s:
         metrics.labels_spent_total = s.scalar(
@@ -137,8 +136,6 @@ def close_round(project: Project, round_id: int, *,
         round_metrics.put(row, metrics)
     if rnd.status == CLOSED:
         record_event(store, round_id, "recomputed", labels_spent=metrics.labels_spent)
-        if record_changed(old_counts, metrics.annotator_counts):
-            mark_later_rounds(store, rnd.number)
     else:
         transition(store, round_id, CLOSED)
     log.info("round_event=closed round=%s labels_spent=%s kappa=%s cv_accuracy=%s",

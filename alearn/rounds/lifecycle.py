@@ -14,8 +14,8 @@ retries are spent) or ``aborted`` (by the operator; the votes already given are 
 ``alearn round retry`` resumes a failed round from its first unfinished step, which
 :func:`resume_point` reads from the store's facts (selections, pushed tasks, votes),
 never from Redis. What happened off the happy path is kept as :class:`RoundEvent` rows:
-failed, retried, aborted, stale (an annotation changed after the round closed, or the
-track record of an earlier round it started from changed on a recompute) and recomputed.
+failed, retried, aborted, stale (an annotation changed after the round closed) and
+recomputed.
 """
 
 from __future__ import annotations
