@@ -349,6 +349,7 @@ def test_the_agreement_view_shows_the_annotators_accuracy_the_close_estimates(
         proj: Project) -> None:
     # annotator 2 answers at random; the second round's close starts from the track
     # record of the first, so plain Dawid-Skene over its votes alone reads differently
+    proj.config.agreement.consensus = "dawid_skene"
     rng = np.random.default_rng(6)
 
     def one_round(first: int) -> int:
@@ -369,17 +370,36 @@ def test_the_agreement_view_shows_the_annotators_accuracy_the_close_estimates(
     number = get_round(proj.store, rid).number
     running = agreement_summary(proj, round_number=number)  # before the close
     metrics = close_round(proj, rid)
-    closed = agreement_summary(proj, round_number=number)
     stored = {a["annotator"]: a["model_accuracy"] for a in metrics.annotators}
     assert len(stored) == 3 and all(v is not None for v in stored.values())
-    # a closed round shows what its close stored, the figure the report and the
-    # convergence check read; a running one what the close computes from the same votes
-    for view in (running, closed):
-        shown = {a["annotator"]: a["model_accuracy"] for a in view["quality"]}
-        assert shown == pytest.approx(stored)
-        rows = {a["annotator"]: a["accuracy (consensus)"] for a in view["annotators"]}
-        assert rows == {who: f"{acc:.3f}" for who, acc in stored.items()}
     assert stored[ANNOTATORS[0]] > stored[ANNOTATORS[1]] > stored[ANNOTATORS[2]]
+    # a running round: Dawid-Skene from the track record, as its close starts from
+    shown = {a["annotator"]: a["model_accuracy"] for a in running["quality"]}
+    assert shown == pytest.approx(stored)
+    rows = {a["annotator"]: a["accuracy (consensus)"] for a in running["annotators"]}
+    assert rows == {who: f"{acc:.3f}" for who, acc in stored.items()}
+    # a closed round: what its close stored (the report and the convergence check read
+    # it), however the figures would come out if fitted again
+    with round_metrics.editing(proj.store, rid) as m:
+        m.annotators = [{**m.annotators[0], "model_accuracy": 0.123}, *m.annotators[1:]]
+    first = metrics.annotators[0]["annotator"]
+    closed = agreement_summary(proj, round_number=number)
+    assert {a["annotator"]: a["accuracy (consensus)"] for a in closed["annotators"]}[first] \
+        == "0.123"
+    # stored values that are not what a close writes show as '-', never a traceback
+    with round_metrics.editing(proj.store, rid) as m:
+        m.annotators = [
+            {**m.annotators[0], "model_accuracy": "abc", "reasons": "not a list",
+             "flagged": True, "n_items": {"x": 1}, "loo_accuracy": None, "n_gold": "2"},
+            {**m.annotators[1], "model_accuracy": [1], "reasons": [None, "real reason"],
+             "flagged": True},
+            *m.annotators[2:]]
+    rows = {a["annotator"]: a for a in agreement_summary(proj, round_number=number)["annotators"]}
+    assert rows[first]["accuracy (consensus)"] == "-" and rows[first]["flag"] == ""
+    assert rows[first]["items"] == "-" and rows[first]["accuracy vs others"] == "-"
+    second = metrics.annotators[1]["annotator"]
+    assert rows[second]["accuracy (consensus)"] == "-"
+    assert rows[second]["flag"] == "real reason"
 
 
 def test_a_round_with_few_audit_items_reaches_back_to_the_rounds_before(proj: Project) -> None:

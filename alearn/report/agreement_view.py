@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from alearn.rounds import metrics as round_metrics
 from alearn.rounds.adaptive_round import agreement_sample
 from alearn.rounds.close import N_BOOT, annotator_report
 from alearn.rounds.lifecycle import CLOSED
-from alearn.rounds.votes import Tally, consensus, tally, with_posteriors
+from alearn.rounds.votes import Tally, consensus, tally
 from alearn.stats.agreement import agreement_report
 from alearn.stats.bootstrap import Estimate
 from alearn.store import Round
@@ -59,14 +60,15 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
     quality = _annotator_figures(project, votes, round_ids)
     for q in quality:
         out["annotators"].append({
-            "annotator": q["annotator"], "items": q.get("n_items"),
+            "annotator": str(q["annotator"]),
+            "items": q["n_items"] if isinstance(q.get("n_items"), int) else "-",
             "accuracy (consensus)": _num(q.get("model_accuracy")),
             "accuracy vs others": _num(q.get("loo_accuracy")),
             "peer kappa": _num(q.get("peer_kappa")),
             "gold accuracy": _num(q.get("gold_accuracy"))
-            + (f" ({q['n_gold']})" if q.get("n_gold") else ""),
+            + (f" ({q['n_gold']})" if isinstance(q.get("n_gold"), int) and q["n_gold"] else ""),
             "median s": _num(q.get("median_seconds"), 1),
-            "flag": "; ".join(q.get("reasons") or []) if q.get("flagged") else "",
+            "flag": _reasons(q) if q.get("flagged") is True else "",
         })
     out["quality"] = quality
     return out
@@ -74,14 +76,15 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
 
 def _annotator_figures(project: Project, votes: Tally,
                        round_ids: list[int] | None) -> list[dict[str, Any]]:
-    """Each annotator's figures, with the same consensus and flag rule as round close.
+    """Each annotator's figures, with the flag rule of round close.
 
     A closed round shows what its close stored: the accuracy the consensus estimated
     then is the one the report and the convergence check read (the head has learned the
-    round's labels since, so a fresh fit would differ). A running round, or all rounds,
-    gets the consensus the close would compute now: the configured method over these
-    votes (with a round, from the annotators' track record of the rounds before it);
-    with majority vote, Dawid-Skene's posteriors.
+    round's labels since, so a fresh fit would differ). A running round gets Dawid-Skene
+    over its votes from the annotators' track record of the rounds before it, as its
+    close starts from; the close's model-aware consensus also reads the head, which
+    this view (polled by the live page) neither fits nor cross-validates. All rounds
+    together get Dawid-Skene over every vote.
     """
     round_id = round_ids[0] if round_ids else None
     if round_id is not None:
@@ -92,8 +95,7 @@ def _annotator_figures(project: Project, votes: Tally,
                 if stored:
                     return [dict(a) for a in stored if isinstance(a, dict) and "annotator" in a]
     cfg = project.config
-    fit = with_posteriors(project, votes.ratings,
-                          consensus(project, votes.ratings, round_id=round_id), round_id)
+    fit = consensus(project, votes.ratings, round_id=round_id, method="dawid_skene")
     return annotator_report(
         votes.ratings, gold=votes.gold, lead_times=votes.lead_times,
         n_classes=len(cfg.classes), min_accuracy=cfg.agreement.annotator_min_accuracy,
@@ -101,8 +103,16 @@ def _annotator_figures(project: Project, votes: Tally,
     )
 
 
-def _num(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _reasons(q: dict[str, Any]) -> str:
+    reasons = q.get("reasons")
+    return "; ".join(r for r in reasons if isinstance(r, str)) if isinstance(reasons, list) else ""
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    """A figure as text; '-' for none, or for a stored value that is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}"
 
 
 def _cells(est: dict[str, Any]) -> dict[str, Any]:
