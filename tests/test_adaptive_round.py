@@ -396,7 +396,8 @@ def test_the_agreement_view_shows_the_annotators_accuracy_the_close_estimates(
             *m.annotators[2:]]
     rows = {a["annotator"]: a for a in agreement_summary(proj, round_number=number)["annotators"]}
     assert rows[first]["accuracy (consensus)"] == "-" and rows[first]["flag"] == ""
-    assert rows[first]["items"] == "-" and rows[first]["accuracy vs others"] == "-"
+    assert rows[first]["items"] == 0 and rows[first]["accuracy vs others"] == "-"
+    assert rows[first]["gold accuracy"] == "-"
     second = metrics.annotators[1]["annotator"]
     assert rows[second]["accuracy (consensus)"] == "-"
     assert rows[second]["flag"] == "real reason"

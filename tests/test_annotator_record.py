@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from factories import ANNOTATORS
+from sqlalchemy import delete
 from test_adaptive_round import CLASSES3, adaptive_round
 
 from alearn.exceptions import ConfigError
@@ -18,7 +19,7 @@ from alearn.rounds.close import close_round
 from alearn.rounds.lifecycle import get_round
 from alearn.rounds.votes import tally
 from alearn.stats.consensus import dawid_skene, model_aware
-from alearn.store import Round
+from alearn.store import Annotation, Round
 
 
 def test_round_counts_sum_the_posteriors_by_the_label_given() -> None:
@@ -97,7 +98,8 @@ def test_a_later_round_reads_the_record_of_the_closed_rounds_before_it(proj: Pro
     # a record that is not a 3 x 3 table of counts is left out, and the rest still read:
     # another shape (the classes changed since), text, a ragged list, huge or negative
     for bad in ([[1.0, 0.0], [0.0, 1.0]], "abc", {"x": 1}, [[1, 2], [3]],
-                [["a", "b", "c"]] * 3, [[1e308] * 3] * 3, [[-1.0] * 3] * 3):
+                [["a", "b", "c"]] * 3, [[1e308] * 3] * 3, [[-1.0] * 3] * 3,
+                [[10**400] * 3] * 3):  # an integer too large for a float
         with round_metrics.editing(proj.store, r1) as m:
             m.annotator_counts = {"ann-a": bad, "ann-b": m1.annotator_counts["ann-b"]}
         got = carried_counts(proj.store, r2, votes.ratings.annotators, 3)
@@ -135,3 +137,19 @@ def test_a_record_the_database_cannot_read_is_read_row_by_row(project: Project) 
     got = carried_counts(project.store, r3, ["ann-a"], 3)  # round 2's record alone
     two = round_metrics.of(get_round(project.store, r2)).annotator_counts["ann-a"]
     assert got is not None and np.allclose(got[0], two)
+
+
+def test_a_round_recomputed_without_votes_leaves_no_record(proj: Project) -> None:
+    proj.config.agreement.consensus = "dawid_skene"
+    r1, _ = adaptive_round(proj, {k: ["cat", "cat", "dog"] for k in range(10)})
+    m1 = close_round(proj, r1)
+    assert m1.annotator_counts and m1.annotators
+    r2, _ = adaptive_round(proj, {k: ["dog"] for k in range(10, 20)})
+    votes = tally(proj, [r2])
+    assert carried_counts(proj.store, r2, votes.ratings.annotators, 3) is not None
+    with proj.store.session() as s:  # every vote of round 1 withdrawn in Label Studio
+        s.execute(delete(Annotation).where(Annotation.round_id == r1))
+    again = close_round(proj, r1, recompute=True)
+    assert (again.annotator_counts, again.annotators, again.kappa) == ({}, [], None)
+    assert round_metrics.of(get_round(proj.store, r1)).annotator_counts == {}
+    assert carried_counts(proj.store, r2, votes.ratings.annotators, 3) is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from sqlalchemy import select
@@ -60,15 +59,13 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
     quality = _annotator_figures(project, votes, round_ids)
     for q in quality:
         out["annotators"].append({
-            "annotator": str(q["annotator"]),
-            "items": q["n_items"] if isinstance(q.get("n_items"), int) else "-",
-            "accuracy (consensus)": _num(q.get("model_accuracy")),
-            "accuracy vs others": _num(q.get("loo_accuracy")),
-            "peer kappa": _num(q.get("peer_kappa")),
-            "gold accuracy": _num(q.get("gold_accuracy"))
-            + (f" ({q['n_gold']})" if isinstance(q.get("n_gold"), int) and q["n_gold"] else ""),
-            "median s": _num(q.get("median_seconds"), 1),
-            "flag": _reasons(q) if q.get("flagged") is True else "",
+            "annotator": q["annotator"], "items": q["n_items"],
+            "accuracy (consensus)": _num(q["model_accuracy"]),
+            "accuracy vs others": _num(q["loo_accuracy"]), "peer kappa": _num(q["peer_kappa"]),
+            "gold accuracy": _num(q["gold_accuracy"])
+            + (f" ({q['n_gold']})" if q["n_gold"] else ""),
+            "median s": _num(q["median_seconds"], 1),
+            "flag": "; ".join(q["reasons"]) if q["flagged"] else "",
         })
     out["quality"] = quality
     return out
@@ -91,9 +88,9 @@ def _annotator_figures(project: Project, votes: Tally,
         with project.store.session() as s:
             rnd = s.get(Round, round_id)
             if rnd is not None and rnd.status == CLOSED:
-                stored = round_metrics.of(rnd).annotators
+                stored = round_metrics.of(rnd).annotators  # read as a close writes them
                 if stored:
-                    return [dict(a) for a in stored if isinstance(a, dict) and "annotator" in a]
+                    return stored
     cfg = project.config
     fit = consensus(project, votes.ratings, round_id=round_id, method="dawid_skene")
     return annotator_report(
@@ -103,16 +100,8 @@ def _annotator_figures(project: Project, votes: Tally,
     )
 
 
-def _reasons(q: dict[str, Any]) -> str:
-    reasons = q.get("reasons")
-    return "; ".join(r for r in reasons if isinstance(r, str)) if isinstance(reasons, list) else ""
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    """A figure as text; '-' for none, or for a stored value that is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "-"
-    return f"{value:.{digits}f}"
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _cells(est: dict[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,11 @@ the round's items the annotator labelled ``l``; a gold item counts at its true c
 closed rounds before it (:func:`carried_counts`) to its own confusion counts
 (``prior_counts`` of :func:`alearn.stats.consensus.dawid_skene` and ``model_aware``).
 A round recomputed later reads the records of the closed rounds numbered before it, as
-they are then, never later rounds', so closing later rounds does not change its labels
-(recomputing an earlier round changes that round's record, and later rounds see it only
-when they are recomputed too). Majority vote has no confusions and ignores the record;
-its close records Dawid-Skene's counts. A stored record that is not a k x k table of
-counts is skipped.
+they are then, never later rounds' (with ``model_aware`` its labels also read the head of
+the recompute's time; recomputing an earlier round changes that round's record, and
+later rounds see it only when they are recomputed too). Majority vote has no confusions
+and ignores the record; its close records Dawid-Skene's counts. A stored record that is
+not a k x k table of counts is skipped.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _counts(value: Any, k: int) -> np.ndarray | None:
     (a record is read, never trusted)."""
     try:
         c = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an integer too large for a float
         return None
     if c.shape != (k, k) or not np.isfinite(c).all() or (c < 0).any() or c.max() > MAX_COUNT:
         return None

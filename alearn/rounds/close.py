@@ -116,6 +116,9 @@ def close_round(project: Project, round_id: int, *,
         if low:
             log.warning("round_event=low_agreement round=%s kappa=%.3f threshold=%.2f",
                         round_id, kappa, cfg.agreement.kappa_threshold)
+    else:  # a recompute after every vote was withdrawn keeps nothing of the votes gone
+        metrics.annotator_counts, metrics.annotators = {}, []
+        metrics.agreement = metrics.kappa = metrics.alpha = metrics.flagged = None
     metrics.consensus, metrics.consensus_items = consensus_counts, int((~is_gold).sum())
     metrics.adjudication_items = adjudication
     metrics.adjudication = round_metrics.AdjudicationTally(

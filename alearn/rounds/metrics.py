@@ -9,8 +9,7 @@ Fields are written in groups, and :meth:`RoundMetrics.to_json` writes a group on
 it was computed, so an open round's JSON holds no close figures:
 
 * selection (``alearn.rounds.plan_record.record_plan``): ``pool_size``, ``n_train``,
-  ``gold_items``;
-* more votes asked for ('more_votes' adjudication): ``more_votes``;
+  ``gold_items``; more votes asked for ('more_votes' adjudication): ``more_votes``;
 * adaptive votes (:mod:`alearn.rounds.adaptive_round`): ``adaptive_votes``, written at
   round start (the limits), push (the audit slice) and after each pull (the votes asked);
   close adds the items the agreement figures rest on;
@@ -18,11 +17,12 @@ it was computed, so an open round's JSON holds no close figures:
   ``consensus_items``, ``adjudication_items``, ``adjudication``, ``cv_accuracy``,
   ``convergence``, ``converged``, ``annotator_counts``;
 * agreement, at a close with votes: ``agreement``, ``kappa``, ``alpha``,
-  ``consensus_method``, ``annotators``, ``flagged``.
+  ``consensus_method``, ``annotators`` (read back as a close writes them), ``flagged``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -36,6 +36,7 @@ from alearn.store import Round, Store
 
 _SELECTION = ("pool_size", "n_train", "gold_items")
 _CLOSE = ("labels_spent", "labels_spent_total", "tasks")
+_FIGURES = ("model_accuracy", "loo_accuracy", "peer_kappa", "gold_accuracy", "median_seconds")
 _AGREEMENT = ("agreement", "kappa", "alpha", "consensus_method", "annotators", "flagged")
 _CLOSE_END = ("consensus", "consensus_items", "adjudication_items", "adjudication",
               "cv_accuracy", "convergence", "converged", "annotator_counts")
@@ -197,7 +198,8 @@ class RoundMetrics:
         out.adaptive_votes = AdaptiveVotes.from_json(d.get("adaptive_votes"))
         out.adjudication = (AdjudicationTally.from_json(d["adjudication"])
                             if d.get("adjudication") is not None else None)
-        out.annotators = list(d.get("annotators") or [])
+        rows: list[Any] = d["annotators"] if isinstance(d.get("annotators"), list) else []
+        out.annotators = [_annotator(a) for a in rows if isinstance(a, dict) and "annotator" in a]
         out.consensus = dict(d.get("consensus") or {})
         out.adjudication_items = [int(i) for i in d.get("adjudication_items") or []]
         counts = d.get("annotator_counts")
@@ -251,6 +253,22 @@ def by_round(store: Store, *, status: str | None = None) -> list[tuple[Round, Ro
         query = query.where(Round.status == status)
     with store.session() as s:
         return [(r, of(r)) for r in s.scalars(query)]
+
+
+def _number(v: Any) -> float | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _annotator(a: dict[str, Any]) -> dict[str, Any]:
+    """A stored annotator entry as a close writes it, whatever the column holds: figures
+    (``_FIGURES``) numbers or None, counts whole, reasons text, the flag a bool."""
+    out = dict(a, annotator=str(a["annotator"]), flagged=a.get("flagged") is True)
+    out.update({k: _number(a.get(k)) for k in _FIGURES})
+    out.update({k: max(a[k], 0) if type(a.get(k)) is int else 0 for k in ("n_items", "n_gold")})
+    out.update({k: [r for r in a[k] if isinstance(r, str)] if isinstance(a.get(k), list)
+                else [] for k in ("reasons", "peer_notes")})
+    return out
 
 
 def annotator_counts_of(store: Store, *, status: str, below_number: int
