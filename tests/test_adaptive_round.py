@@ -346,7 +346,7 @@ def test_agreement_rests_on_the_gold_and_audit_items_with_max_votes(proj: Projec
 
 
 def test_the_agreement_view_shows_the_annotators_accuracy_the_close_estimates(
-        proj: Project) -> None:
+        proj: Project, tmp_path: Path) -> None:
     # annotator 2 answers at random; the second round's close starts from the track
     # record of the first, so plain Dawid-Skene over its votes alone reads differently
     proj.config.agreement.consensus = "dawid_skene"
@@ -390,10 +390,12 @@ def test_the_agreement_view_shows_the_annotators_accuracy_the_close_estimates(
     with round_metrics.editing(proj.store, rid) as m:
         m.annotators = [
             {**m.annotators[0], "model_accuracy": "abc", "reasons": "not a list",
-             "flagged": True, "n_items": {"x": 1}, "loo_accuracy": None, "n_gold": "2"},
+             "flagged": True, "n_items": {"x": 1}, "loo_accuracy": "0.5", "n_gold": "2"},
             {**m.annotators[1], "model_accuracy": [1], "reasons": [None, "real reason"],
              "flagged": True},
-            *m.annotators[2:]]
+            {**m.annotators[2], "model_accuracy": 10**400, "n_items": 10**400,
+             "flagged": "yes", "reasons": ["a reason"]},
+            *m.annotators[3:]]
     rows = {a["annotator"]: a for a in agreement_summary(proj, round_number=number)["annotators"]}
     assert rows[first]["accuracy (consensus)"] == "-" and rows[first]["flag"] == ""
     assert rows[first]["items"] == 0 and rows[first]["accuracy vs others"] == "-"
@@ -401,6 +403,31 @@ def test_the_agreement_view_shows_the_annotators_accuracy_the_close_estimates(
     second = metrics.annotators[1]["annotator"]
     assert rows[second]["accuracy (consensus)"] == "-"
     assert rows[second]["flag"] == "real reason"
+    third = metrics.annotators[2]["annotator"]
+    assert (rows[third]["accuracy (consensus)"], rows[third]["items"]) == ("-", 0)
+    assert rows[third]["flag"] == ""  # flagged only when the close said True
+    project_status(proj)  # and the status and the report read the same record
+    from alearn.report.html import write_report
+    assert "Annotator quality" in write_report(proj, tmp_path / "report.html").read_text()
+
+
+def test_the_agreement_view_of_a_running_round_fits_no_head(
+        proj: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert proj.config.agreement.consensus == "model_aware"  # the default reads the head
+    votes = {k: [CLASSES3[k % 3], CLASSES3[k % 3], CLASSES3[(k + 1) % 3]] for k in range(12)}
+    rid, ids = adaptive_round(proj, dict(votes))
+    with round_metrics.editing(proj.store, rid) as m:
+        assert m.adaptive_votes is not None
+        m.adaptive_votes.audit_items = list(ids.values())
+        m.adaptive_votes.targets = dict.fromkeys(ids.values(), 3)
+
+    def no_head(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the agreement view asked for the head's probabilities")
+
+    import alearn.rounds.votes as votes_mod
+    monkeypatch.setattr(votes_mod, "model_inputs", no_head)
+    view = agreement_summary(proj, round_number=get_round(proj.store, rid).number)
+    assert [a["annotator"] for a in view["annotators"]] == list(ANNOTATORS[:3])
 
 
 def test_a_round_with_few_audit_items_reaches_back_to_the_rounds_before(proj: Project) -> None:

@@ -88,7 +88,7 @@ def agreement(rounds: Sequence[int], kappa: Sequence[float | None],
                        for i in keep], dtype=float)
         hi = np.array([series[i][2] if series[i][2] is not None else series[i][0]
                        for i in keep], dtype=float)
-        ax.errorbar(r[keep] + offset, v, yerr=[v - lo, hi - v], fmt="o", capsize=4,
+        ax.errorbar(r[keep] + offset, v, yerr=np.vstack([v - lo, hi - v]), fmt="o", capsize=4,
                     color=colour, label=label)
     keep = [i for i, k in enumerate(kappa) if k is not None]
     if keep:
@@ -162,7 +162,7 @@ def annotator_rounds(series: Sequence[AnnotatorSeries], path: Path, *, threshold
         x = np.array([p[0] for p in points], dtype=float) + shift
         v = np.array([p[1] for p in points], dtype=float)
         up = np.array([p[2] for p in points], dtype=float)
-        ax.errorbar(x, v, yerr=[np.zeros_like(v), np.maximum(up - v, 0)], fmt="o-",
+        ax.errorbar(x, v, yerr=np.vstack([np.zeros_like(v), np.maximum(up - v, 0)]), fmt="o-",
                     color=colours[j], capsize=3, markersize=5, linewidth=1.2,
                     label=name if len(name) <= 30 else f"{name[:16]}…{name[-12:]}")
         red = [i for i, p in enumerate(points) if p[3]]

@@ -119,6 +119,10 @@ def close_round(project: Project, round_id: int, *,
     else:  # a recompute after every vote was withdrawn keeps nothing of the votes gone
         metrics.annotator_counts, metrics.annotators = {}, []
         metrics.agreement = metrics.kappa = metrics.alpha = metrics.flagged = None
+        metrics.consensus_method = None
+        if metrics.adaptive_votes is not None:
+            metrics.adaptive_votes.agreement_items = None
+            metrics.adaptive_votes.agreement_rounds = None
     metrics.consensus, metrics.consensus_items = consensus_counts, int((~is_gold).sum())
     metrics.adjudication_items = adjudication
     metrics.adjudication = round_metrics.AdjudicationTally(
