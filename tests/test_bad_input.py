@@ -140,7 +140,7 @@ CLI_CASES: list[tuple[str, list[str], dict[str, str], Setup, str]] = [
      {"ALEARN_DATABASE_URL": f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/db"}, None,
      "database"),
     ("db-url-missing-dir", ["status"],
-     {"ALEARN_DATABASE_URL": "sqlite:////nonexistent/dir/a.db"}, None, "database"),
+     {"ALEARN_DATABASE_URL": "sqlite:////dev/null/dir/a.db"}, None, "database"),
     ("db-url-empty-scheme", ["status"], {"ALEARN_DATABASE_URL": "://"}, None,
      "ALEARN_DATABASE_URL"),
     ("redis-url-garbage", ["round", "start"], {"ALEARN_REDIS_URL": "garbage"}, None,
