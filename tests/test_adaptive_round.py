@@ -384,6 +384,9 @@ def test_the_agreement_view_shows_the_annotators_accuracy_the_close_estimates(
         m.annotators = [{**m.annotators[0], "model_accuracy": 0.123}, *m.annotators[1:]]
     first = metrics.annotators[0]["annotator"]
     closed = agreement_summary(proj, round_number=number)
+    assert running["annotator_accuracy"].startswith("Dawid-Skene over the round's votes so far")
+    assert closed["annotator_accuracy"] == "as the round's close estimated it"
+    assert agreement_summary(proj)["annotator_accuracy"] == "Dawid-Skene over every vote"
     assert {a["annotator"]: a["accuracy (consensus)"] for a in closed["annotators"]}[first] \
         == "0.123"
     # stored values that are not what a close writes show as '-', never a traceback

@@ -78,6 +78,7 @@ def agreement_cmd(ctx: Context, number: int | None, as_json: bool) -> None:
                      "peer kappa", "gold accuracy", "median s", "flag"],
                     headers={"peer kappa": "mean Cohen's kappa with peers",
                              "median s": "median seconds"})
+        console.print(f"accuracy (consensus): {summary['annotator_accuracy']}.")
 
 
 @click.command("status")

@@ -56,7 +56,7 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
         out["figures"].append(_row(f"Krippendorff's alpha, {cls} vs rest", est))
     for pair in report.pairwise_kappa.to_dict()["pairs"]:
         out["pairwise"].append({"a": pair["a"], "b": pair["b"], **_cells(pair)})
-    quality = _annotator_figures(project, votes, round_ids)
+    quality, out["annotator_accuracy"] = _annotator_figures(project, votes, round_ids)
     for q in quality:
         out["annotators"].append({
             "annotator": q["annotator"], "items": q["n_items"],
@@ -71,9 +71,10 @@ def agreement_summary(project: Project, *, round_number: int | None = None) -> d
     return out
 
 
-def _annotator_figures(project: Project, votes: Tally,
-                       round_ids: list[int] | None) -> list[dict[str, Any]]:
-    """Each annotator's figures, with the flag rule of round close.
+def _annotator_figures(project: Project, votes: Tally, round_ids: list[int] | None
+                       ) -> tuple[list[dict[str, Any]], str]:
+    """Each annotator's figures, with the flag rule of round close, and a sentence on
+    where its accuracy (consensus) comes from.
 
     A closed round shows what its close stored: the accuracy the consensus estimated
     then is the one the report and the convergence check read (the head has learned the
@@ -90,14 +91,16 @@ def _annotator_figures(project: Project, votes: Tally,
             if rnd is not None and rnd.status == CLOSED:
                 stored = round_metrics.of(rnd).annotators  # read as a close writes them
                 if stored:
-                    return stored
+                    return stored, "as the round's close estimated it"
     cfg = project.config
     fit = consensus(project, votes.ratings, round_id=round_id, method="dawid_skene")
     return annotator_report(
         votes.ratings, gold=votes.gold, lead_times=votes.lead_times,
         n_classes=len(cfg.classes), min_accuracy=cfg.agreement.annotator_min_accuracy,
         consensus=fit,
-    )
+    ), ("Dawid-Skene over the round's votes so far, from the annotators' track record; "
+        "its close also weighs the model" if round_id is not None
+        else "Dawid-Skene over every vote")
 
 
 def _num(value: float | None, digits: int = 3) -> str:

@@ -82,6 +82,7 @@ def live_status(project: Project) -> dict[str, Any]:
         "error": entry and entry["error"],
         "mean_pairwise_kappa": sum(pairs) / len(pairs) if pairs else None,
         "figures": summary["figures"], "annotators": summary["annotators"],
+        "annotator_accuracy": summary.get("annotator_accuracy"),
         "n_items": summary["n_items"], "n_ratings": summary["n_ratings"],
     }
     return out
@@ -150,6 +151,8 @@ def _round_html(rnd: dict[str, Any], running: bool) -> str:
                  "flag": "flagged because"}
         out += "<h3>Annotators so far</h3>" + table(
             [names.get(c, c) for c in cols], [[a[c] for c in cols] for a in rnd["annotators"]])
+        if rnd.get("annotator_accuracy"):
+            out += f"<p>Accuracy (consensus): {e(rnd['annotator_accuracy'])}.</p>"
     return out
 
 
