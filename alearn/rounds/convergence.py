@@ -17,7 +17,6 @@ index (a sort of every cached hash) is never built by a close.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
@@ -136,18 +135,9 @@ def ceiling_accuracies(annotators: Iterable[dict[str, Any]]) -> list[float | Non
     """
     out: list[float | None] = []
     for a in annotators:
-        est = _finite(a.get("model_accuracy"))
-        out.append(est if est is not None else _finite(a.get("loo_accuracy")))
+        est = round_metrics.finite_number(a.get("model_accuracy"))
+        out.append(est if est is not None else round_metrics.finite_number(a.get("loo_accuracy")))
     return out
-
-
-def _finite(value: Any) -> float | None:
-    """``value`` as a float, or None when it is missing or not a finite number."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def convergence_status(project: Project) -> ConvergenceStatus:

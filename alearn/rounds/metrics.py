@@ -255,7 +255,7 @@ def by_round(store: Store, *, status: str | None = None) -> list[tuple[Round, Ro
         return [(r, of(r)) for r in s.scalars(query)]
 
 
-def _number(v: Any) -> float | None:  # an int past 2**53 is no figure (nor a float)
+def finite_number(v: Any) -> float | None:  # None: not a number, or an int past 2**53
     ok = isinstance(v, float) or (type(v) is int and abs(v) < 2**53)
     return float(v) if ok and math.isfinite(v) else None
 
@@ -263,8 +263,8 @@ def _number(v: Any) -> float | None:  # an int past 2**53 is no figure (nor a fl
 def _annotator(a: dict[str, Any]) -> dict[str, Any]:
     """A stored annotator entry as a close writes it, whatever the column holds."""
     out = dict(a, annotator=str(a["annotator"]), flagged=a.get("flagged") is True)
-    out.update({k: _number(a.get(k)) for k in _FIGURES})
-    out.update({k: int(max(_number(a.get(k)) or 0, 0)) if type(a.get(k)) is int else 0
+    out.update({k: finite_number(a.get(k)) for k in _FIGURES})
+    out.update({k: int(max(finite_number(a.get(k)) or 0, 0)) if type(a.get(k)) is int else 0
                 for k in ("n_items", "n_gold")})
     out.update({k: [r for r in a[k] if isinstance(r, str)] if isinstance(a.get(k), list)
                 else [] for k in ("reasons", "peer_notes")})
